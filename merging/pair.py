@@ -1,0 +1,111 @@
+"""Load the resident VLM once; open the donor LLM (and an optional base model) lazily.
+
+The VLM is instantiated with transformers (image-text-to-text class, or a causal LM in the VLM's
+role). The donor and base are never instantiated: their safetensors are memory-mapped and only the
+tensors a plan needs are ever read. A model is a local folder or a hub id (downloaded once, weights
+as safetensors only); `trust_remote_code` stays off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from .checkpoint import Checkpoint
+from .errors import CheckpointError, MergescopeError
+from .layout import Layout, build_layout
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What a VLM needs to run; a donor or base needs only its weights and config.
+VLM_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
+
+
+def resolve_model_dir(name: str | Path, allow_patterns: list[str] = WEIGHT_FILES) -> Path:
+    """A local folder as is; otherwise a hub id, fetched (safetensors + configs only) into the HF cache."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: expected a model folder")
+        return path
+    if str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
+        raise CheckpointError(f"{name}: no such folder, and not a hub id of the form 'owner/name'")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=allow_patterns))
+    except Exception as exc:  # offline, unknown repo, gated: one clear message
+        raise CheckpointError(f"{name}: not a local folder and could not be fetched from the hub "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def pick_device(device: str) -> torch.device | str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergescopeError(f"device {device!r} asked for, but CUDA is not available here")
+    return device
+
+
+@dataclass
+class ModelPair:
+    """The resident VLM and lazily opened donor/base checkpoints, with the mapping between them."""
+
+    vlm: torch.nn.Module
+    processor: Any                  # a ProcessorMixin for a VLM, a tokenizer for a causal LM
+    vlm_files: Checkpoint
+    donor: Checkpoint
+    base: Checkpoint | None
+    layout: Layout
+    base_keys: dict[str, str]       # slot name → key in the base checkpoint (empty without a base)
+
+    def fingerprints(self) -> dict[str, str | None]:
+        return {"vlm": self.vlm_files.fingerprint(), "donor": self.donor.fingerprint(),
+                "base": self.base.fingerprint() if self.base else None}
+
+    @property
+    def is_multimodal(self) -> bool:
+        return hasattr(self.processor, "image_processor")
+
+
+def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    if dtype not in DTYPES:
+        raise MergescopeError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    model_cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    device = pick_device(device)
+    placement = {"device_map": "auto"} if device == "auto-multi" else {"device_map": device}
+    model = model_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
+                                      trust_remote_code=False, **placement)
+    model.eval().requires_grad_(False)
+    processor = (AutoProcessor if multimodal else AutoTokenizer).from_pretrained(path, trust_remote_code=False)
+    return model, processor
+
+
+def load_pair(vlm: str | Path, llm: str | Path, base: str | Path | None = None, *,
+              dtype: str = "auto", device: str = "cpu") -> ModelPair:
+    """Load the VLM, open donor (and base) weights lazily, and map their tensors.
+
+    `device` is cpu, cuda[:i], mps, auto (the best single device) or auto-multi (transformers'
+    device_map="auto", for a VLM larger than one GPU). Refuses a donor whose shapes do not match.
+    """
+    vlm_dir = resolve_model_dir(vlm, VLM_FILES)
+    vlm_files = Checkpoint(vlm_dir)  # validate the files before spending time on loading
+    donor = Checkpoint(resolve_model_dir(llm))
+    base_files = Checkpoint(resolve_model_dir(base)) if base is not None else None
+    model, processor = load_vlm(vlm_dir, dtype, device)
+    layout = build_layout(model, vlm_files, donor)
+    layout.require_compatible()
+    base_keys = {}
+    if base_files is not None:
+        base_layout = build_layout(model, vlm_files, base_files)
+        base_layout.require_compatible()
+        base_keys = {s.name: s.donor_key for s in base_layout.slots}
+    return ModelPair(model, processor, vlm_files, donor, base_files, layout, base_keys)

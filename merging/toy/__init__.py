@@ -1,0 +1,1 @@
+"""The toy world: tiny, locally built model pairs (no downloads) for tests, benchmarks and the demo."""
