@@ -45,7 +45,7 @@ def _perturb_into(donor: torch.nn.Module, source: dict[str, torch.Tensor], noise
     with torch.no_grad():
         for name, param in donor.named_parameters():
             base = source[name].to(param.dtype)
-            scale = noise * base.float().std().clamp_min(1e-3)
+            scale = noise * base.float().abs().mean().clamp_min(1e-3)  # norms (all ones) diverge too
             param.copy_(base + scale * torch.randn(base.shape, generator=gen).to(param.dtype))
 
 
@@ -89,8 +89,8 @@ def build_qwen_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, n
 
     donor_config = Qwen2Config(**{k: getattr(config.text_config, k) for k in SHARED_TEXT_KEYS},
                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **special)
-    return vlm_dir, _save_donor(Qwen2ForCausalLM(donor_config), _decoder_state(vlm), tokenizer,
-                                root / "llm", noise, seed, dtype)
+    return vlm_dir, save_donor(vlm, Qwen2ForCausalLM(donor_config), root / "llm", noise=noise, seed=seed,
+                               tokenizer=tokenizer)
 
 
 def _mrope_section(shape: DecoderShape) -> list[int]:
@@ -100,13 +100,22 @@ def _mrope_section(shape: DecoderShape) -> list[int]:
     return [half - 2 * spatial, spatial, spatial]
 
 
-def _save_donor(donor: torch.nn.Module, source: dict[str, torch.Tensor], tokenizer, out: Path,
-                noise: float, seed: int, dtype: torch.dtype) -> Path:
-    donor = donor.to(dtype).eval()
+def save_donor(vlm: torch.nn.Module, donor: torch.nn.Module, out: str | Path, *, noise: float = 0.3,
+               seed: int = 0, tokenizer=None) -> Path:
+    """Save `donor` (a causal LM with the VLM's decoder shape) holding the VLM's decoder + noise.
+
+    A donor with a smaller vocabulary takes the VLM's first rows.
+    """
+    source = _decoder_state(vlm)
+    rows = donor.get_input_embeddings().weight.shape[0]
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        source[key] = source[key][:rows]
+    donor = donor.to(next(vlm.parameters()).dtype).eval()
     _perturb_into(donor, source, noise, seed + 1)
     donor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return Path(out)
 
 
 def build_llava_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, noise: float = 0.3,
@@ -138,7 +147,4 @@ def build_llava_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, 
                    image_token="<|image_pad|>", num_additional_image_tokens=1,  # CLIP's CLS
                    chat_template=tokenizer.chat_template).save_pretrained(vlm_dir)
     donor = LlamaForCausalLM(LlamaConfig(**dict(text, vocab_size=vocab)))
-    source = _decoder_state(vlm)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        source[key] = source[key][:vocab]
-    return vlm_dir, _save_donor(donor, source, tokenizer, root / "llm", noise, seed, dtype)
+    return vlm_dir, save_donor(vlm, donor, root / "llm", noise=noise, seed=seed, tokenizer=tokenizer)

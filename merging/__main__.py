@@ -1,0 +1,90 @@
+"""Command line: python -m merging {inspect,answer} ... (add --json for one JSON object on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .errors import MergescopeError
+
+
+def _pair_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vlm", required=True, help="VLM folder or hub id (resident, merged in place)")
+    parser.add_argument("--llm", required=True, help="donor text LLM folder or hub id (read lazily)")
+    parser.add_argument("--base", help="optional common base model (for methods that need one)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _load(args):
+    from .pair import load_pair
+    return load_pair(args.vlm, args.llm, args.base, dtype=args.dtype, device=args.device)
+
+
+def cmd_inspect(args) -> dict:
+    from .distance import role_distances
+    pair = _load(args)
+    layout = pair.layout
+    report = {"num_layers": layout.num_layers, "matched": len(layout.slots), "unmatched": layout.unmatched,
+              "mismatched": [{"name": n, "vlm": list(a), "donor": list(b)} for n, a, b in layout.mismatched],
+              "notes": layout.notes, "fingerprints": pair.fingerprints(), "distances": role_distances(pair)}
+    if not args.json:
+        print(f"{layout.num_layers} decoder layers; {len(layout.slots)} tensors matched, "
+              f"{len(layout.unmatched)} without a donor tensor")
+        for note in layout.notes:
+            print("note:", note)
+        print(f"{'layer':>5}  {'role':<26} {'rel_l2':>8} {'cosine':>8}")
+        for row in report["distances"]:
+            layer = "-" if row["layer"] is None else row["layer"]
+            print(f"{layer:>5}  {row['role']:<26} {row['rel_l2']:8.4f} {row['cosine']:8.4f}")
+    return report
+
+
+def cmd_answer(args) -> dict:
+    from .engine import MergeEngine
+    from .generate import answer, load_image
+    from .plan import MergePlan
+    plan = MergePlan.load(args.plan) if args.plan else MergePlan()
+    image = load_image(args.image) if args.image else None
+    pair = _load(args)
+    engine = MergeEngine(pair)
+    start = time.perf_counter()
+    with engine.lock:
+        engine.apply(plan)
+        text = answer(pair, args.question, image, max_new_tokens=args.max_new_tokens)
+    result = {"answer": text, "cached": False, "seconds": round(time.perf_counter() - start, 4),
+              "plan_hash": plan.hash()}
+    if not args.json:
+        print(text)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    inspect = sub.add_parser("inspect", help="mapping report and per-layer VLM⇄donor distances")
+    _pair_args(inspect)
+    ans = sub.add_parser("answer", help="answer a question (about an image) with a merged model")
+    _pair_args(ans)
+    ans.add_argument("--plan", help="plan file (YAML or JSON); default: the base VLM")
+    ans.add_argument("--image", help="image file")
+    ans.add_argument("--question", required=True)
+    ans.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
+    try:
+        result = {"inspect": cmd_inspect, "answer": cmd_answer}[args.command](args)
+    except MergescopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny model pairs built locally (never downloaded), once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from merging import MergeEngine, load_pair  # noqa: E402
+from merging.toy.tiny import DecoderShape, build_llava_pair, build_qwen_pair  # noqa: E402
+
+hf_logging.disable_progress_bar()
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def qwen_dirs(tmp_path_factory):
+    """(vlm_dir, llm_dir): tiny Qwen2.5-VL + Qwen2, fp32, 4 layers."""
+    return build_qwen_pair(tmp_path_factory.mktemp("qwen"))
+
+
+@pytest.fixture(scope="session")
+def qwen_bf16_dirs(tmp_path_factory):
+    return build_qwen_pair(tmp_path_factory.mktemp("qwen_bf16"), DecoderShape(num_hidden_layers=3),
+                           dtype=torch.bfloat16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def llava_dirs(tmp_path_factory):
+    """(vlm_dir, llm_dir): tiny LLaVA + Llama; the VLM has 3 more vocabulary rows than the donor."""
+    return build_llava_pair(tmp_path_factory.mktemp("llava"), vocab_extra=3)
+
+
+@pytest.fixture
+def qwen_pair(qwen_dirs):
+    return load_pair(*qwen_dirs)
+
+
+@pytest.fixture
+def qwen_engine(qwen_pair):
+    return MergeEngine(qwen_pair)
+
+
+def lm_state(pair) -> dict[str, torch.Tensor]:
+    """A copy of every mergeable VLM tensor, to compare weights before and after."""
+    params = dict(pair.vlm.named_parameters())
+    return {s.name: params[s.name].detach().clone() for s in pair.layout.slots}
+
+
+def assert_same_weights(pair, expected: dict[str, torch.Tensor]) -> None:
+    params = dict(pair.vlm.named_parameters())
+    differing = [n for n, t in expected.items() if not torch.equal(params[n], t)]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
