@@ -134,3 +134,25 @@ def test_unrelated_donor_is_refused(tmp_path, qwen_dirs):
 ])
 def test_classify(rel, expected):
     assert classify(rel) == expected
+
+
+def test_qwen_checkpoint_saved_with_in_memory_names(tmp_path, qwen_dirs):
+    """Some Qwen2.5-VL checkpoints store `model.language_model.*`; the mapping must not care."""
+    import shutil
+
+    from safetensors.torch import save_file
+    vlm_dir, llm_dir = qwen_dirs
+    shutil.copytree(vlm_dir, tmp_path / "vlm")
+    model = load_pair(vlm_dir, llm_dir).vlm
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "vlm" / "model.safetensors")
+    pair, layout = _layout_of(tmp_path / "vlm", llm_dir)
+    _check_complete(pair, layout, 4)
+    assert all(s.vlm_key.startswith("model.language_model.") for s in layout.slots if s.role != "lm_head")
+    assert all(s.donor_key.startswith("model.layers.") for s in layout.slots if s.layer is not None)
+
+
+def test_base_model_is_mapped_too(qwen_dirs):
+    vlm_dir, llm_dir = qwen_dirs
+    pair = load_pair(vlm_dir, llm_dir, base=vlm_dir)
+    assert set(pair.base_keys) == {s.name for s in pair.layout.slots}
+    assert pair.fingerprints()["base"] == pair.fingerprints()["vlm"] != pair.fingerprints()["donor"]
