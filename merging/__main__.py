@@ -1,11 +1,10 @@
-"""Command line: python -m merging {inspect,answer} ... (add --json for one JSON object on stdout)."""
+"""Command line: python -m merging {inspect,answer,cache} ... (add --json for one JSON object on stdout)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
 from .errors import MergescopeError
 
@@ -44,21 +43,36 @@ def cmd_inspect(args) -> dict:
 
 
 def cmd_answer(args) -> dict:
+    from cache import AnswerCache
+
     from .engine import MergeEngine
-    from .generate import answer, load_image
+    from .generate import build_question, load_image
     from .plan import MergePlan
+    from .service import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = load_image(args.image) if args.image else None
-    pair = _load(args)
-    engine = MergeEngine(pair)
-    start = time.perf_counter()
-    with engine.lock:
-        engine.apply(plan)
-        text = answer(pair, args.question, image, max_new_tokens=args.max_new_tokens)
-    result = {"answer": text, "cached": False, "seconds": round(time.perf_counter() - start, 4),
-              "plan_hash": plan.hash()}
+    build_question(args.question)  # a bad question fails before the model is loaded
+    answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir) if args.cache_dir else None)
+    result = answerer.ask(plan, args.question, image, max_new_tokens=args.max_new_tokens)
+    result["seconds"] = round(result["seconds"], 4)
     if not args.json:
-        print(text)
+        print(result["answer"])
+    return result
+
+
+def cmd_cache(args) -> dict:
+    from cache import AnswerCache
+    store = AnswerCache(args.cache_dir)
+    if args.action == "clear":
+        result = {"cleared": store.clear()}
+    elif args.action == "stats":
+        result = store.stats()
+    else:
+        result = {"entries": [{"key": e["key"][:16], "plan": e["config"].get("plan"),
+                               "question": e["config"].get("question"), "answer": e["result"].get("answer"),
+                               "created_at": e["created_at"]} for e in store.entries()]}
+    if not args.json:
+        print(json.dumps(result, indent=1, ensure_ascii=False))
     return result
 
 
@@ -73,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     ans.add_argument("--image", help="image file")
     ans.add_argument("--question", required=True)
     ans.add_argument("--max-new-tokens", type=int, default=32)
+    ans.add_argument("--cache-dir", help="remember answers here (diskcache, JSON values); a hit skips the model")
+    cache = sub.add_parser("cache", help="list, count or clear the answers cache")
+    cache.add_argument("action", choices=["ls", "stats", "clear"])
+    cache.add_argument("--cache-dir", required=True)
+    cache.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
-        result = {"inspect": cmd_inspect, "answer": cmd_answer}[args.command](args)
+        result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,13 +21,19 @@ def load_image(path: str | Path) -> Image.Image:
         raise MergescopeError(f"{path}: not a readable image ({exc})") from exc
 
 
-def build_inputs(pair: ModelPair, question: str, image: Image.Image | None) -> dict:
-    """Chat-template the question (with the image, if any) into model inputs."""
+def build_question(question: str) -> str:
+    """The question stripped, or a clear error when it is empty or too long."""
     question = question.strip()
     if not question:
         raise MergescopeError("the question is empty")
     if len(question) > MAX_QUESTION_CHARS:
         raise MergescopeError(f"the question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    return question
+
+
+def build_inputs(pair: ModelPair, question: str, image: Image.Image | None) -> dict:
+    """Chat-template the question (with the image, if any) into model inputs."""
+    question = build_question(question)
     if image is not None and not pair.is_multimodal:
         raise MergescopeError("this model reads text only; ask without an image")
     content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]

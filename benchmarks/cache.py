@@ -1,0 +1,62 @@
+"""Answer latency with and without the configuration cache, side by side in one run.
+
+Builds a tiny Qwen2.5-VL + Qwen2 pair locally, then times `Answerer.ask` for a merged plan on an
+image question: `miss_s` (apply + generate + store, median over fresh cache directories) and `hit_s`
+(served from the diskcache on disk, median of 20). Target: hit_s ≤ 0.02.
+
+Run: python benchmarks/cache.py    → one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cache import AnswerCache  # noqa: E402
+from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
+from merging.service import Answerer  # noqa: E402
+from merging.toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
+
+PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"],
+                                       "curve": {"preset": "loglinear", "start": 0.05, "end": 0.4}}]})
+
+
+def main() -> None:
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dirs = build_qwen_pair(root / "pair", DecoderShape(hidden_size=128, num_hidden_layers=8, intermediate_size=256))
+        engine = MergeEngine(load_pair(*dirs))
+        image = Image.new("RGB", (56, 56), (40, 120, 200))
+        question, tokens = "How many shapes are there?", 32
+
+        misses = []
+        for i in range(3):
+            answerer = Answerer(engine, AnswerCache(root / f"cache{i}"))
+            engine.restore()
+            start = time.perf_counter()
+            result = answerer.ask(PLAN, question, image, max_new_tokens=tokens)
+            misses.append(time.perf_counter() - start)
+            assert result["cached"] is False
+        hits = []
+        for _ in range(20):
+            start = time.perf_counter()
+            result = answerer.ask(PLAN, question, image, max_new_tokens=tokens)
+            hits.append(time.perf_counter() - start)
+            assert result["cached"] is True
+        miss_s, hit_s = statistics.median(misses), statistics.median(hits)
+        print(json.dumps({"miss_s": miss_s, "hit_s": hit_s, "miss_over_hit": miss_s / hit_s,
+                          "max_new_tokens": tokens, "layers": engine.pair.layout.num_layers}))
+
+
+if __name__ == "__main__":
+    main()

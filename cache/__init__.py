@@ -1,0 +1,5 @@
+"""The store of evaluated configurations (diskcache + JSONDisk). Knows nothing of torch or models."""
+
+from .store import AnswerCache, config_key
+
+__all__ = ["AnswerCache", "config_key"]

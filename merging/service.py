@@ -1,0 +1,61 @@
+"""The data flow of one question: plan → cache key → hit, or (lock → apply → generate → store).
+
+This is what the CLI and the UI call. The base VLM's answer is just the empty plan, cached the same
+way. Apply and generate run under the engine's lock, so concurrent callers with different plans
+never see each other's weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from PIL import Image
+
+from cache import AnswerCache
+
+from .engine import MergeEngine
+from .generate import answer
+from .plan import MergePlan
+
+# Bump when a change to the engine or generation would change answers for the same configuration.
+ENGINE_VERSION = "1"
+
+
+def image_digest(image: Image.Image | None) -> str | None:
+    """Hash of the decoded pixels (mode, size, bytes): the same picture hits whatever its file format."""
+    if image is None:
+        return None
+    hasher = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    hasher.update(image.tobytes())
+    return hasher.hexdigest()
+
+
+class Answerer:
+    def __init__(self, engine: MergeEngine, cache: AnswerCache | None = None):
+        self.engine, self.cache = engine, cache
+
+    def config(self, plan: MergePlan, question: str, image: Image.Image | None, max_new_tokens: int) -> dict:
+        """Everything that determines an answer: the cache key's contents."""
+        return {"kind": "answer", "engine": ENGINE_VERSION, "models": self.engine.pair.fingerprints(),
+                "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
+                "generation": {"max_new_tokens": max_new_tokens, "do_sample": False}}
+
+    def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
+            max_new_tokens: int = 32) -> dict[str, Any]:
+        """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan`."""
+        start = time.perf_counter()
+        config = self.config(plan, question, image, max_new_tokens)
+        if self.cache is not None:
+            hit = self.cache.get(config)
+            if hit is not None:
+                return {"answer": hit["answer"], "cached": True, "seconds": time.perf_counter() - start,
+                        "plan_hash": plan.hash()}
+        with self.engine.lock:
+            self.engine.apply(plan)
+            text = answer(self.engine.pair, question, image, max_new_tokens=max_new_tokens)
+        seconds = time.perf_counter() - start
+        if self.cache is not None:
+            self.cache.put(config, {"answer": text, "seconds": seconds})
+        return {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}

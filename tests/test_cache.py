@@ -1,0 +1,100 @@
+"""The answers cache on a real diskcache directory, through the real engine and models."""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import diskcache
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from cache import AnswerCache, config_key
+from merging import MergeEngine, MergePlan, load_pair
+from merging.service import Answerer
+
+PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"], "curve": {"preset": "constant", "value": 0.5}}]})
+IMAGE = Image.new("RGB", (56, 56), (10, 200, 10))
+
+
+@pytest.fixture
+def answerer(qwen_pair, tmp_path):
+    return Answerer(MergeEngine(qwen_pair), AnswerCache(tmp_path / "cache"))
+
+
+def test_hit_skips_the_model(answerer):
+    first = answerer.ask(PLAN, "How many?", IMAGE)
+    assert first["cached"] is False and answerer.engine.plan == PLAN
+    answerer.engine.restore()
+    again = answerer.ask(PLAN, "How many?", IMAGE)
+    assert again["cached"] is True and again["answer"] == first["answer"]
+    assert answerer.engine.plan == MergePlan()  # served from disk: the weights were not touched
+    assert answerer.ask(PLAN, "How many?", Image.new("RGB", (56, 56), (200, 10, 10)))["cached"] is False
+    assert answerer.ask(MergePlan(), "How many?", IMAGE)["cached"] is False
+
+
+def test_hit_in_a_new_process(qwen_dirs, tmp_path):
+    vlm, llm = qwen_dirs
+    args = [sys.executable, "-m", "merging", "answer", "--vlm", vlm, "--llm", llm, "--question", "Count them",
+            "--cache-dir", tmp_path / "c", "--json"]
+    runs = [json.loads(subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300,
+                                      check=True).stdout) for _ in range(2)]
+    assert [r["cached"] for r in runs] == [False, True] and runs[0]["answer"] == runs[1]["answer"]
+    listing = subprocess.run([sys.executable, "-m", "merging", "cache", "ls", "--cache-dir", str(tmp_path / "c"),
+                              "--json"], capture_output=True, text=True, timeout=120, check=True)
+    entries = json.loads(listing.stdout)["entries"]
+    assert len(entries) == 1 and entries[0]["question"] == "Count them" and entries[0]["plan"] == {"rules": []}
+    cleared = subprocess.run([sys.executable, "-m", "merging", "cache", "clear", "--cache-dir", str(tmp_path / "c"),
+                              "--json"], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(cleared.stdout) == {"cleared": 1}
+
+
+def test_changed_donor_weights_miss(qwen_dirs, tmp_path):
+    vlm, llm = qwen_dirs
+    store = AnswerCache(tmp_path / "cache")
+    assert Answerer(MergeEngine(load_pair(vlm, llm)), store).ask(PLAN, "How many?")["cached"] is False
+    retrained = tmp_path / "llm2"
+    shutil.copytree(llm, retrained)
+    weights = load_file(retrained / "model.safetensors")
+    weights["model.layers.0.self_attn.q_proj.weight"] += 0.01
+    save_file(weights, retrained / "model.safetensors", metadata={"format": "pt"})
+    pair = load_pair(vlm, retrained)
+    assert Answerer(MergeEngine(pair), store).ask(PLAN, "How many?")["cached"] is False
+    assert Answerer(MergeEngine(pair), store).ask(PLAN, "How many?")["cached"] is True
+
+
+def test_corrupt_and_foreign_entries_are_recomputed(answerer):
+    config = answerer.config(PLAN, "How many?", IMAGE, 32)
+    first = answerer.ask(PLAN, "How many?", IMAGE)
+    db = sqlite3.connect(answerer.cache.directory / "cache.db")
+    db.execute("UPDATE Cache SET value = ?", (b"\x00\xffnot zlib",))
+    db.commit()
+    db.close()
+    recomputed = answerer.ask(PLAN, "How many?", IMAGE)
+    assert recomputed["cached"] is False and recomputed["answer"] == first["answer"]
+    assert answerer.ask(PLAN, "How many?", IMAGE)["cached"] is True
+    answerer.cache._cache.set(config_key(config), {"answer": "planted by someone else"})  # foreign shape
+    after_foreign = answerer.ask(PLAN, "How many?", IMAGE)
+    assert after_foreign["cached"] is False and after_foreign["answer"] == first["answer"]
+    assert answerer.cache.entries()[0]["result"]["answer"] == first["answer"]
+
+
+def test_values_are_json_never_pickles(answerer):
+    answerer.ask(PLAN, "How many?", IMAGE)
+    assert isinstance(answerer.cache._cache.disk, diskcache.JSONDisk)
+    db = sqlite3.connect(answerer.cache.directory / "cache.db")
+    modes = {mode for (mode,) in db.execute("SELECT mode FROM Cache")}
+    db.close()
+    assert modes and diskcache.core.MODE_PICKLE not in modes
+    stats = answerer.cache.stats()
+    assert stats["entries"] == 1 and stats["bytes"] > 0
+
+
+def test_config_key_is_canonical():
+    assert config_key({"a": 1, "b": [1, 2]}) == config_key({"b": [1, 2], "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+    with pytest.raises(ValueError):
+        config_key({"a": float("nan")})
