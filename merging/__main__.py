@@ -1,4 +1,4 @@
-"""Command line: python -m merging {inspect,answer,cache} ... (add --json for one JSON object on stdout)."""
+"""Command line: python -m merging {inspect,answer,cache,sweep} ... (add --json for one JSON object on stdout)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,34 @@ def cmd_cache(args) -> dict:
     return result
 
 
+def cmd_sweep(args) -> dict:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from cache import AnswerCache
+
+    from .engine import MergeEngine
+    from .evaluate import load_eval_set
+    from .service import Answerer
+    from .sweep import load_grid, run_sweep, write_results
+    cells, max_new_tokens = load_grid(args.grid)
+    items = load_eval_set(args.eval_set)
+    out = Path(args.out)
+    answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir or out / "cache"))
+    with tqdm(total=len(cells) * len(items), desc="sweep", unit="answer", file=sys.stderr) as bar:
+        rows = run_sweep(answerer, cells, items, max_new_tokens, progress=lambda done, total: bar.update(1))
+    write_results(rows, out)
+    summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed", "cached")} for r in rows]
+    if not args.json:
+        for r in summary:
+            alpha = "-" if r["alpha"] is None else f"{r['alpha']:g}"
+            print(f"{r['setting']:<12} {r['method']:<10} α={alpha:<5} accuracy {100 * r['accuracy']:5.1f} %"
+                  f"  ({r['computed']} computed, {r['cached']} cached)")
+        print(f"wrote {out / 'results.csv'}, results.json, heatmap.html")
+    return {"cells": summary, "out": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,11 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("action", choices=["ls", "stats", "clear"])
     cache.add_argument("--cache-dir", required=True)
     cache.add_argument("--json", action="store_true")
+    sweep = sub.add_parser("sweep", help="score a grid of plans on an eval set (resumable, cached)")
+    _pair_args(sweep)
+    sweep.add_argument("--grid", required=True, help="grid YAML (settings × methods × alphas)")
+    sweep.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    sweep.add_argument("--out", required=True, help="folder for results.csv, results.json, heatmap.html")
+    sweep.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
-        result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache}[args.command](args)
+        result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
