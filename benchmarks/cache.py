@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
+from merging.generate import GenerationSettings  # noqa: E402
 from merging.service import Answerer  # noqa: E402
 from merging.toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
 
@@ -37,25 +38,25 @@ def main() -> None:
         dirs = build_qwen_pair(root / "pair", DecoderShape(hidden_size=128, num_hidden_layers=8, intermediate_size=256))
         engine = MergeEngine(load_pair(*dirs))
         image = Image.new("RGB", (56, 56), (40, 120, 200))
-        question, tokens = "How many shapes are there?", 32
+        question, settings = "How many shapes are there?", GenerationSettings(max_new_tokens=32)
 
         misses = []
         for i in range(3):
             answerer = Answerer(engine, AnswerCache(root / f"cache{i}"))
             engine.restore()
             start = time.perf_counter()
-            result = answerer.ask(PLAN, question, image, max_new_tokens=tokens)
+            result = answerer.ask(PLAN, question, image, settings)
             misses.append(time.perf_counter() - start)
             assert result["cached"] is False
         hits = []
         for _ in range(20):
             start = time.perf_counter()
-            result = answerer.ask(PLAN, question, image, max_new_tokens=tokens)
+            result = answerer.ask(PLAN, question, image, settings)
             hits.append(time.perf_counter() - start)
             assert result["cached"] is True
         miss_s, hit_s = statistics.median(misses), statistics.median(hits)
         print(json.dumps({"miss_s": miss_s, "hit_s": hit_s, "miss_over_hit": miss_s / hit_s,
-                          "max_new_tokens": tokens, "layers": engine.pair.layout.num_layers}))
+                          "max_new_tokens": settings.max_new_tokens, "layers": engine.pair.layout.num_layers}))
 
 
 if __name__ == "__main__":

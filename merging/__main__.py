@@ -46,14 +46,15 @@ def cmd_answer(args) -> dict:
     from cache import AnswerCache
 
     from .engine import MergeEngine
-    from .generate import build_question, load_image
+    from .generate import GenerationSettings, build_question, load_image
     from .plan import MergePlan
     from .service import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = load_image(args.image) if args.image else None
     build_question(args.question)  # a bad question fails before the model is loaded
     answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir) if args.cache_dir else None)
-    result = answerer.ask(plan, args.question, image, max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
+    result = answerer.ask(plan, args.question, image, settings)
     result["seconds"] = round(result["seconds"], 4)
     if not args.json:
         print(result["answer"])
@@ -87,12 +88,12 @@ def cmd_sweep(args) -> dict:
     from .evaluate import load_eval_set
     from .service import Answerer
     from .sweep import load_grid, run_sweep, write_results
-    cells, max_new_tokens = load_grid(args.grid)
+    cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)
     out = Path(args.out)
     answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir or out / "cache"))
     with tqdm(total=len(cells) * len(items), desc="sweep", unit="answer", file=sys.stderr) as bar:
-        rows = run_sweep(answerer, cells, items, max_new_tokens, progress=lambda done, total: bar.update(1))
+        rows = run_sweep(answerer, cells, items, settings, progress=lambda done, total: bar.update(1))
     write_results(rows, out)
     summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed", "cached")} for r in rows]
     if not args.json:
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ans.add_argument("--image", help="image file")
     ans.add_argument("--question", required=True)
     ans.add_argument("--max-new-tokens", type=int, default=32)
+    ans.add_argument("--seed", type=int, help="sample with this seed (default: greedy)")
+    ans.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ans.add_argument("--cache-dir", help="remember answers here (diskcache, JSON values); a hit skips the model")
     cache = sub.add_parser("cache", help="list, count or clear the answers cache")
     cache.add_argument("action", choices=["ls", "stats", "clear"])

@@ -1,24 +1,72 @@
-"""Answer an image + question with the resident model's current weights (greedy, deterministic)."""
+"""Answer an image + question with the resident model's current weights, and score references.
+
+Greedy decoding by default (deterministic, so answers are cacheable); sampling only with an explicit
+seed. `stream_answer` yields the text as it is generated (the UI consumes it); `score` is the
+teacher-forced mean log-likelihood of a reference answer — a cheap, smooth metric for sweeps.
+Callers hold the engine's lock around these, so the weights cannot change mid-answer.
+"""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from PIL import Image
+from transformers import TextIteratorStreamer
 
 from .errors import MergescopeError
 from .pair import ModelPair
 
 MAX_QUESTION_CHARS = 2000
+MAX_IMAGE_PIXELS = 4096 * 4096   # refuse larger images outright (decompression bombs, 100 MP photos)
+MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processor sees it
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 32
+    seed: int | None = None          # None: greedy. An int: sampling, reproducible with that seed
+    temperature: float = 0.7
+    top_p: float = 0.9
+    stop: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise MergescopeError(f"max_new_tokens={self.max_new_tokens} is outside [1, 4096]")
+        if self.seed is not None and not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
+            raise MergescopeError("sampling needs 0 < temperature ≤ 5 and 0 < top_p ≤ 1")
+
+    def as_dict(self) -> dict:
+        """For cache keys: only what changes the answer."""
+        data = asdict(self)
+        if self.seed is None:
+            data.pop("temperature")
+            data.pop("top_p")
+        data["stop"] = list(self.stop)
+        return data
 
 
 def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
+            return check_image(img).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MergescopeError(f"{path}: not a readable image ({exc})") from exc
+
+
+def check_image(image: Image.Image) -> Image.Image:
+    """Refuse huge images; downscale large ones (keeping the aspect ratio) to MAX_MODEL_PIXELS."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise MergescopeError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
+                              f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP")
+    if width * height > MAX_MODEL_PIXELS:
+        scale = (MAX_MODEL_PIXELS / (width * height)) ** 0.5
+        image = image.resize((max(1, int(width * scale)), max(1, int(height * scale))))
+    return image
 
 
 def build_question(question: str) -> str:
@@ -31,33 +79,95 @@ def build_question(question: str) -> str:
     return question
 
 
-def build_inputs(pair: ModelPair, question: str, image: Image.Image | None) -> dict:
-    """Chat-template the question (with the image, if any) into model inputs."""
-    question = build_question(question)
-    if image is not None and not pair.is_multimodal:
-        raise MergescopeError("this model reads text only; ask without an image")
-    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
-    if pair.is_multimodal:
-        prompt = pair.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = pair.processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
-    else:
-        inputs = pair.processor.apply_chat_template([{"role": "user", "content": question}],
-                                                    add_generation_prompt=True, return_dict=True,
-                                                    return_tensors="pt")
-    return {k: v.to(pair.vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
 def tokenizer_of(pair: ModelPair):
     return getattr(pair.processor, "tokenizer", pair.processor)
 
 
-@torch.no_grad()
-def answer(pair: ModelPair, question: str, image: Image.Image | None = None, max_new_tokens: int = 32) -> str:
-    """Greedy answer to `question` about `image` with whatever weights the VLM holds now."""
-    inputs = build_inputs(pair, question, image)
+def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, reference: str = "") -> dict:
+    """Chat-template the question (with the image, if any) into model inputs; `reference` follows the
+    assistant prompt (for scoring)."""
+    question = build_question(question)
+    if image is not None and not pair.is_multimodal:
+        raise MergescopeError("this model reads text only; ask without an image")
+    if image is not None:
+        image = check_image(image)
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+    if pair.is_multimodal:
+        prompt = pair.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                    add_generation_prompt=True, tokenize=False)
+        inputs = pair.processor(text=[prompt + reference], images=[image] if image is not None else None,
+                                return_tensors="pt")
+    else:
+        prompt = pair.processor.apply_chat_template([{"role": "user", "content": question}],
+                                                    add_generation_prompt=True, tokenize=False)
+        inputs = pair.processor([prompt + reference], return_tensors="pt", add_special_tokens=False)
+    return {k: v.to(pair.vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _generate_kwargs(pair: ModelPair, settings: GenerationSettings) -> dict:
     tokenizer = tokenizer_of(pair)
-    output = pair.vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id)
+    kwargs = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+              "do_sample": settings.seed is not None}
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)  # under the engine lock: no other generation interleaves
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if settings.stop:
+        kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+    return kwargs
+
+
+def _trim_stop(text: str, stop: tuple[str, ...]) -> str:
+    for s in stop:
+        if s in text:
+            text = text[:text.index(s)]
+    return text.strip()
+
+
+@torch.no_grad()
+def answer(pair: ModelPair, question: str, image: Image.Image | None = None,
+           settings: GenerationSettings = GenerationSettings()) -> str:
+    """The full answer to `question` (about `image`) with whatever weights the VLM holds now."""
+    inputs = build_inputs(pair, question, image)
+    output = pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings))
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return _trim_stop(tokenizer_of(pair).decode(new_tokens, skip_special_tokens=True), settings.stop)
+
+
+def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = None,
+                  settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
+    """Yield the answer so far, growing token by token; the last value equals `answer(...)`."""
+    inputs = build_inputs(pair, question, image)
+    streamer = TextIteratorStreamer(tokenizer_of(pair), skip_prompt=True, skip_special_tokens=True)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings), streamer=streamer)
+        except BaseException as exc:  # surfaced in the consumer's thread below
+            errors.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield _trim_stop(text, settings.stop)
+    worker.join()
+    if errors:
+        raise errors[0]
+
+
+@torch.no_grad()
+def score(pair: ModelPair, question: str, reference: str, image: Image.Image | None = None) -> float:
+    """Mean log-probability per token of `reference` as the answer (teacher forcing)."""
+    prompt_len = build_inputs(pair, question, image)["input_ids"].shape[1]
+    inputs = build_inputs(pair, question, image, reference=reference)
+    logits = pair.vlm(**inputs).logits[0, prompt_len - 1:-1].float()
+    targets = inputs["input_ids"][0, prompt_len:]
+    if targets.numel() == 0:
+        raise MergescopeError("the reference answer is empty")
+    return float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).mean())

@@ -16,7 +16,7 @@ from PIL import Image
 from cache import AnswerCache
 
 from .engine import MergeEngine
-from .generate import answer
+from .generate import GenerationSettings, answer
 from .plan import MergePlan
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
@@ -36,17 +36,18 @@ class Answerer:
     def __init__(self, engine: MergeEngine, cache: AnswerCache | None = None):
         self.engine, self.cache = engine, cache
 
-    def config(self, plan: MergePlan, question: str, image: Image.Image | None, max_new_tokens: int) -> dict:
+    def config(self, plan: MergePlan, question: str, image: Image.Image | None,
+               settings: GenerationSettings) -> dict:
         """Everything that determines an answer: the cache key's contents."""
         return {"kind": "answer", "engine": ENGINE_VERSION, "models": self.engine.pair.fingerprints(),
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
-                "generation": {"max_new_tokens": max_new_tokens, "do_sample": False}}
+                "generation": settings.as_dict()}
 
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
-            max_new_tokens: int = 32) -> dict[str, Any]:
+            settings: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
         """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan`."""
         start = time.perf_counter()
-        config = self.config(plan, question, image, max_new_tokens)
+        config = self.config(plan, question, image, settings)
         if self.cache is not None:
             hit = self.cache.get(config)
             if hit is not None:
@@ -54,7 +55,7 @@ class Answerer:
                         "plan_hash": plan.hash()}
         with self.engine.lock:
             self.engine.apply(plan)
-            text = answer(self.engine.pair, question, image, max_new_tokens=max_new_tokens)
+            text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:
             self.cache.put(config, {"answer": text, "seconds": seconds})

@@ -31,6 +31,7 @@ import yaml
 from .curves import PRESETS
 from .errors import MergescopeError, PlanError
 from .evaluate import EvalItem, score
+from .generate import GenerationSettings
 from .plan import MergePlan
 from .service import Answerer
 
@@ -45,8 +46,8 @@ class Cell:
     plan: MergePlan
 
 
-def load_grid(path: str | Path) -> tuple[list[Cell], int]:
-    """The grid's cells (baseline first) and its max_new_tokens."""
+def load_grid(path: str | Path) -> tuple[list[Cell], GenerationSettings]:
+    """The grid's cells (baseline first) and its generation settings (greedy)."""
     try:
         grid = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -65,7 +66,7 @@ def load_grid(path: str | Path) -> tuple[list[Cell], int]:
                 except PlanError as exc:
                     raise MergescopeError(f"{path}: {setting} × {method} × α={alpha}: {exc}") from None
                 cells.append(Cell(setting, method, float(alpha), plan))
-    return cells, int(grid.get("max_new_tokens", 64))
+    return cells, GenerationSettings(max_new_tokens=int(grid.get("max_new_tokens", 64)))
 
 
 def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
@@ -79,7 +80,7 @@ def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
     return {**template, open_keys[0]: alpha}
 
 
-def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], max_new_tokens: int,
+def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """One result row per cell: accuracy, and how many answers were computed vs served from cache."""
     rows, done, total = [], 0, len(cells) * len(items)
@@ -87,7 +88,7 @@ def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], max_
         correct = computed = 0
         answers = []
         for item in items:
-            result = answerer.ask(cell.plan, item.question, item.image(), max_new_tokens=max_new_tokens)
+            result = answerer.ask(cell.plan, item.question, item.image(), settings)
             extracted, ok = score(result["answer"], item)
             correct += ok
             computed += not result["cached"]

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from cache import AnswerCache, config_key
 from merging import MergeEngine, MergePlan, load_pair
+from merging.generate import GenerationSettings
 from merging.service import Answerer
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"], "curve": {"preset": "constant", "value": 0.5}}]})
@@ -67,7 +68,7 @@ def test_changed_donor_weights_miss(qwen_dirs, tmp_path):
 
 
 def test_corrupt_and_foreign_entries_are_recomputed(answerer):
-    config = answerer.config(PLAN, "How many?", IMAGE, 32)
+    config = answerer.config(PLAN, "How many?", IMAGE, GenerationSettings())
     first = answerer.ask(PLAN, "How many?", IMAGE)
     db = sqlite3.connect(answerer.cache.directory / "cache.db")
     db.execute("UPDATE Cache SET value = ?", (b"\x00\xffnot zlib",))

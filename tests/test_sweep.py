@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_blog_grid_cells():
-    cells, max_new_tokens = load_grid(REPO / "examples" / "blog_grid.yaml")
-    assert len(cells) == 1 + 2 * 3 * 3 and max_new_tokens == 512
+    cells, settings = load_grid(REPO / "examples" / "blog_grid.yaml")
+    assert len(cells) == 1 + 2 * 3 * 3 and settings.max_new_tokens == 512 and settings.seed is None
     assert cells[0].alpha is None and cells[0].plan.rules == ()
     cell = next(c for c in cells if (c.setting, c.method, c.alpha) == ("Setting 2", "Method 3", 0.4))
     (rule,) = cell.plan.rules
