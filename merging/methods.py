@@ -7,6 +7,21 @@ makes the engine history-independent. Numerics: computed in fp32, rounded once t
 
 Each method declares its parameters once (`ParamDef`); that declaration validates plans and is the
 single source for the UI's controls and the README's methods table.
+
+Methods (w_V = 1−α, w_L = α; the task vectors τ_V = θ_V − θ_B, τ_L = θ_L − θ_B need a base θ_B):
+
+- linear           θ = θ_V + α·(θ_L − θ_V)
+- slerp            spherical interpolation of the whole flattened tensors (linear when collinear)
+- task_arithmetic  θ = θ_B + λ·(w_V·τ_V + w_L·τ_L)
+- ties             τ's trimmed to their top-density magnitudes, sign election, disjoint (mean) merge
+- dare_linear      τ's randomly dropped (keep probability = density, kept ×1/density), then as
+                   task_arithmetic
+- dare_ties        DARE's drop, then TIES' sign election and disjoint merge (no magnitude trim)
+- `regmean_solve`  RegMean's closed form for one linear layer (not a registered method yet: it needs
+                   per-layer Gram matrices the pipeline does not compute yet)
+
+Memory: everything streams over CHUNK_ELEMENTS-sized flat chunks with fp32 temporaries, except TIES'
+magnitude threshold, which needs one full-size fp32 |τ| buffer per task vector at a time.
 """
 
 from __future__ import annotations
@@ -82,13 +97,20 @@ def get_method(name: object, where: str = "method") -> Method:
 
 def _chunks(*tensors: Tensor):
     """Matching flat chunks of same-shaped tensors (views, no copies)."""
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"merge inputs must have one shape, got {sorted(shapes)}")
     flats = [t.view(-1) for t in tensors]
     for start in range(0, flats[0].numel(), CHUNK_ELEMENTS):
         yield [f[start:start + CHUNK_ELEMENTS] for f in flats]
 
 
 def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
-    """θ = θ_V + α · (θ_L − θ_V)."""
+    """θ = θ_V + α · (θ_L − θ_V); α = 0 and α = 1 give θ_V and θ_L (cast to out's dtype) exactly."""
+    if alpha == 0 or alpha == 1:
+        # in floating point θ_V + 1·(θ_L − θ_V) need not round back to θ_L: copy the endpoints
+        out.copy_(vlm if alpha == 0 else donor)
+        return
     if vlm.dtype == donor.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):
         # torch.lerp on half types computes each element in fp32 and rounds once, fused, at memory
         # speed (no full-size temporaries). Its fp32 arithmetic differs from the loop below (fused
@@ -102,3 +124,279 @@ def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alph
 
 
 register(Method("linear", linear, "θ = θ_V + α·(θ_L − θ_V)"))
+
+
+# -- parameter declarations shared by several methods --------------------------------------------
+LAMBDA = ParamDef("lambda", float, 1.0, 0.0, 3.0,
+                  "scale λ of the merged task vector added to the base (1 = unscaled)")
+TIES_DENSITY = ParamDef("density", float, 0.2, 0.0, 1.0,
+                        "fraction of each task vector kept: its largest-magnitude entries", low_open=True)
+DARE_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
+                        "probability of keeping each task-vector entry; kept ones are scaled by 1/density",
+                        low_open=True)
+SEED = ParamDef("seed", int, 0, 0, 2**31 - 1, "seed of DARE's random drop masks")
+TIES_NORMALIZE = ParamDef("normalize", int, 1, 0, 1,
+                          "1: divide by the summed weights of the agreeing entries (a weighted mean, "
+                          "mergekit's ties default); 0: plain weighted sum")
+DARE_TIES_NORMALIZE = ParamDef("normalize", int, 0, 0, 1,
+                               "1: divide by the summed weights of the agreeing entries; 0: plain "
+                               "weighted sum (mergekit's dare_ties default)")
+
+
+def _args(params: dict, *defs: ParamDef) -> list:
+    """The values of `defs` in `params` (default where absent), for methods called directly."""
+    unknown = sorted(set(params) - {p.name for p in defs})
+    if unknown:
+        raise TypeError(f"unexpected method parameter(s) {unknown}; expected {[p.name for p in defs]}")
+    return [params.get(p.name, p.default) for p in defs]
+
+
+def _require_base(base: Optional[Tensor], method: str) -> Tensor:
+    if base is None:
+        raise PlanError(f"method {method!r} needs a base model (the common ancestor of VLM and donor)")
+    return base
+
+
+# -- slerp ---------------------------------------------------------------------------------------
+SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide by, interpolate linearly
+
+
+def slerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
+    """Spherical interpolation of the whole tensors, flattened to vectors (as mergekit, FusionBench):
+
+        cos Ω = ⟨θ_V, θ_L⟩ / (‖θ_V‖·‖θ_L‖)  (clamped to [−1, 1])
+        θ = [sin((1−α)·Ω)·θ_V + sin(α·Ω)·θ_L] / sin Ω
+
+    applied to the original, unnormalised tensors. Falls back to `linear` when |cos Ω| > 0.9995
+    (nearly collinear or anti-collinear) or either tensor is all zeros. α = 0 and α = 1 return θ_V
+    and θ_L exactly. The dot product and norms are accumulated chunk by chunk in fp32.
+    """
+    if alpha == 0 or alpha == 1:
+        out.copy_(vlm if alpha == 0 else donor)
+        return
+    sums = torch.zeros(3, dtype=torch.float32, device=out.device)  # ⟨V, L⟩, ‖V‖², ‖L‖²
+    for v, d in _chunks(vlm, donor):
+        v32, d32 = v.to(torch.float32), d.to(torch.float32)
+        sums += torch.stack([torch.dot(v32, d32), torch.dot(v32, v32), torch.dot(d32, d32)])
+    dot, vv, dd = sums.tolist()
+    if not (vv > 0 and dd > 0):
+        linear(out, vlm, donor, base, alpha)
+        return
+    cos = max(-1.0, min(1.0, dot / math.sqrt(vv * dd)))
+    if abs(cos) > SLERP_COLLINEAR:
+        linear(out, vlm, donor, base, alpha)
+        return
+    omega = math.acos(cos)
+    c_v = math.sin((1 - alpha) * omega) / math.sin(omega)
+    c_l = math.sin(alpha * omega) / math.sin(omega)
+    for o, v, d in _chunks(out, vlm, donor):
+        # .to() may alias the read-only originals: torch.mul makes the one fresh temporary
+        o.copy_(torch.mul(d.to(torch.float32), c_l).add_(v.to(torch.float32), alpha=c_v))
+
+
+register(Method("slerp", slerp,
+                "θ = [sin((1−α)Ω)·θ_V + sin(αΩ)·θ_L] / sin Ω, cos Ω = ⟨θ_V, θ_L⟩/(‖θ_V‖‖θ_L‖); "
+                "linear if |cos Ω| > 0.9995"))
+
+
+# -- task-vector methods: task arithmetic, TIES, DARE ----------------------------------------------
+Sparsify = Callable[[int, Tensor], Tensor]  # (0 = VLM's / 1 = donor's task vector, fp32 chunk) -> chunk
+
+
+def _task_vector_merge(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, lam: float, *,
+                       sparsify: Optional[Sparsify] = None, consensus: bool = False,
+                       normalize: bool = False) -> None:
+    """θ = θ_B + λ·merge(w_V·τ̂_V, w_L·τ̂_L), chunk by chunk in fp32 (w_V = 1−α, w_L = α).
+
+    τ̂_i = sparsify(τ_i) (or τ_i). Without consensus, merge = the plain sum w_V·τ̂_V + w_L·τ̂_L.
+    With consensus (TIES), per element: the elected sign s = sgn(w_V·τ̂_V + w_L·τ̂_L) (+ when that
+    sum is 0); an entry agrees when it is nonzero with sign s; merge = Σ_agreeing w_i·τ̂_i, divided
+    by Σ_agreeing w_i if `normalize` (0 where nothing agrees) — mergekit's generalized task
+    arithmetic with its "sum" consensus.
+    """
+    weights = (1.0 - alpha, alpha)
+    for o, v, d, b in _chunks(out, vlm, donor, base):
+        b32 = b.to(torch.float32)  # may alias the base: never edited in place
+        taus = [x.to(torch.float32) - b32 for x in (v, d)]  # fresh tensors, edited in place below
+        if sparsify is not None:
+            taus = [sparsify(i, tau) for i, tau in enumerate(taus)]
+        weighted = [tau.mul_(w) for tau, w in zip(taus, weights)]
+        if consensus:
+            merged = _disjoint_merge(weighted, weights, normalize)
+        else:
+            merged = weighted[0].add_(weighted[1])
+        o.copy_(merged.mul_(lam).add_(b32))
+
+
+def _disjoint_merge(weighted: list[Tensor], weights: tuple[float, ...], normalize: bool) -> Tensor:
+    """TIES' elect-sign and disjoint merge of weighted task-vector chunks (consumes them)."""
+    positive = torch.stack(weighted).sum(dim=0) >= 0
+    agree = [torch.where(positive, x > 0, x < 0) for x in weighted]  # zero entries never agree
+    merged = weighted[0].mul_(agree[0])
+    for x, a in zip(weighted[1:], agree[1:]):
+        merged.add_(x.mul_(a))
+    if normalize:
+        divisor = sum(a.to(torch.float32) * w for a, w in zip(agree, weights))
+        merged.div_(divisor.masked_fill_(divisor == 0, 1.0))
+    return merged
+
+
+def _keep_count(density: float, n: int) -> int:
+    """k = ⌈density·n⌉ entries kept, at least 1 (the 1e-6 absorbs float error in density·n)."""
+    return min(n, max(1, math.ceil(density * n - 1e-6)))
+
+
+def _magnitude_threshold(x: Tensor, base: Tensor, density: float) -> float:
+    """The k-th largest |x − θ_B| over the whole tensor, k = ⌈density·n⌉ (0.0 when k = n)."""
+    n = x.numel()
+    k = _keep_count(density, n)
+    if k >= n:
+        return 0.0
+    mags = torch.empty(n, dtype=torch.float32, device=x.device)  # the one full-size temporary
+    for m, xc, bc in _chunks(mags, x.reshape(-1), base.reshape(-1)):
+        torch.sub(xc.to(torch.float32), bc.to(torch.float32), out=m).abs_()  # same arithmetic as τ
+    return mags.kthvalue(n - k + 1).values.item()
+
+
+def task_arithmetic(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float,
+                    **params) -> None:
+    """θ = θ_B + λ·[(1−α)·(θ_V − θ_B) + α·(θ_L − θ_B)]  (the seed paper's modality arithmetic).
+
+    λ defaults to 1. At λ = 1 the base cancels: θ = θ_V + α·(θ_L − θ_V), plain linear interpolation
+    (up to fp32 rounding; bit-identical to `linear`'s fp32 path when θ_B = θ_V). This is the reading
+    when VLM and donor are both fine-tunes of the base: α moves along the line between them, and
+    λ ≠ 1 scales both task vectors together (λ > 1 extrapolates away from the base, λ < 1 shrinks
+    towards it); the base matters only then.
+    """
+    (lam,) = _args(params, LAMBDA)
+    _task_vector_merge(out, vlm, donor, _require_base(base, "task_arithmetic"), alpha, lam)
+
+
+def ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
+    """TIES (Yadav et al. 2023), following mergekit's `ties` (generalized task arithmetic):
+
+    1. trim: τ̂_i = τ_i where |τ_i| ≥ the k-th largest |τ_i| of the tensor, k = ⌈density·n⌉, else 0
+       (entries tied with the threshold are all kept, so a few more than k may survive);
+    2. elect: s = sgn(w_V·τ̂_V + w_L·τ̂_L) per element (+ when 0), w_V = 1−α, w_L = α;
+    3. disjoint merge: m = Σ_{i: sgn τ̂_i = s} w_i·τ̂_i, divided (normalize = 1, the default) by
+       Σ_{i: sgn τ̂_i = s} w_i — a weighted mean of the agreeing, surviving entries; 0 where none;
+    θ = θ_B + λ·m.
+
+    With normalize = 1, where only one task vector survives (or agrees), m is that vector at full
+    size whatever its weight: e.g. with the VLM as its own base (τ_V = 0), θ = θ_V + λ·τ̂_L for
+    every α > 0. With normalize = 0, density = 1, and task vectors that never disagree in sign
+    (zeros allowed), TIES is exactly task_arithmetic with the same λ; with normalize = 1 that also
+    holds where both task vectors are nonzero (the weights sum to 1).
+    """
+    density, lam, normalize = _args(params, TIES_DENSITY, LAMBDA, TIES_NORMALIZE)
+    base = _require_base(base, "ties")
+    thresholds = [_magnitude_threshold(x, base, density) for x in (vlm, donor)]
+
+    def trim(i: int, tau: Tensor) -> Tensor:
+        return tau.masked_fill_(tau.abs() < thresholds[i], 0.0) if thresholds[i] > 0 else tau
+
+    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=trim, consensus=True,
+                       normalize=bool(normalize))
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def _dare_stream_seed(seed: int, shape: tuple[int, ...], stream: int) -> int:
+    """A fixed 64-bit mix of (seed, which task vector, shape): no Python hash(), same in every process.
+
+    Methods do not know the tensor's name, so same-shaped tensors (e.g. every layer's q_proj) share
+    a mask; the VLM's (stream 0) and the donor's (stream 1) masks are independent.
+    """
+    h = 0
+    for value in (seed, stream, len(shape), *shape):
+        h = _splitmix64(h ^ value)
+    return h
+
+
+def _dare_drop(density: float, seed: int, like: Tensor) -> Optional[Sparsify]:
+    """DARE (Yu et al. 2023): keep each entry with probability `density`, scale kept ones ×1/density.
+
+    The 1/density rescale (FusionBench's, the paper's 1/(1−p)) keeps E[τ̂] = τ per entry; mergekit's
+    `rescale` instead scales the masked vector to the original's L1 norm. The mask is drawn as
+    U[0,1) < density from one torch.Generator per task vector, on `like`'s device, chunk after
+    chunk: deterministic for a seed and device type (CPU and CUDA generators give different masks).
+    """
+    if density >= 1:
+        return None  # every entry kept, scale 1
+    generators = []
+    for stream in (0, 1):
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(_dare_stream_seed(seed, tuple(like.shape), stream))
+        generators.append(gen)
+
+    def drop(i: int, tau: Tensor) -> Tensor:
+        keep = torch.rand(tau.shape, generator=generators[i], device=tau.device) < density
+        return tau.mul_(keep).div_(density)
+
+    return drop
+
+
+def dare_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float,
+                **params) -> None:
+    """θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L], τ̂_i = m_i ⊙ τ_i / density, m_i ~ Bernoulli(density), seeded."""
+    density, lam, seed = _args(params, DARE_DENSITY, LAMBDA, SEED)
+    base = _require_base(base, "dare_linear")
+    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out))
+
+
+def dare_ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float,
+              **params) -> None:
+    """DARE's drop and rescale (as dare_linear), then TIES' sign election and disjoint merge (as ties,
+    without its magnitude trim); `normalize` defaults to 0, mergekit's dare_ties default."""
+    density, lam, seed, normalize = _args(params, DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE)
+    base = _require_base(base, "dare_ties")
+    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out),
+                       consensus=True, normalize=bool(normalize))
+
+
+register(Method("task_arithmetic", task_arithmetic,
+                "θ = θ_B + λ·[(1−α)·(θ_V − θ_B) + α·(θ_L − θ_B)]", (LAMBDA,), needs_base=True))
+register(Method("ties", ties,
+                "τ̂_i = top-density |θ_i − θ_B|; s = sgn Σ w_i·τ̂_i; θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i "
+                "[/ Σ_{sgn τ̂_i = s} w_i if normalize]; w = (1−α, α)",
+                (TIES_DENSITY, LAMBDA, TIES_NORMALIZE), needs_base=True))
+register(Method("dare_linear", dare_linear,
+                "τ̂_i = m_i ⊙ (θ_i − θ_B) / density, m_i ~ Bernoulli(density); θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L]",
+                (DARE_DENSITY, LAMBDA, SEED), needs_base=True))
+register(Method("dare_ties", dare_ties,
+                "τ̂_i = m_i ⊙ (θ_i − θ_B) / density; s = sgn Σ w_i·τ̂_i; θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i "
+                "[/ Σ_{sgn τ̂_i = s} w_i if normalize]; w = (1−α, α)",
+                (DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE), needs_base=True))
+
+
+# -- RegMean (closed form only; no Gram statistics yet) ----------------------------------------------
+def regmean_solve(weights: list[Tensor], grams: list[Tensor], coeffs: list[float], gamma: float) -> Tensor:
+    """RegMean's merged weight of one linear layer y = x·Wᵀ, in float64:
+
+        G̃_i = γ·G_i + (1−γ)·diag(G_i)        (γ scales the off-diagonal; γ = 1: plain RegMean)
+        W   = [(Σ_i c_i·G̃_i)⁻¹ · Σ_i c_i·G̃_i·W_iᵀ]ᵀ
+
+    Shapes: W_i [out, in], G_i = X_iᵀX_i (/N_i) [in, in] of that layer's inputs X_i [N_i, in];
+    returns [out, in]. With γ = 1 this minimises Σ_i c_i·‖X_i·Wᵀ − X_i·W_iᵀ‖². Solved with
+    torch.linalg.solve (no explicit inverse); the caller casts to the parameter's dtype.
+    """
+    if not weights or not len(weights) == len(grams) == len(coeffs):
+        raise ValueError(f"regmean_solve: need as many weights, grams and coeffs (≥ 1), got "
+                         f"{len(weights)}, {len(grams)}, {len(coeffs)}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"regmean_solve: gamma={gamma} is outside [0, 1]")
+    lhs = rhs = None  # Σ c_i·G̃_i [in, in], Σ c_i·G̃_i·W_iᵀ [in, out]
+    for w, g, c in zip(weights, grams, coeffs):
+        if g.shape != (w.shape[1], w.shape[1]):
+            raise ValueError(f"regmean_solve: Gram {list(g.shape)} does not fit a weight {list(w.shape)}")
+        g64 = g.to(torch.float64)
+        g_tilde = gamma * g64 + (1.0 - gamma) * torch.diag(torch.diagonal(g64))
+        term_l, term_r = c * g_tilde, c * (g_tilde @ w.to(torch.float64).T)
+        lhs = term_l if lhs is None else lhs + term_l
+        rhs = term_r if rhs is None else rhs + term_r
+    return torch.linalg.solve(lhs, rhs).T.contiguous()

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, MergescopeError
+from .errors import CheckpointError, LayoutError, MergescopeError
 from .layout import Layout, build_layout
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,4 +108,9 @@ def load_pair(vlm: str | Path, llm: str | Path, base: str | Path | None = None, 
         base_layout = build_layout(model, vlm_files, base_files)
         base_layout.require_compatible()
         base_keys = {s.name: s.donor_key for s in base_layout.slots}
+        missing = [s.name for s in layout.slots if s.name not in base_keys or
+                   base_files.shape(base_keys[s.name])[0] < (s.shared_rows or s.shape[0])]
+        if missing:
+            raise LayoutError(f"{base_files.path}: the base model lacks (or has fewer rows of) {len(missing)} "
+                              f"tensor(s) the donor merges, e.g. {missing[:3]}")
     return ModelPair(model, processor, vlm_files, donor, base_files, layout, base_keys)

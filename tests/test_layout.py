@@ -156,3 +156,13 @@ def test_base_model_is_mapped_too(qwen_dirs):
     pair = load_pair(vlm_dir, llm_dir, base=vlm_dir)
     assert set(pair.base_keys) == {s.name for s in pair.layout.slots}
     assert pair.fingerprints()["base"] == pair.fingerprints()["vlm"] != pair.fingerprints()["donor"]
+
+
+def test_base_missing_tensors_is_refused_at_load(tmp_path, qwen_dirs):
+    from safetensors.torch import load_file, save_file
+    vlm_dir, llm_dir = qwen_dirs
+    weights = load_file(llm_dir / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(LayoutError, match=r"base model lacks .*layers\.1\.mlp\.up_proj\.weight"):
+        load_pair(vlm_dir, llm_dir, base=tmp_path)
