@@ -400,3 +400,12 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor], coeffs: list[float
         lhs = term_l if lhs is None else lhs + term_l
         rhs = term_r if rhs is None else rhs + term_r
     return torch.linalg.solve(lhs, rhs).T.contiguous()
+
+
+def methods_table() -> str:
+    """The README's methods table, generated from the registry (a test keeps the README in sync)."""
+    lines = ["| method | needs base | formula | parameters |", "|---|---|---|---|"]
+    for m in REGISTRY.values():
+        params = "; ".join(f"`{p.name}` (default {p.default}): {p.doc}" for p in m.params) or "–"
+        lines.append(f"| `{m.name}` | {'yes' if m.needs_base else 'no'} | {m.formula} | {params} |")
+    return "\n".join(lines)

@@ -434,3 +434,11 @@ def test_history_independence_with_base_methods(based_pair):
     for p in plans[::-1] + plans + [plans[0], plans[0]]:  # from other states, and twice in a row
         engine.apply(p)
         assert_same_weights(based_pair, reference[p.hash()])
+
+
+def test_readme_methods_table_matches_the_registry():
+    from pathlib import Path
+
+    from merging.methods import methods_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert methods_table() in readme, "regenerate the README table: python -c 'from merging.methods import methods_table; print(methods_table())'"
