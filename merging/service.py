@@ -16,7 +16,7 @@ from PIL import Image
 from cache import AnswerCache
 
 from .engine import MergeEngine
-from .generate import GenerationSettings, answer
+from .generate import GenerationSettings, answer, tokenizer_of
 from .plan import MergePlan
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
@@ -58,5 +58,6 @@ class Answerer:
             text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:
-            self.cache.put(config, {"answer": text, "seconds": seconds})
+            tokens = len(tokenizer_of(self.engine.pair).encode(text, add_special_tokens=False))
+            self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
         return {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}

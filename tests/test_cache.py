@@ -90,6 +90,9 @@ def test_values_are_json_never_pickles(answerer):
     modes = {mode for (mode,) in db.execute("SELECT mode FROM Cache")}
     db.close()
     assert modes and diskcache.core.MODE_PICKLE not in modes
+    (entry,) = answerer.cache.entries()
+    assert entry["result"]["tokens"] > 0 and entry["result"]["seconds"] > 0 and entry["created_at"] > 0
+    assert entry["config"]["question"] == "How many?" and entry["config"]["plan"] == PLAN.to_dict()
     stats = answerer.cache.stats()
     assert stats["entries"] == 1 and stats["bytes"] > 0
 
