@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image
 
 from cache import AnswerCache
 
 from .engine import MergeEngine
-from .generate import GenerationSettings, answer, tokenizer_of
+from .generate import GenerationSettings, answer, stream_answer, tokenizer_of
 from .plan import MergePlan
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
@@ -46,18 +46,33 @@ class Answerer:
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
             settings: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
         """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan`."""
+        *_, final = self.stream(plan, question, image, settings, live=False)
+        del final["done"]
+        return final
+
+    def stream(self, plan: MergePlan, question: str, image: Image.Image | None = None,
+               settings: GenerationSettings = GenerationSettings(), live: bool = True) -> Iterator[dict[str, Any]]:
+        """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
+
+        A cache hit yields once. The engine lock is held from apply to the last token, so the
+        weights cannot change under a running answer.
+        """
         start = time.perf_counter()
         config = self.config(plan, question, image, settings)
-        if self.cache is not None:
-            hit = self.cache.get(config)
-            if hit is not None:
-                return {"answer": hit["answer"], "cached": True, "seconds": time.perf_counter() - start,
-                        "plan_hash": plan.hash()}
+        result = {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "done": False}
+        hit = self.cache.get(config) if self.cache is not None else None
+        if hit is not None:
+            yield dict(result, answer=hit["answer"], cached=True, done=True, seconds=time.perf_counter() - start)
+            return
         with self.engine.lock:
             self.engine.apply(plan)
-            text = answer(self.engine.pair, question, image, settings)
+            if live:
+                for text in stream_answer(self.engine.pair, question, image, settings):
+                    yield dict(result, answer=text, seconds=time.perf_counter() - start)
+            else:
+                text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:
             tokens = len(tokenizer_of(self.engine.pair).encode(text, add_special_tokens=False))
             self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
-        return {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}
+        yield dict(result, answer=text, seconds=seconds, done=True)

@@ -102,3 +102,11 @@ def test_config_key_is_canonical():
     assert config_key({"a": 1}) != config_key({"a": 2})
     with pytest.raises(ValueError):
         config_key({"a": float("nan")})
+
+
+def test_stream_grows_then_caches(answerer):
+    updates = list(answerer.stream(PLAN, "Describe it.", IMAGE))
+    assert len(updates) >= 2 and updates[-1]["done"] and not any(u["done"] for u in updates[:-1])
+    assert updates[-1]["answer"] == answerer.ask(PLAN, "Describe it.", IMAGE)["answer"]
+    (hit,) = list(answerer.stream(PLAN, "Describe it.", IMAGE))
+    assert hit["cached"] and hit["done"] and hit["answer"] == updates[-1]["answer"]
