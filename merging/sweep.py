@@ -47,11 +47,20 @@ class Cell:
 
 
 def load_grid(path: str | Path) -> tuple[list[Cell], GenerationSettings]:
-    """The grid's cells (baseline first) and its generation settings (greedy)."""
+    """The grid file's cells (baseline first) and its generation settings (greedy)."""
     try:
-        grid = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise MergescopeError(f"{path}: cannot read the grid ({exc})") from exc
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise MergescopeError(f"{path}: cannot read the grid ({exc.strerror})") from exc
+    return parse_grid(text, str(path))
+
+
+def parse_grid(text: str, path: str = "grid") -> tuple[list[Cell], GenerationSettings]:
+    """Cells and generation settings of a grid given as YAML text (`path` names it in errors)."""
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MergescopeError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(grid, dict) or not all(k in grid for k in ("settings", "methods", "alphas")):
         raise MergescopeError(f"{path}: a grid needs 'settings', 'methods' and 'alphas'")
     cells = [Cell(*BASELINE, MergePlan())]

@@ -11,6 +11,7 @@ is the mechanics — in-place switching in milliseconds, answers changing, bit-e
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -31,17 +32,35 @@ PLANS = {
 }
 
 
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
+
+
+def ensure_demo_pair(root: Path) -> tuple[Path, Path, str]:
+    """Build (once) the demo pair and a few example items under `root`; returns (vlm, llm, eval JSONL)."""
+    if not (root / "vlm" / "config.json").exists() or not (root / "llm" / "config.json").exists():
+        print(f"building a demo pair in {root} ...")
+        build_qwen_pair(root, DecoderShape(hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
+                                           intermediate_size=256))
+    examples = root / "examples.jsonl"
+    if not examples.exists():
+        lines = []
+        for name, rgb in COLOURS.items():
+            image = Image.new("RGB", (56, 56), (255, 255, 255))
+            image.paste(rgb, (14, 14, 42, 42))
+            image.save(root / f"{name}.png")
+            lines.append(json.dumps({"id": name, "image": f"{name}.png", "question": "What colour is the square?",
+                                     "answer": name, "answer_type": "text"}))
+        examples.write_text("\n".join(lines) + "\n")
+    return root / "vlm", root / "llm", str(examples)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default="runs/demo", help="where the demo pair is built (once)")
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
-    root = Path(args.dir)
-    if not (root / "vlm" / "config.json").exists() or not (root / "llm" / "config.json").exists():
-        print(f"building a demo pair in {root} ...")
-        build_qwen_pair(root, DecoderShape(hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
-                                           intermediate_size=256))
-    pair = load_pair(root / "vlm", root / "llm")
+    vlm, llm, _ = ensure_demo_pair(Path(args.dir))
+    pair = load_pair(vlm, llm)
     engine = MergeEngine(pair)
     image = Image.new("RGB", (56, 56), (30, 90, 200))
     question = "How many shapes are there?"

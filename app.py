@@ -1,0 +1,63 @@
+"""Mergescope: python app.py [--vlm V --llm L ...] — the explorer in a browser, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+from cache import AnswerCache
+from merging import MergeEngine, MergescopeError, load_pair
+from merging.evaluate import load_eval_set
+from merging.service import Answerer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vlm", help="VLM folder or hub id (default: the demo pair, built locally on first run)")
+    parser.add_argument("--llm", help="donor text LLM folder or hub id")
+    parser.add_argument("--base", help="common base model (task arithmetic, TIES, DARE)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--eval-set", help="examples and sweep items: PATH.jsonl, mathvista:PATH, mathvision:PATH")
+    parser.add_argument("--cache-dir", default="runs/cache", help="answers cache (JSON values)")
+    parser.add_argument("--export-dir", default="runs/exports", help="where exports may be written ('' = off)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def default_pair() -> tuple[Path, Path, str | None]:
+    """The demo pair (built once, offline, in seconds), with its example items."""
+    from merging.toy.demo import ensure_demo_pair
+    return ensure_demo_pair(Path("runs/demo"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ui.app import Explorer, build_app
+    args = parse_args(argv)
+    hf_logging.disable_progress_bar()
+    try:
+        if args.vlm or args.llm:
+            if not (args.vlm and args.llm):
+                raise MergescopeError("give both --vlm and --llm, or neither for the demo pair")
+            vlm, llm, eval_spec = args.vlm, args.llm, args.eval_set
+        else:
+            vlm, llm, eval_spec = default_pair()
+            eval_spec = args.eval_set or eval_spec
+        pair = load_pair(vlm, llm, args.base, dtype=args.dtype, device=args.device)
+        items = load_eval_set(eval_spec) if eval_spec else []
+    except MergescopeError as exc:
+        sys.exit(f"error: {exc}")
+    explorer = Explorer(Answerer(MergeEngine(pair), AnswerCache(args.cache_dir)), items, eval_spec or "",
+                        Path(args.export_dir) if args.export_dir else None)
+    build_app(explorer).queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, show_error=False)
+
+
+if __name__ == "__main__":
+    main()

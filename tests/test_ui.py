@@ -1,0 +1,184 @@
+"""The explorer in a real browser (Debian chromium driven by playwright) against a real Gradio server,
+on a tiny locally built model pair; and several gradio_client clients at once."""
+
+import json
+import os
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cache import AnswerCache
+from merging import MergeEngine, MergePlan, load_pair
+from merging.evaluate import load_eval_set
+from merging.generate import GenerationSettings
+from merging.service import Answerer
+from ui.app import Explorer, build_app
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                                reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(qwen_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    lines = []
+    for name, rgb in {"red": (220, 40, 40), "blue": (40, 80, 220)}.items():
+        Image.new("RGB", (56, 56), rgb).save(root / f"{name}.png")
+        lines.append(json.dumps({"id": name, "image": f"{name}.png", "question": "What colour is it?",
+                                 "answer": name, "answer_type": "text"}))
+    (root / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    engine = MergeEngine(load_pair(*qwen_dirs))
+    explorer = Explorer(Answerer(engine, AnswerCache(root / "cache")), load_eval_set(root / "eval.jsonl"),
+                        str(root / "eval.jsonl"), root / "exports")
+    app = build_app(explorer).queue(default_concurrency_limit=1)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", explorer
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page.goto(server[0], wait_until="domcontentloaded")
+    page.wait_for_selector("#curve svg", timeout=60_000)
+    yield page
+    page.close()
+
+
+def table_alphas(page) -> list[float]:
+    cells = page.locator("#alpha-table [data-testid^=cell-][data-col='1']")
+    return [float(cells.nth(i).inner_text()) for i in range(cells.count())]
+
+
+def test_drag_the_curve_updates_the_table(page):
+    before = table_alphas(page)
+    assert before[0] == pytest.approx(0.05) and before[-1] == pytest.approx(0.4)  # the default log ramp
+    box = page.locator("#curve svg").bounding_box()
+    page.mouse.move(box["x"] + 3, box["y"] + box["height"] * 0.9)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.1, steps=12)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#alpha-table [data-testid=cell-3-1]').innerText"
+                           " !== '0.4'")
+    after = table_alphas(page)
+    # each layer takes α where the pointer last crossed its column: low on the left, high on the right
+    assert after[0] <= 0.3 and after[-1] == pytest.approx(0.9, abs=0.03)
+    assert all(a <= b for a, b in zip(after, after[1:]))  # a rising stroke draws a rising curve
+    assert "0.9" in page.locator("#plan-yaml").inner_text()
+
+
+def test_preset_sets_exact_values(page):
+    page.locator("#apply-preset").click()  # loglinear 0.05 → 0.4 with the default fields
+    page.wait_for_timeout(800)
+    alphas = table_alphas(page)
+    ratios = [b / a for a, b in zip(alphas, alphas[1:])]
+    assert alphas[0] == pytest.approx(0.05, abs=1e-4) and alphas[-1] == pytest.approx(0.4, abs=1e-4)
+    assert max(ratios) - min(ratios) < 0.01  # geometric
+    assert "log-scale ramp" in page.locator("#status").inner_text()
+
+
+def _compare(page, expect: str):
+    page.locator("#compare").click()
+    page.wait_for_function(f"() => document.querySelector('#meta-merged').innerText.includes('{expect}')",
+                           timeout=120_000)
+
+
+def test_compare_shows_both_answers_then_cached(page):
+    page.get_by_text("What colour is it?").first.click()  # an example: image + question
+    page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
+    _compare(page, "done")
+    base = page.locator("#answer-base textarea").input_value()
+    merged = page.locator("#answer-merged textarea").input_value()
+    assert base and merged
+    _compare(page, "cached ✓")
+    assert "cached ✓" in page.locator("#meta-base").inner_text()
+    assert "cached ✓" in page.locator("#meta-merged").inner_text()
+    assert page.locator("#answer-merged textarea").input_value() == merged
+    if os.environ.get("MERGESCOPE_SCREENSHOT"):
+        page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=False)
+
+
+def test_bad_input_messages(page):
+    status = page.locator("#status")
+    page.locator("#question textarea").fill("")
+    page.locator("#compare").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('question is empty')")
+    page.locator("#question textarea").fill("What colour is it?")
+    page.locator("#compare").click()  # no image, not ticked as text-only
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('needs an image')")
+    cell = page.locator("#alpha-table [data-testid=cell-2-1]")
+    cell.dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("1.7")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('outside [0, 1]')")
+    assert "layer 2" in status.inner_text()
+
+
+def test_sweep_shows_progress_and_heatmap(page):
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#run-sweep").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Sweep:')", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('9/9 cells')",
+                           timeout=240_000)
+    page.wait_for_selector("#sweep-plot .main-svg", timeout=30_000)
+    assert "Setting 2" in page.locator("#sweep-table").inner_text()
+
+
+def test_history_restores_a_plan(page, server):
+    _, explorer = server
+    plan = MergePlan.from_dict({"rules": [{"components": ["mlp"], "curve": {"preset": "step", "layer": 2,
+                                                                           "value": 0.8}}]})
+    explorer.answerer.ask(plan, "A remembered question?", None, GenerationSettings(max_new_tokens=4))
+    page.get_by_role("tab", name="History").click()
+    page.locator("#refresh-history").click()
+    page.locator("#history [data-testid=cell-0-0]").click()  # newest first
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Restored plan')")
+    assert page.locator("#question textarea").input_value() == "A remembered question?"
+    page.get_by_role("tab", name="Compare").click()
+    assert table_alphas(page) == [0.0, 0.0, 0.8, 0.8]
+    checked = page.locator("#components input:checked")
+    labels = {checked.nth(i).evaluate("e => e.closest('label').innerText") for i in range(checked.count())}
+    assert {label.split("·")[-1].strip() for label in labels} == {"gate_proj", "up_proj", "down_proj"}
+
+
+def test_concurrent_clients_get_their_own_plans(server):
+    from gradio_client import Client
+    url, explorer = server
+    plans = [MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": a}}]})
+             for a in (0.0, 0.3, 0.6, 0.9)]
+    question = "Which colour comes next?"
+
+    def ask(plan):
+        return Client(url, verbose=False).predict(plan.to_yaml(), question, 12, api_name="/answer")
+
+    with ThreadPoolExecutor(len(plans)) as pool:
+        results = list(pool.map(ask, plans))
+    alone = Answerer(explorer.engine, cache=None)  # no cache: recomputed, one plan at a time
+    expected = [alone.ask(p, question, None, GenerationSettings(max_new_tokens=12))["answer"] for p in plans]
+    assert [r["answer"] for r in results] == expected
+    assert len(set(expected)) > 1  # the plans really differ

@@ -1,0 +1,433 @@
+"""The explorer: draw an α curve, tick components, compare the merged model's answer with the base VLM's.
+
+Every model event (compare, sweep, the API) shares one queue slot (`concurrency_id="gpu"`, limit 1):
+the weights hold one plan at a time. Cheap events (presets, table edits, plots) never wait behind
+them. Errors in what a user typed come back as a one-line message in the status box, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from merging import curves
+from merging.distance import role_distances
+from merging.engine import MergeEngine
+from merging.errors import MergescopeError
+from merging.evaluate import EvalItem, load_eval_set
+from merging.generate import GenerationSettings, build_question
+from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
+from merging.methods import REGISTRY, ParamDef
+from merging.plan import MergePlan
+from merging.service import Answerer
+from merging.sweep import parse_grid, run_sweep
+
+from .curve_editor import curve_editor
+from .figures import alpha_figure, distance_figure, sweep_heatmap
+
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a time
+CHEAP = {"concurrency_limit": None, "queue": False}      # UI bookkeeping: never queued behind it
+COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
+                    ("Embeddings", ("embed_tokens",)), ("Final norm", ("norm",)), ("LM head", ("lm_head",))]
+PRESET_FORMULAS = {
+    "constant": "α_l = value",
+    "linear": "α_l = start + (end − start)·l/(L−1)",
+    "loglinear": "α_l = a·(b/a)^(l/(L−1)), a, b = start, end floored at max/100 — our reading of the blog's "
+                 "log-scale ramp (Method 3), which gives no formula",
+    "step": "α_l = 0 for l < layer, else value (layer swap)",
+    "anchors": "mergekit's gradient: piecewise-linear through evenly spaced anchor values",
+}
+DEFAULT_GRID = """settings:
+  Setting 1: [all]
+  Setting 2: [self_attn]
+methods:
+  Method 1: {preset: constant}
+  Method 3: {preset: loglinear, start: 0.0}
+alphas: [0.4, 0.6]
+max_new_tokens: 8
+"""
+
+
+@dataclass
+class Explorer:
+    """What the UI needs: the engine behind an answerer, examples, and where files may be written."""
+
+    answerer: Answerer
+    eval_items: list[EvalItem] = field(default_factory=list)
+    eval_spec: str = ""
+    export_dir: Path | None = None
+    _distances: list[dict] | None = None
+
+    @property
+    def engine(self) -> MergeEngine:
+        return self.answerer.engine
+
+    @property
+    def num_layers(self) -> int:
+        return self.engine.pair.layout.num_layers
+
+    def distances(self) -> list[dict]:
+        if self._distances is None:
+            self._distances = role_distances(self.engine.pair)
+        return self._distances
+
+
+def _method_params() -> list[ParamDef]:
+    """One control per parameter name across all methods (defaults set per method on selection)."""
+    seen: dict[str, ParamDef] = {}
+    for method in REGISTRY.values():
+        for p in method.params:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
+def plan_from_ui(components: list[str], method: str, alphas: list[float], params: dict) -> MergePlan:
+    """The plan the merge panel shows: one rule, the drawn curve as exact per-layer values."""
+    if not components:
+        return MergePlan()
+    known = {p.name for p in REGISTRY[method].params} if method in REGISTRY else set()
+    rule = {"components": list(components), "method": method,
+            "curve": {"preset": "custom", "values": [float(a) for a in alphas]},
+            "params": {k: v for k, v in params.items() if k in known and v is not None}}
+    return MergePlan.from_dict({"rules": [rule]})
+
+
+def parse_table(table: pd.DataFrame, num_layers: int) -> list[float]:
+    """α values from the exact-value table, or a clear error naming the bad cell."""
+    if len(table) != num_layers:
+        raise MergescopeError(f"the table must have {num_layers} rows, one per layer; it has {len(table)}")
+    alphas = []
+    for layer, value in enumerate(table.iloc[:, 1].tolist()):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise MergescopeError(f"layer {layer}: {value!r} is not a number between 0 and 1") from None
+        alphas.append(curves.check_alpha(number, f"layer {layer}"))
+    return alphas
+
+
+def table_of(alphas: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"layer": list(range(len(alphas))), "α": [round(a, 4) for a in alphas]})
+
+
+def token_diff(base: str, merged: str) -> list[tuple[str, str | None]]:
+    """Word-level diff for gr.HighlightedText: '-' only in the base answer, '+' only in the merged one."""
+    a, b = base.split(), merged.split()
+    out: list[tuple[str, str | None]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out += [(w + " ", None) for w in a[i1:i2]]
+        else:
+            out += [(w + " ", "-") for w in a[i1:i2]] + [(w + " ", "+") for w in b[j1:j2]]
+    return out
+
+
+def badge(result: dict) -> str:
+    state = "cached ✓" if result["cached"] else ("done" if result["done"] else "generating…")
+    return f"{result['seconds']:.2f} s · {state} · plan `{result['plan_hash']}`"
+
+
+def build_app(explorer: Explorer) -> gr.Blocks:
+    layout = explorer.engine.pair.layout
+    roles = set(layout.roles())
+    choices = [(f"{group} · {role}", role) for group, names in COMPONENT_GROUPS for role in names if role in roles]
+    all_roles = [value for _, value in choices]
+    attention = [r for r in ATTENTION_ROLES if r in roles]
+    param_defs = _method_params()
+    L = explorer.num_layers
+    # start on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
+    start_alphas = curves.layer_alphas({"preset": "loglinear", "start": 0.05, "end": 0.4}, L)
+
+    with gr.Blocks(title="Mergescope") as app:
+        gr.Markdown("# Mergescope\nMerge a VLM with the text LLM that shares its backbone, layer by layer. "
+                    "α is the donor LLM's weight: 0 keeps the VLM, 1 takes the LLM.")
+        status = gr.Markdown("", elem_id="status")
+        pinned_plan = gr.State("")
+        history_rows = gr.State([])
+
+        with gr.Tab("Compare"):
+            with gr.Row():
+                with gr.Column(scale=5):
+                    gr.Markdown("### Merge")
+                    components = gr.CheckboxGroup(choices, value=attention, label="Components to merge",
+                                                  elem_id="components")
+                    with gr.Row():
+                        setting1 = gr.Button("Setting 1: all language-model tensors", size="sm", elem_id="setting-1")
+                        setting2 = gr.Button("Setting 2: self-attention only", size="sm", elem_id="setting-2")
+                    method = gr.Dropdown(list(REGISTRY), value="linear", label="Method", elem_id="method")
+                    method_formula = gr.Markdown(f"`{REGISTRY['linear'].formula}`")
+                    with gr.Row():
+                        param_boxes = [gr.Number(p.default, label=f"{p.name}", info=p.doc, visible=False,
+                                                 elem_id=f"param-{p.name}") for p in param_defs]
+                    gr.Markdown("**α per layer** — drag across the bars, apply a preset, or edit the table.")
+                    curve = curve_editor(L, start_alphas)
+                    with gr.Row():
+                        preset = gr.Dropdown(list(PRESET_FORMULAS), value="loglinear", label="Preset",
+                                             elem_id="preset")
+                        p_value = gr.Number(0.4, label="value", minimum=0, maximum=1)
+                        p_start = gr.Number(0.05, label="start", minimum=0, maximum=1)
+                        p_end = gr.Number(0.4, label="end", minimum=0, maximum=1)
+                        p_layer = gr.Number(L // 2, label="layer", precision=0, minimum=0, maximum=L)
+                        p_anchors = gr.Textbox("0, 0.3, 0.6", label="anchors")
+                    preset_formula = gr.Markdown(PRESET_FORMULAS["loglinear"], elem_id="preset-formula")
+                    apply_preset = gr.Button("Apply preset", elem_id="apply-preset")
+                    table = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
+                                         elem_id="alpha-table", row_count=L)
+                    preview = gr.Plot(alpha_figure(start_alphas), label="α per layer")
+                    with gr.Row():
+                        pin = gr.Button("Pin as plan B", size="sm", elem_id="pin")
+                        plan_yaml = gr.Code("", language="yaml", label="Current plan", elem_id="plan-yaml",
+                                            interactive=False)
+                with gr.Column(scale=4):
+                    gr.Markdown("### Ask")
+                    image = gr.Image(type="pil", label="Image", elem_id="image", height=240)
+                    question = gr.Textbox(label="Question", elem_id="question", lines=2)
+                    text_only = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
+                    max_new_tokens = gr.Slider(1, 512, 32, step=1, label="Max new tokens")
+                    if explorer.eval_items:
+                        gr.Examples([[str(i.image_path) if i.image_path else None, i.question]
+                                     for i in explorer.eval_items[:24]], [image, question], label="Examples")
+                    compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                    base_box = gr.Textbox(label="Base VLM", elem_id="answer-base", interactive=False)
+                    base_meta = gr.Markdown("", elem_id="meta-base")
+                    merged_box = gr.Textbox(label="Merged (current plan)", elem_id="answer-merged",
+                                            interactive=False)
+                    merged_meta = gr.Markdown("", elem_id="meta-merged")
+                    pinned_box = gr.Textbox(label="Plan B (pinned)", elem_id="answer-pinned", interactive=False)
+                    pinned_meta = gr.Markdown("", elem_id="meta-pinned")
+                    diff = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
+                                              color_map={"-": "red", "+": "green"})
+
+        with gr.Tab("Inspect"):
+            gr.Markdown("Where did the donor move away from the VLM? Per layer and role, over all its tensors.")
+            inspect_btn = gr.Button("Compute distances", elem_id="inspect")
+            rel_plot, cos_plot = gr.Plot(label="relative distance"), gr.Plot(label="cosine")
+
+        with gr.Tab("Sweep"):
+            gr.Markdown("Score a grid of plans on an eval set. Cells computed before come from the cache at once.")
+            grid_text = gr.Code(DEFAULT_GRID, language="yaml", label="Grid", elem_id="grid")
+            with gr.Row():
+                eval_spec = gr.Textbox(explorer.eval_spec, label="Eval set (PATH.jsonl, mathvista:PATH, "
+                                       "mathvision:PATH)", elem_id="eval-set")
+                max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1)
+            with gr.Row():
+                run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
+                stop = gr.Button("Stop", elem_id="stop-sweep")
+            sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
+            sweep_table = gr.Dataframe(label="Cells", elem_id="sweep-table")
+
+        with gr.Tab("History"):
+            gr.Markdown("Configurations evaluated so far (from the cache). Click a row to restore its plan.")
+            refresh = gr.Button("Refresh", elem_id="refresh-history")
+            history = gr.Dataframe(headers=["when", "question", "plan", "answer"], interactive=False,
+                                   elem_id="history")
+
+        with gr.Tab("Export"):
+            gr.Markdown("Download the current plan (YAML, the format the CLI's `--plan` takes).")
+            export_plan = gr.Button("Save plan YAML", elem_id="export-plan")
+            export_file = gr.File(label="Plan file", elem_id="export-file")
+
+        param_inputs = [method, *param_boxes]
+
+        def read_params(method_name, *values) -> dict:
+            return {p.name: v for p, v in zip(param_defs, values)}
+
+        def current_plan(comps, method_name, alphas, *values) -> MergePlan:
+            return plan_from_ui(comps, method_name, alphas, read_params(method_name, *values))
+
+        # -- cheap events: the merge panel ---------------------------------------------------
+        def show_curve(alphas, pinned):
+            pinned_alphas = _first_curve(pinned, L)
+            return table_of(alphas), alpha_figure(alphas, pinned_alphas)
+
+        def on_method(method_name):
+            names = {p.name: p for p in REGISTRY[method_name].params}
+            updates = [gr.update(visible=p.name in names, value=names[p.name].default if p.name in names else None)
+                       for p in param_defs]
+            note = " (needs `--base`)" if REGISTRY[method_name].needs_base else ""
+            return [f"`{REGISTRY[method_name].formula}`{note}", *updates]
+
+        def on_preset_apply(name, value, start, end, layer, anchor_text, pinned):
+            try:
+                spec = {"preset": name, "value": value, "start": start, "end": end, "layer": int(layer or 0),
+                        "values": [float(x) for x in str(anchor_text).replace(",", " ").split()]}
+                _, kinds = curves.PRESETS[name]
+                curve_spec = curves.normalize_curve({"preset": name, **{k: spec[k] for k in kinds}}, name)
+                alphas = curves.layer_alphas(curve_spec, L)
+            except (MergescopeError, ValueError) as exc:
+                return gr.update(), gr.update(), gr.update(), f"⚠️ {exc}"
+            return (alphas, *show_curve(alphas, pinned), f"Applied {name}: {PRESET_FORMULAS[name]}")
+
+        def on_table(frame, pinned):
+            try:
+                alphas = parse_table(frame, L)
+            except MergescopeError as exc:
+                return gr.update(), gr.update(), f"⚠️ {exc}"
+            return alphas, alpha_figure(alphas, _first_curve(pinned, L)), ""
+
+        def on_plan_inputs(comps, alphas, *param_values):
+            try:
+                return current_plan(comps, param_values[0], alphas, *param_values[1:]).to_yaml()
+            except MergescopeError as exc:
+                return f"# {exc}"
+
+        setting1.click(lambda: all_roles, None, components, **CHEAP)
+        setting2.click(lambda: attention, None, components, **CHEAP)
+        method.change(on_method, method, [method_formula, *param_boxes], **CHEAP)
+        preset.change(lambda n: PRESET_FORMULAS[n], preset, preset_formula, **CHEAP)
+        apply_preset.click(on_preset_apply, [preset, p_value, p_start, p_end, p_layer, p_anchors, pinned_plan],
+                           [curve, table, preview, status], **CHEAP)
+        curve.change(show_curve, [curve, pinned_plan], [table, preview], **CHEAP)
+        table.input(on_table, [table, pinned_plan], [curve, preview, status], **CHEAP)
+        for trigger in (components.change, curve.change, method.change, *(b.change for b in param_boxes)):
+            trigger(on_plan_inputs, [components, curve, *param_inputs], plan_yaml, **CHEAP)
+
+        def on_pin(comps, alphas, *param_values):
+            try:
+                plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
+            except MergescopeError as exc:
+                return gr.update(), gr.update(), f"⚠️ {exc}"
+            return plan.to_yaml(), alpha_figure(alphas, alphas), f"Pinned plan `{plan.hash()}` as plan B."
+
+        pin.click(on_pin, [components, curve, *param_inputs], [pinned_plan, preview, status], **CHEAP)
+
+        # -- model events -----------------------------------------------------------------------
+        def on_compare(img, q, text_only_q, tokens, pinned, comps, alphas, *param_values):
+            try:
+                q = build_question(q or "")
+                if img is None and not text_only_q:
+                    raise MergescopeError("this question needs an image: pick an example or upload one, "
+                                          "or tick 'Text-only question'")
+                plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
+                plan_b = MergePlan.from_text(pinned) if pinned else None
+                settings = GenerationSettings(max_new_tokens=int(tokens))
+            except MergescopeError as exc:
+                yield {status: f"⚠️ {exc}"}
+                return
+            img = None if text_only_q else img
+            yield {status: "", base_box: "", merged_box: "", pinned_box: "", base_meta: "", merged_meta: "",
+                   pinned_meta: "", diff: []}
+            answers = {}
+            runs = [("base", MergePlan(), base_box, base_meta), ("merged", plan, merged_box, merged_meta)]
+            if plan_b is not None:
+                runs.append(("pinned", plan_b, pinned_box, pinned_meta))
+            try:
+                for name, p, box, meta in runs:
+                    for update in explorer.answerer.stream(p, q, img, settings):
+                        answers[name] = update["answer"]
+                        yield {box: update["answer"], meta: badge(update)}
+            except MergescopeError as exc:
+                yield {status: f"⚠️ {exc}"}
+                return
+            yield {diff: token_diff(answers["base"], answers["merged"])}
+
+        compare.click(on_compare, [image, question, text_only, max_new_tokens, pinned_plan, components, curve,
+                                   *param_inputs],
+                      [status, base_box, merged_box, pinned_box, base_meta, merged_meta, pinned_meta, diff],
+                      **GPU)
+
+        def on_inspect():
+            rows = explorer.distances()
+            return distance_figure(rows, "rel_l2"), distance_figure(rows, "cosine")
+
+        inspect_btn.click(on_inspect, None, [rel_plot, cos_plot], **GPU)
+
+        def on_sweep(grid, spec, limit, progress=gr.Progress()):
+            try:
+                cells, settings = parse_grid(grid)
+                items = load_eval_set(spec)[: max(1, int(limit or 1))]
+            except MergescopeError as exc:
+                yield {status: f"⚠️ {exc}"}
+                return
+            rows, total = [], len(cells) * len(items)
+            progress((0, total), desc="sweep", unit="answers")
+            for i, cell in enumerate(cells):
+                rows += run_sweep(explorer.answerer, [cell], items, settings,
+                                  progress=lambda done, _: progress((i * len(items) + done, total), desc="sweep",
+                                                                    unit="answers"))
+                summary = pd.DataFrame([{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed",
+                                                           "cached")} for r in rows])
+                yield {sweep_plot: sweep_heatmap(rows) if len(rows) > 1 else gr.update(), sweep_table: summary,
+                       status: f"Sweep: {i + 1}/{len(cells)} cells"}
+
+        sweep_event = run.click(on_sweep, [grid_text, eval_spec, max_items], [status, sweep_plot, sweep_table],
+                                **GPU)
+        stop.click(None, None, None, cancels=[sweep_event], **CHEAP)
+
+        # -- history and export ---------------------------------------------------------------
+        def on_refresh():
+            cache = explorer.answerer.cache
+            entries = cache.entries() if cache is not None else []
+            rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), e["config"].get("question", ""),
+                     _plan_summary(e["config"].get("plan", {})), e["result"].get("answer", "")] for e in entries]
+            return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
+
+        def on_history_select(configs, evt: gr.SelectData):
+            config = configs[evt.index[0]]
+            plan = MergePlan.from_dict(config["plan"])
+            comps, method_name, params, alphas = _editor_state(plan, layout, all_roles)
+            param_updates = [gr.update(value=params.get(p.name, p.default),
+                                       visible=p.name in {d.name for d in REGISTRY[method_name].params})
+                             for p in param_defs]
+            note = f"Restored plan `{plan.hash()}`" + (" (first rule shown)" if len(plan.rules) > 1 else "")
+            return [comps, method_name, alphas, table_of(alphas), alpha_figure(alphas), config.get("question", ""),
+                    note, *param_updates]
+
+        refresh.click(on_refresh, None, [history, history_rows], **CHEAP)
+        history.select(on_history_select, history_rows,
+                       [components, method, curve, table, preview, question, status, *param_boxes], **CHEAP)
+
+        def on_export_plan(comps, alphas, *param_values):
+            if explorer.export_dir is None:
+                return gr.update(), "⚠️ export is off (start the app with --export-dir)"
+            try:
+                plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
+            except MergescopeError as exc:
+                return gr.update(), f"⚠️ {exc}"
+            explorer.export_dir.mkdir(parents=True, exist_ok=True)
+            path = explorer.export_dir / f"plan-{plan.hash()}.yaml"
+            path.write_text(plan.to_yaml())
+            return str(path), f"Saved {path}"
+
+        export_plan.click(on_export_plan, [components, curve, *param_inputs], [export_file, status], **CHEAP)
+
+        # -- API: answer a question under a plan given as YAML (for scripts and load tests) ----
+        def api_answer(plan_yaml_text: str, question_text: str, max_tokens: int = 32) -> dict:
+            plan = MergePlan.from_text(plan_yaml_text or "")
+            return explorer.answerer.ask(plan, question_text, None, GenerationSettings(max_new_tokens=int(max_tokens)))
+
+        gr.api(api_answer, api_name="answer", **GPU)
+        app.load(on_method, method, [method_formula, *param_boxes], **CHEAP)
+    return app
+
+
+def _first_curve(plan_yaml: str, num_layers: int) -> list[float] | None:
+    if not plan_yaml:
+        return None
+    plan = MergePlan.from_text(plan_yaml)
+    return curves.layer_alphas(plan.rules[0].curve, num_layers) if plan.rules else None
+
+
+def _plan_summary(plan: dict) -> str:
+    rules = plan.get("rules", [])
+    if not rules:
+        return "base VLM"
+    return "; ".join(f"{'+'.join(r['components'])} {r['method']} {r['curve'].get('preset')}" for r in rules)
+
+
+def _editor_state(plan: MergePlan, layout, role_order: list[str]):
+    """(components, method, params, α per layer) that show `plan`'s first rule in the editor; groups
+    such as `self_attn` or `all` become the roles they cover."""
+    if not plan.rules:
+        return [], "linear", {}, [0.0] * layout.num_layers
+    rule = plan.rules[0]
+    covered = {s.role for s in layout.slots if any(s.matches(c) for c in rule.components)}
+    return ([r for r in role_order if r in covered], rule.method, dict(rule.params),
+            curves.layer_alphas(rule.curve, layout.num_layers))
+

@@ -1,0 +1,34 @@
+"""Plotly figures for the UI: α per layer, VLM⇄donor distances, sweep heatmaps."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from merging.sweep import heatmap as sweep_heatmap
+
+__all__ = ["alpha_figure", "distance_figure", "sweep_heatmap"]
+
+
+def alpha_figure(alphas: list[float], pinned: list[float] | None = None) -> go.Figure:
+    layers = list(range(len(alphas)))
+    fig = go.Figure(go.Scatter(x=layers, y=alphas, mode="lines+markers", name="current plan"))
+    if pinned is not None and len(pinned) == len(alphas):
+        fig.add_trace(go.Scatter(x=layers, y=pinned, mode="lines", name="plan B", line={"dash": "dash"}))
+    fig.update_layout(height=220, margin={"l": 40, "r": 10, "t": 10, "b": 30}, xaxis_title="layer",
+                      yaxis={"title": "α (donor weight)", "range": [-0.02, 1.02]}, legend={"orientation": "h"})
+    return fig
+
+
+def distance_figure(rows: list[dict], metric: str) -> go.Figure:
+    """Heatmap of `metric` (rel_l2 or cosine) over decoder layer × role."""
+    layered = [r for r in rows if r["layer"] is not None]
+    roles = list(dict.fromkeys(r["role"] for r in layered))
+    layers = sorted({r["layer"] for r in layered})
+    z = [[None] * len(layers) for _ in roles]
+    for r in layered:
+        z[roles.index(r["role"])][layers.index(r["layer"])] = r[metric]
+    title = {"rel_l2": "‖θ_L − θ_V‖ / ‖θ_V‖ — where the donor moved away from the VLM",
+             "cosine": "cosine(θ_V, θ_L)"}[metric]
+    fig = go.Figure(go.Heatmap(z=z, x=layers, y=roles, colorscale="Viridis" if metric == "rel_l2" else "RdBu"))
+    fig.update_layout(title=title, height=360, xaxis_title="layer", margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig
