@@ -182,3 +182,26 @@ def test_concurrent_clients_get_their_own_plans(server):
     expected = [alone.ask(p, question, None, GenerationSettings(max_new_tokens=12))["answer"] for p in plans]
     assert [r["answer"] for r in results] == expected
     assert len(set(expected)) > 1  # the plans really differ
+
+
+def test_readme_app_command_serves_the_demo_pair_on_localhost(tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 240, ""
+        while time.time() < deadline and process.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert "Mergescope" in page or "gradio" in page.lower(), process.stdout.read() if process.poll() else ""
+        assert (tmp_path / "runs" / "demo" / "vlm" / "config.json").exists()  # built locally, offline
+    finally:
+        process.kill()
+        process.wait()
