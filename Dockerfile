@@ -1,0 +1,22 @@
+# Hugging Face Spaces (Docker SDK) image for Mergescope.
+# CPU Space: serves the demo pair built at start-up, offline. GPU Space: set MERGESCOPE_VLM, MERGESCOPE_LLM
+# (and optionally MERGESCOPE_BASE, MERGESCOPE_DEVICE=cuda, MERGESCOPE_DTYPE=bfloat16) in the Space settings.
+FROM python:3.11-slim
+
+# Spaces run the container as uid 1000; give that user a home and own the app folder.
+RUN useradd --create-home --uid 1000 user
+ENV HOME=/home/user \
+    PATH=/home/user/.local/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    HF_HUB_DISABLE_TELEMETRY=1
+WORKDIR /home/user/app
+
+COPY --chown=user requirements.txt .
+USER user
+RUN pip install --no-cache-dir --user -r requirements.txt
+COPY --chown=user . .
+
+EXPOSE 7860
+CMD ["sh", "-c", "python app.py --host \"$GRADIO_SERVER_NAME\" --port \"$GRADIO_SERVER_PORT\" ${MERGESCOPE_VLM:+--vlm \"$MERGESCOPE_VLM\" --llm \"$MERGESCOPE_LLM\"} ${MERGESCOPE_BASE:+--base \"$MERGESCOPE_BASE\"} --device \"${MERGESCOPE_DEVICE:-cpu}\" --dtype \"${MERGESCOPE_DTYPE:-auto}\" --cache-dir /home/user/app/runs/cache --export-dir ''"]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Docker cannot run on the development machines: replay the Dockerfile's install steps in a fresh venv
+# instead (same Python, same requirements.txt, same start command), and check the app answers on 7860's
+# stand-in port. Usage: bash scripts/replay_docker_install.sh [VENV_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-/tmp/mergescope-docker-venv}
+rm -rf "$venv"
+python3.11 -m venv "$venv"
+"$venv/bin/pip" install --quiet --no-cache-dir -r requirements.txt
+work=$(mktemp -d)
+cp -r app.py merging cache ui requirements.txt "$work"/
+port=7899
+(cd "$work" && GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' >"$work/log" 2>&1 &)
+for _ in $(seq 1 120); do
+  if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then echo "replay ok: the app serves on $port"; pkill -f "app.py --port $port"; exit 0; fi
+  sleep 2
+done
+cat "$work/log"; pkill -f "app.py --port $port" || true; exit 1
