@@ -1,6 +1,7 @@
 # Hugging Face Spaces (Docker SDK) image for Mergescope.
 # CPU Space: serves the demo pair built at start-up, offline. GPU Space: set MERGESCOPE_VLM, MERGESCOPE_LLM
-# (and optionally MERGESCOPE_BASE, MERGESCOPE_DEVICE=cuda, MERGESCOPE_DTYPE=bfloat16) in the Space settings.
+# (and optionally MERGESCOPE_BASE, MERGESCOPE_DEVICE=cuda, MERGESCOPE_DTYPE=bfloat16) in the Space settings;
+# MERGESCOPE_PUBLIC=1 turns on public mode (rate limits, capped answers and uploads).
 FROM python:3.11-slim
 
 # Spaces run the container as uid 1000; give that user a home and own the app folder.
@@ -19,4 +20,4 @@ RUN pip install --no-cache-dir --user -r requirements.txt
 COPY --chown=user . .
 
 EXPOSE 7860
-CMD ["sh", "-c", "python app.py --host \"$GRADIO_SERVER_NAME\" --port \"$GRADIO_SERVER_PORT\" ${MERGESCOPE_VLM:+--vlm \"$MERGESCOPE_VLM\" --llm \"$MERGESCOPE_LLM\"} ${MERGESCOPE_BASE:+--base \"$MERGESCOPE_BASE\"} --device \"${MERGESCOPE_DEVICE:-cpu}\" --dtype \"${MERGESCOPE_DTYPE:-auto}\" --cache-dir /home/user/app/runs/cache --export-dir ''"]
+CMD ["sh", "-c", "python app.py --host \"$GRADIO_SERVER_NAME\" --port \"$GRADIO_SERVER_PORT\" ${MERGESCOPE_VLM:+--vlm \"$MERGESCOPE_VLM\" --llm \"$MERGESCOPE_LLM\"} ${MERGESCOPE_BASE:+--base \"$MERGESCOPE_BASE\"} --device \"${MERGESCOPE_DEVICE:-cpu}\" --dtype \"${MERGESCOPE_DTYPE:-auto}\" --cache-dir /home/user/app/runs/cache --export-dir '' ${MERGESCOPE_PUBLIC:+--public}"]

@@ -14,6 +14,9 @@ from merging import MergeEngine, MergescopeError, load_pair
 from merging.evaluate import load_eval_set
 from merging.service import Answerer
 
+PUBLIC_MAX_UPLOAD = "5mb"
+PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instead of piling up
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -28,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--public", action="store_true",
+                        help="public demo: fixed pair and eval set, capped answers and sweeps, export off, "
+                             "5 MB uploads, a per-session rate limit")
     return parser.parse_args(argv)
 
 
@@ -54,9 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
     explorer = Explorer(Answerer(MergeEngine(pair), AnswerCache(args.cache_dir)), items, eval_spec or "",
-                        Path(args.export_dir) if args.export_dir else None)
-    build_app(explorer).queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, show_error=False)
+                        Path(args.export_dir) if args.export_dir else None, public=args.public)
+    build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None).launch(
+        server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+        max_file_size=PUBLIC_MAX_UPLOAD if args.public else None)
 
 
 if __name__ == "__main__":

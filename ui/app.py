@@ -9,7 +9,9 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import threading
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from merging.sweep import parse_grid, run_sweep
 from .curve_editor import curve_editor
 from .figures import alpha_figure, distance_figure, sweep_heatmap
 
+PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS = 64, 64
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a time
 CHEAP = {"concurrency_limit": None, "queue": False}      # UI bookkeeping: never queued behind it
 COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
@@ -54,15 +57,57 @@ max_new_tokens: 8
 """
 
 
+class RateLimiter:
+    """At most `limit` model requests per `window` seconds per browser session (public mode)."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit, self.window = limit, window
+        self._calls: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def check(self, session: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            calls = self._calls[session]
+            while calls and now - calls[0] > self.window:
+                calls.popleft()
+            if len(calls) >= self.limit:
+                wait = self.window - (now - calls[0])
+                raise MergescopeError(f"rate limit: at most {self.limit} model requests per "
+                                      f"{self.window:.0f} s in this session; try again in {wait:.0f} s")
+            calls.append(now)
+
+
 @dataclass
 class Explorer:
-    """What the UI needs: the engine behind an answerer, examples, and where files may be written."""
+    """What the UI needs: the engine behind an answerer, examples, and where files may be written.
+
+    `public` (a demo anyone can reach): the eval set is fixed, answers and sweeps are capped, export is
+    off, and each session gets at most `rate_limit` model requests a minute.
+    """
 
     answerer: Answerer
     eval_items: list[EvalItem] = field(default_factory=list)
     eval_spec: str = ""
     export_dir: Path | None = None
+    public: bool = False
+    rate_limit: int = 12
     _distances: list[dict] | None = None
+    _limiter: RateLimiter | None = None
+
+    def __post_init__(self):
+        if self.public:
+            self.export_dir = None
+            self._limiter = RateLimiter(self.rate_limit)
+
+    def admit(self, request: gr.Request | None) -> None:
+        """Count a model request against the session's rate limit (public mode only)."""
+        if self._limiter is not None:
+            self._limiter.check(getattr(request, "session_hash", None) or "anonymous")
+
+    @property
+    def max_new_tokens(self) -> int:
+        return PUBLIC_MAX_NEW_TOKENS if self.public else 512
 
     @property
     def engine(self) -> MergeEngine:
@@ -189,7 +234,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                     image = gr.Image(type="pil", label="Image", elem_id="image", height=240)
                     question = gr.Textbox(label="Question", elem_id="question", lines=2)
                     text_only = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-                    max_new_tokens = gr.Slider(1, 512, 32, step=1, label="Max new tokens")
+                    max_new_tokens = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
                     if explorer.eval_items:
                         gr.Examples([[str(i.image_path) if i.image_path else None, i.question]
                                      for i in explorer.eval_items[:24]], [image, question], label="Examples")
@@ -214,7 +259,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             grid_text = gr.Code(DEFAULT_GRID, language="yaml", label="Grid", elem_id="grid")
             with gr.Row():
                 eval_spec = gr.Textbox(explorer.eval_spec, label="Eval set (PATH.jsonl, mathvista:PATH, "
-                                       "mathvision:PATH)", elem_id="eval-set")
+                                       "mathvision:PATH)", elem_id="eval-set", interactive=not explorer.public)
                 max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1)
             with gr.Row():
                 run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
@@ -298,15 +343,17 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         pin.click(on_pin, [components, curve, *param_inputs], [pinned_plan, preview, status], **CHEAP)
 
         # -- model events -----------------------------------------------------------------------
-        def on_compare(img, q, text_only_q, tokens, pinned, comps, alphas, *param_values):
+        def on_compare(img, q, text_only_q, tokens, pinned, comps, alphas, *param_values,
+                       request: gr.Request = None):
             try:
+                explorer.admit(request)
                 q = build_question(q or "")
                 if img is None and not text_only_q:
                     raise MergescopeError("this question needs an image: pick an example or upload one, "
                                           "or tick 'Text-only question'")
                 plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
                 plan_b = MergePlan.from_text(pinned) if pinned else None
-                settings = GenerationSettings(max_new_tokens=int(tokens))
+                settings = GenerationSettings(max_new_tokens=min(int(tokens), explorer.max_new_tokens))
             except MergescopeError as exc:
                 yield {status: f"⚠️ {exc}"}
                 return
@@ -338,10 +385,16 @@ def build_app(explorer: Explorer) -> gr.Blocks:
 
         inspect_btn.click(on_inspect, None, [rel_plot, cos_plot], **GPU)
 
-        def on_sweep(grid, spec, limit, progress=gr.Progress()):
+        def on_sweep(grid, spec, limit, progress=gr.Progress(), request: gr.Request = None):
             try:
+                explorer.admit(request)
                 cells, settings = parse_grid(grid)
-                items = load_eval_set(spec)[: max(1, int(limit or 1))]
+                items = load_eval_set(explorer.eval_spec if explorer.public else spec)[: max(1, int(limit or 1))]
+                if explorer.public and (len(cells) * len(items) > PUBLIC_MAX_SWEEP_ANSWERS
+                                        or settings.max_new_tokens > PUBLIC_MAX_NEW_TOKENS):
+                    raise MergescopeError(f"this public demo runs sweeps of at most {PUBLIC_MAX_SWEEP_ANSWERS} "
+                                          f"answers of ≤ {PUBLIC_MAX_NEW_TOKENS} tokens; this grid asks for "
+                                          f"{len(cells) * len(items)} of {settings.max_new_tokens}")
             except MergescopeError as exc:
                 yield {status: f"⚠️ {exc}"}
                 return
@@ -398,9 +451,15 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         export_plan.click(on_export_plan, [components, curve, *param_inputs], [export_file, status], **CHEAP)
 
         # -- API: answer a question under a plan given as YAML (for scripts and load tests) ----
-        def api_answer(plan_yaml_text: str, question_text: str, max_tokens: int = 32) -> dict:
-            plan = MergePlan.from_text(plan_yaml_text or "")
-            return explorer.answerer.ask(plan, question_text, None, GenerationSettings(max_new_tokens=int(max_tokens)))
+        def api_answer(plan_yaml_text: str, question_text: str, max_tokens: int = 32,
+                       request: gr.Request = None) -> dict:
+            try:
+                explorer.admit(request)
+                plan = MergePlan.from_text(plan_yaml_text or "")
+                settings = GenerationSettings(max_new_tokens=min(int(max_tokens), explorer.max_new_tokens))
+                return explorer.answerer.ask(plan, question_text, None, settings)
+            except MergescopeError as exc:  # a clear message for the caller, never a traceback
+                raise gr.Error(str(exc)) from None
 
         gr.api(api_answer, api_name="answer", **GPU)
         app.load(on_method, method, [method_formula, *param_boxes], **CHEAP)
