@@ -11,9 +11,12 @@ python3.11 -m venv "$venv"
 work=$(mktemp -d)
 cp -r app.py merging cache ui requirements.txt "$work"/
 port=7899
-(cd "$work" && GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' >"$work/log" 2>&1 &)
+cd "$work"
+GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' >"$work/log" 2>&1 &
+app=$!
+trap 'kill $app 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then echo "replay ok: the app serves on $port"; pkill -f "app.py --port $port"; exit 0; fi
+  if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then echo "replay ok: the app serves on $port"; exit 0; fi
   sleep 2
 done
-cat "$work/log"; pkill -f "app.py --port $port" || true; exit 1
+cat "$work/log"; exit 1
