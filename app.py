@@ -12,6 +12,7 @@ from transformers.utils import logging as hf_logging
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
 from merging.evaluate import load_eval_set
+from merging.known_pairs import KNOWN_PAIRS, known_pair
 from merging.service import Answerer
 
 PUBLIC_MAX_UPLOAD = "5mb"
@@ -20,6 +21,7 @@ PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instea
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pair", help=f"a known pair: {', '.join(sorted(KNOWN_PAIRS))}")
     parser.add_argument("--vlm", help="VLM folder or hub id (default: the demo pair, built locally on first run)")
     parser.add_argument("--llm", help="donor text LLM folder or hub id")
     parser.add_argument("--base", help="common base model (task arithmetic, TIES, DARE)")
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
     try:
+        if args.pair:
+            known = known_pair(args.pair)
+            args.vlm, args.llm, args.base = args.vlm or known.vlm, args.llm or known.llm, args.base or known.base
         if args.vlm or args.llm:
             if not (args.vlm and args.llm):
                 raise MergescopeError("give both --vlm and --llm, or neither for the demo pair")

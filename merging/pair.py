@@ -8,16 +8,17 @@ as safetensors only); `trust_remote_code` stays off.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, LayoutError, MergescopeError
+from .known_pairs import check_fits, config_dtype, load_config, model_class
 from .layout import Layout, build_layout
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,10 +78,11 @@ class ModelPair:
 def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     if dtype not in DTYPES:
         raise MergescopeError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    model_cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    config = load_config(path)
+    model_cls = model_class(config)
+    multimodal = model_cls is AutoModelForImageTextToText
     device = pick_device(device)
+    print(check_fits(config, config_dtype(config, dtype), str(device)), file=sys.stderr)  # before the load
     placement = {"device_map": "auto"} if device == "auto-multi" else {"device_map": device}
     model = model_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
                                       trust_remote_code=False, **placement)

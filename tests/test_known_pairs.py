@@ -1,0 +1,107 @@
+"""Every named pair's tensor layout, checked on the meta device from hand-written configs (no download),
+and the memory estimate that runs before a load."""
+
+import pytest
+import torch
+from transformers import (Idefics3Config, LlamaConfig, LlavaConfig, Qwen2_5_VLConfig, Qwen2Config,
+                          Qwen2VLConfig)
+
+from merging.errors import MergescopeError
+from merging.known_pairs import KNOWN_PAIRS, check_fits, known_pair, meta_model, weight_bytes
+from merging.layout import build_layout
+
+
+def qwen_text(vocab, hidden, inter, layers, heads, kv, tied):
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied)
+
+
+QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                     fullatt_block_indexes=[7, 15, 23, 31])
+
+
+def qwen25(text):
+    return (Qwen2_5_VLConfig(text_config=text, vision_config=dict(QWEN25_VISION, out_hidden_size=text["hidden_size"]),
+                             tie_word_embeddings=text["tie_word_embeddings"]),
+            Qwen2Config(**text))
+
+
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32)
+SMOL = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+            num_key_value_heads=32)
+# (VLM config, donor config, layers, shared vocabulary rows or None) — the published models' dimensions
+CONFIGS = {
+    "qwen2.5-vl-7b": (*qwen25(qwen_text(152064, 3584, 18944, 28, 28, 4, False)), 28, None),
+    "qwen2.5-vl-3b": (*qwen25(qwen_text(151936, 2048, 11008, 36, 16, 2, True)), 36, None),
+    "qwen2.5-vl-72b": (*qwen25(qwen_text(152064, 8192, 29568, 80, 64, 8, False)), 80, None),
+    "qwen2-vl-2b": (Qwen2VLConfig(text_config=qwen_text(151936, 1536, 8960, 28, 12, 2, True),
+                                  vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16),
+                                  tie_word_embeddings=True),
+                    Qwen2Config(**qwen_text(151936, 1536, 8960, 28, 12, 2, True)), 28, None),
+    "smolvlm": (Idefics3Config(text_config=LlamaConfig(vocab_size=49155, tie_word_embeddings=False, **SMOL),
+                               vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                                  num_attention_heads=16, image_size=384, patch_size=14),
+                               scale_factor=3, tie_word_embeddings=False),
+                LlamaConfig(vocab_size=49152, tie_word_embeddings=True, **SMOL), 24, 49152),
+    "llava-1.5-7b": (LlavaConfig(text_config=LlamaConfig(vocab_size=32064, **LLAMA_7B),
+                                 vision_config=dict(model_type="clip_vision_model", hidden_size=1024,
+                                                    intermediate_size=4096, num_hidden_layers=24,
+                                                    num_attention_heads=16, image_size=336, patch_size=14,
+                                                    projection_dim=768)),
+                     LlamaConfig(vocab_size=32000, **LLAMA_7B), 32, 32000),
+}
+
+
+class MetaWeights:
+    """The names and shapes a checkpoint of `model` holds — what the layout reads from files. Like
+    save_pretrained, a tied tensor is stored once, under its first name."""
+
+    def __init__(self, model: torch.nn.Module, name: str):
+        seen, self.path, self._shapes = set(), name, {}
+        for key, tensor in model.state_dict(keep_vars=True).items():
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                self._shapes[key] = tuple(tensor.shape)
+
+    def keys(self):
+        return list(self._shapes)
+
+    def __contains__(self, key):
+        return key in self._shapes
+
+    def shape(self, key):
+        return self._shapes[key]
+
+
+def test_every_known_pair_has_configs():
+    assert set(CONFIGS) == set(KNOWN_PAIRS)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_PAIRS))
+def test_known_pair_layout_on_meta(name):
+    vlm_config, llm_config, layers, shared_rows = CONFIGS[name]
+    vlm, llm = meta_model(vlm_config), meta_model(llm_config)
+    layout = build_layout(vlm, MetaWeights(vlm, name), MetaWeights(llm, known_pair(name).llm))
+    layout.require_compatible()
+    assert layout.num_layers == layers and not layout.unmatched
+    decoder_params = sum(1 for _ in vlm.get_decoder().parameters())
+    untied_head = vlm.get_output_embeddings().weight is not vlm.get_input_embeddings().weight
+    assert len(layout.slots) == decoder_params + untied_head
+    embed = next(s for s in layout.slots if s.role == "embed_tokens")
+    assert embed.shared_rows == shared_rows
+    if untied_head:
+        head = next(s for s in layout.slots if s.role == "lm_head")
+        donor_tied = llm_config.tie_word_embeddings
+        assert head.donor_key == ("model.embed_tokens.weight" if donor_tied else "lm_head.weight")
+
+
+def test_memory_estimate_and_refusal():
+    config = CONFIGS["qwen2.5-vl-7b"][0]
+    bf16 = weight_bytes(config, torch.bfloat16)
+    assert 8.0e9 < bf16 / 2 < 8.5e9  # Qwen2.5-VL-7B has 8.29 B parameters
+    assert "needs about 17.8 GiB on cuda; 80.0 GiB free" in check_fits(config, torch.bfloat16, "cuda", free=80 * 2**30)
+    with pytest.raises(MergescopeError, match="needs about 17.8 GiB on cpu; 16.0 GiB free — it does not fit"):
+        check_fits(config, torch.bfloat16, "cpu", free=16 * 2**30)
+    with pytest.raises(MergescopeError, match="unknown pair 'gpt-4'"):
+        known_pair("gpt-4")
