@@ -1,4 +1,4 @@
-"""Command line: python -m merging {inspect,answer,cache,sweep} ... (add --json for one JSON object on stdout)."""
+"""Command line: python -m merging {inspect,answer,cache,sweep,grams,export} ... (add --json for one JSON object on stdout)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,49 @@ def cmd_sweep(args) -> dict:
     return {"cells": summary, "out": str(out)}
 
 
+def cmd_grams(args) -> dict:
+    from tqdm import tqdm
+
+    from .grams import run_grams
+    with tqdm(desc="grams", unit="sample", file=sys.stderr, disable=args.json) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(1)
+        report = run_grams(args.model, args.data, args.out, scope=args.modules, max_samples=args.max_samples,
+                           dtype=args.dtype, device=args.device, progress=progress)
+    if not args.json:
+        print(f"wrote {report['out']}: {report['stored']} Gram matrices ({report['shared']} layers share one), "
+              f"{report['samples']} samples, {report['tokens']} tokens, {report['bytes'] / 2**20:.1f} MiB; "
+              f"model fingerprint {report['fingerprint']}")
+    return report
+
+
+def cmd_export(args) -> dict:
+    from tqdm import tqdm
+
+    from .engine import MergeEngine
+    from .export import export_checkpoint, parse_size
+    from .plan import MergePlan
+    plan = MergePlan.load(args.plan)
+    max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
+    if (args.grams_vlm is None) != (args.grams_donor is None):
+        from .errors import MergescopeError
+        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both models)")
+    grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
+    engine = MergeEngine(_load(args), grams=grams)
+    with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=args.json) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(1)
+        report = export_checkpoint(engine, plan, args.out, max_shard_bytes=max_shard, overwrite=args.overwrite,
+                                   progress=progress)
+    if not args.json:
+        print(f"wrote {report['out']}: {report['tensors']} tensors ({report['merged']} merged) in "
+              f"{report['shards']} shard(s), {report['bytes'] / 2**20:.1f} MiB")
+        print("mergekit.yaml written" if report["mergekit"] else f"no mergekit.yaml: {report['mergekit_reason']}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,11 +172,30 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
     sweep.add_argument("--out", required=True, help="folder for results.csv, results.json, heatmap.html")
     sweep.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
+    grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
+    grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
+    grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    grams.add_argument("--out", required=True, help="Gram file to write (.safetensors)")
+    grams.add_argument("--modules", default="all", choices=["all", "attention"],
+                       help="all linear layers (7B: 41.5 GiB) or only q/k/v/o (7B: 2.7 GiB)")
+    grams.add_argument("--max-samples", type=int, help="use at most N items of the eval set")
+    grams.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    grams.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
+    grams.add_argument("--json", action="store_true", help="print one JSON object")
+    export = sub.add_parser("export", help="write the merged VLM as a checkpoint (+ plan, model card, mergekit YAML)")
+    _pair_args(export)
+    export.add_argument("--plan", required=True, help="plan file (YAML or JSON)")
+    export.add_argument("--out", required=True, help="new folder for the checkpoint")
+    export.add_argument("--grams-vlm", help="the VLM's Gram file (for regmean rules)")
+    export.add_argument("--grams-donor", help="the donor's Gram file (for regmean rules)")
+    export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
-        result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep}[args.command](args)
+        result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,
+                  "grams": cmd_grams, "export": cmd_export}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,15 @@ edited after loading), it keeps a copy of that one tensor on the CPU instead.
 If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
 (or, should even that fail, to the pure VLM) before re-raising: the weights are never left
 half-merged, and `engine.plan` always says what they hold.
+
+Methods get what they declare in `Method.context`: the tensor's decoder-relative name (DARE seeds
+each tensor's mask with it) and, for RegMean, the Gram matrices of the tensor's linear-layer input in
+the VLM and the donor. Gram files (`python -m merging grams`) are attached with
+`MergeEngine(pair, grams={"vlm": path, "donor": path})` or `set_grams`, checked against the models'
+fingerprints at once, and memory-mapped: a Gram is read only when a regmean tensor is written. A plan
+whose regmean rules cover a linear layer without Grams fails before the first write. The Gram files'
+own fingerprints are part of a regmean tensor's target, so attaching other Grams rewrites exactly the
+regmean tensors.
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import MergescopeError, PlanError
+from .grams import GramFile, decoder_linears
 from .layout import Slot
 from .methods import get_method
 from .pair import ModelPair
 from .plan import MergePlan, Target
 
 _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write may have been cut short
+GRAMS_KEY = "<grams>"  # engine-internal Target parameter: which Gram files a regmean value came from
 
 
 @dataclass
@@ -43,7 +55,7 @@ class ApplyReport:
 
 
 class MergeEngine:
-    def __init__(self, pair: ModelPair):
+    def __init__(self, pair: ModelPair, grams: dict[str, str] | None = None):
         self.pair = pair
         self.lock = threading.RLock()  # apply + generate run under it: one plan in the weights at a time
         self._slots: dict[str, Slot] = {s.name: s for s in pair.layout.slots}
@@ -55,16 +67,114 @@ class MergeEngine:
         self._plan = MergePlan()
         self._verified: set[str] = set()
         self._snapshots: dict[str, torch.Tensor] = {}  # originals the files could not reproduce
+        linears = set(decoder_linears(pair.vlm))
+        # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
+        self._linear: dict[str, str] = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
+                                        if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
+        self._grams: dict[str, GramFile] = {}
+        if grams:
+            unknown = sorted(set(grams) - {"vlm", "donor"})
+            if unknown:
+                raise MergescopeError(f"grams: unknown key(s) {unknown}; give {{'vlm': path, 'donor': path}}")
+            self.set_grams(grams.get("vlm"), grams.get("donor"))
 
     @property
     def plan(self) -> MergePlan:
         """The plan the resident weights hold right now."""
         return self._plan
 
+    # -- Gram statistics (RegMean) -------------------------------------------------------------
+    def set_grams(self, vlm: str | None, donor: str | None) -> ApplyReport | None:
+        """Attach (or, with None, detach) the VLM's and the donor's Gram files.
+
+        Both are validated against the models' fingerprints and, if the current plan uses RegMean,
+        against what it needs, before anything changes; then the regmean tensors are rewritten with
+        the new statistics (the returned report says which). A bad file leaves the engine as it was.
+        """
+        with self.lock:
+            files = {}
+            for role, path, ckpt in (("vlm", vlm, self.pair.vlm_files), ("donor", donor, self.pair.donor)):
+                if path is not None:
+                    files[role] = GramFile(path, ckpt.fingerprint(), "VLM" if role == "vlm" else "donor")
+                    self._check_gram_shapes(files[role])
+            previous = self._grams
+            self._grams = files
+            try:
+                targets = self._targets(self._plan)  # the current plan must still be satisfiable
+            except PlanError:
+                self._grams = previous
+                raise
+            if targets == self._state:
+                return None
+            try:
+                return self.apply(self._plan)
+            except BaseException:
+                self._grams = previous
+                self._recover(self._plan)
+                raise
+
+    @property
+    def grams(self) -> dict[str, GramFile]:
+        """The attached Gram files, by role ("vlm", "donor")."""
+        return dict(self._grams)
+
+    def gram_fingerprints(self) -> dict[str, str | None]:
+        """Identity of the attached Gram files (part of what a regmean answer depends on)."""
+        return {role: (self._grams[role].fingerprint() if role in self._grams else None)
+                for role in ("vlm", "donor")}
+
+    def _check_gram_shapes(self, grams: GramFile) -> None:
+        for slot_name, module in self._linear.items():
+            if module in grams:
+                fan_in = self._params[slot_name].shape[1]
+                if grams.shape(module) != (fan_in, fan_in):
+                    raise PlanError(f"{grams.path}: the Gram of {module} is {list(grams.shape(module))}, but "
+                                    f"that layer takes {fan_in} inputs — Gram file of another architecture")
+
+    def resolve(self, plan: MergePlan) -> dict[str, Target]:
+        """Slot name → what `plan` makes it hold, validated (PlanError) without touching any weight."""
+        with self.lock:
+            return self._targets(plan)
+
+    def _targets(self, plan: MergePlan) -> dict[str, Target]:
+        targets = plan.targets(self.pair.layout, has_base=self.pair.base is not None)
+        token = None
+        for name, target in targets.items():
+            if not get_method(target.method).needs_grams or name not in self._linear:
+                continue  # non-linear tensors of a regmean rule are merged linearly: no Grams needed
+            if token is None:
+                token = self._require_grams(targets)
+            targets[name] = Target(target.method, target.alpha, target.params + ((GRAMS_KEY, token),))
+        return targets
+
+    def _require_grams(self, targets: dict[str, Target]) -> str:
+        methods = sorted({t.method for t in targets.values() if get_method(t.method).needs_grams})
+        missing_files = [role for role in ("vlm", "donor") if role not in self._grams]
+        if missing_files:
+            raise PlanError(f"method {methods[0]!r} needs Gram statistics of both models; not attached: "
+                            f"{' and '.join(missing_files)}. Compute them with `python -m merging grams --model M "
+                            f"--data D --out F` and attach them with MergeEngine(pair, grams={{'vlm': F_vlm, "
+                            f"'donor': F_donor}}) (CLI: --grams-vlm, --grams-donor)")
+        for role, grams in self._grams.items():
+            lacking = [self._linear[n] for n, t in targets.items()
+                       if n in self._linear and get_method(t.method).needs_grams and self._linear[n] not in grams]
+            if lacking:
+                raise PlanError(f"{grams.path} ({role}, modules: {grams.scope}) has no Gram for {len(lacking)} "
+                                f"linear layer(s) the plan merges with {methods[0]!r}, e.g. {lacking[:3]}; "
+                                f"restrict the rule (e.g. to self_attn) or recompute with --modules all")
+        return "{}:{}".format(self._grams["vlm"].fingerprint(), self._grams["donor"].fingerprint())
+
+    def _gram_pair(self, slot: Slot, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        module = self._linear.get(slot.name)
+        if module is None:
+            return None
+        return tuple(self._grams[role].get(module).to(device) for role in ("vlm", "donor"))
+
+    # -- applying plans ------------------------------------------------------------------------
     def apply(self, plan: MergePlan) -> ApplyReport:
         """Make the resident weights equal `plan`'s merge, touching only tensors that change."""
-        targets = plan.targets(self.pair.layout, has_base=self.pair.base is not None)
         with self.lock, torch.no_grad():
+            targets = self._targets(plan)  # under the lock: it reads the attached Gram files
             start = time.perf_counter()
             report = ApplyReport(plan.hash())
             previous = self._plan
@@ -107,7 +217,7 @@ class MergeEngine:
 
     def _recover(self, previous: MergePlan) -> None:
         try:
-            self._write_all(previous.targets(self.pair.layout, self.pair.base is not None), ApplyReport(""))
+            self._write_all(self._targets(previous), ApplyReport(""))
             self._plan = previous
         except BaseException:
             self._write_all({}, ApplyReport(""))  # plain copies of originals: the last resort
@@ -128,12 +238,17 @@ class MergeEngine:
 
     def _write(self, slot: Slot, target: Target | None, report: ApplyReport) -> None:
         param = self._params[slot.name]
-        device = param.device
+        self._compute(slot, target, param, report)
+
+    def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport) -> None:
+        """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it)."""
+        param = self._params[slot.name]
+        device = out.device
         original = self._original(slot, param).to(device)
         report.bytes_read += original.numel() * original.element_size()
-        report.bytes_written += param.numel() * param.element_size()
+        report.bytes_written += out.numel() * out.element_size()
         if target is None:
-            param.copy_(original)
+            out.copy_(original)
             return
         method = get_method(target.method)
         rows = slot.shared_rows or param.shape[0]
@@ -144,5 +259,27 @@ class MergeEngine:
             report.bytes_read += base.numel() * base.element_size()
         report.bytes_read += donor.numel() * donor.element_size()
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
-            param[rows:].copy_(original[rows:])
-        method.fn(param[:rows], original[:rows], donor, base, target.alpha, **dict(target.params))
+            out[rows:].copy_(original[rows:])
+        params = {k: v for k, v in target.params if k != GRAMS_KEY}
+        context = {}
+        if "name" in method.context:
+            context["name"] = slot.rel
+        if "grams" in method.context:
+            context["grams"] = self._gram_pair(slot, device)
+        method.fn(out[:rows], original[:rows], donor, base, target.alpha, **params, **context)
+
+    def export_tensor(self, slot_name: str, target: Target | None) -> torch.Tensor:
+        """`target`'s value of one tensor on the CPU, without changing the resident weights.
+
+        Equal, bit for bit, to what `apply` writes (methods are pure): a tensor that already holds
+        `target` is copied out of the model; any other is computed into a scratch tensor on the
+        parameter's device (so device-specific arithmetic and DARE masks are the same).
+        """
+        slot = self._slots[slot_name]
+        param = self._params[slot_name]
+        with self.lock, torch.no_grad():
+            if self._state.get(slot_name) == target:
+                return param.detach().to("cpu", copy=True)
+            scratch = torch.empty_like(param)
+            self._compute(slot, target, scratch, ApplyReport(""))
+            return scratch.to("cpu")

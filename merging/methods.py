@@ -17,11 +17,19 @@ Methods (w_V = 1−α, w_L = α; the task vectors τ_V = θ_V − θ_B, τ_L = �
 - dare_linear      τ's randomly dropped (keep probability = density, kept ×1/density), then as
                    task_arithmetic
 - dare_ties        DARE's drop, then TIES' sign election and disjoint merge (no magnitude trim)
-- `regmean_solve`  RegMean's closed form for one linear layer (not a registered method yet: it needs
-                   per-layer Gram matrices the pipeline does not compute yet)
+- regmean          per linear layer, W = (Σ_i c_i·G̃_i)⁻¹·Σ_i c_i·G̃_i·W_i with c = (1−α, α) and the
+                   Gram matrices G of each model's own layer inputs (`merging/grams.py`); every other
+                   tensor of a regmean rule (norms, embeddings, biases) is merged linearly
+
+Context: the engine calls `fn(out, vlm, donor, base, alpha, **params, **context)`, where `context`
+holds what the method declares in `Method.context`: "name" (the tensor's decoder-relative name, e.g.
+`layers.3.self_attn.q_proj.weight` — DARE seeds its masks with it, so every tensor gets its own) and
+"grams" ((G_V, G_L) for the weight of a linear layer, None for any other tensor). Called directly,
+methods take these as optional keywords.
 
 Memory: everything streams over CHUNK_ELEMENTS-sized flat chunks with fp32 temporaries, except TIES'
-magnitude threshold, which needs one full-size fp32 |τ| buffer per task vector at a time.
+magnitude threshold, which needs one full-size fp32 |τ| buffer per task vector at a time, and
+RegMean, which solves in float64 (see `regmean_solve` for its scratch).
 """
 
 from __future__ import annotations
@@ -60,13 +68,26 @@ class ParamDef:
         return value
 
 
+CONTEXT = ("name", "grams")  # what the engine can hand a method beyond the tensors (module docstring)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
-    fn: Callable[..., None]         # fn(out, vlm, donor, base, alpha, **params) -> None
+    fn: Callable[..., None]         # fn(out, vlm, donor, base, alpha, **params, **context) -> None
     formula: str
     params: tuple[ParamDef, ...] = field(default=())
     needs_base: bool = False
+    context: tuple[str, ...] = ()   # subset of CONTEXT the engine passes as keywords
+
+    def __post_init__(self):
+        unknown = sorted(set(self.context) - set(CONTEXT))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown context {unknown}; known: {list(CONTEXT)}")
+
+    @property
+    def needs_grams(self) -> bool:
+        return "grams" in self.context
 
     def normalize_params(self, params: object, where: str) -> dict:
         if params is None:
@@ -134,7 +155,7 @@ TIES_DENSITY = ParamDef("density", float, 0.2, 0.0, 1.0,
 DARE_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
                         "probability of keeping each task-vector entry; kept ones are scaled by 1/density",
                         low_open=True)
-SEED = ParamDef("seed", int, 0, 0, 2**31 - 1, "seed of DARE's random drop masks")
+SEED = ParamDef("seed", int, 0, 0, 2**31 - 1, "seed of DARE's random drop masks (mixed with each tensor's name)")
 TIES_NORMALIZE = ParamDef("normalize", int, 1, 0, 1,
                           "1: divide by the summed weights of the agreeing entries (a weighted mean, "
                           "mergekit's ties default); 0: plain weighted sum")
@@ -306,19 +327,30 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _dare_stream_seed(seed: int, shape: tuple[int, ...], stream: int) -> int:
-    """A fixed 64-bit mix of (seed, which task vector, shape): no Python hash(), same in every process.
+def _name_hash(name: str) -> int:
+    """FNV-1a, 64 bit, of the UTF-8 name: a fixed value in every process (unlike Python's hash())."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
-    Methods do not know the tensor's name, so same-shaped tensors (e.g. every layer's q_proj) share
-    a mask; the VLM's (stream 0) and the donor's (stream 1) masks are independent.
+
+def _dare_stream_seed(seed: int, shape: tuple[int, ...], stream: int, name: Optional[str] = None) -> int:
+    """A fixed 64-bit mix of (seed, which task vector, shape, tensor name): same in every process.
+
+    The engine passes the tensor's decoder-relative name, so every tensor draws its own mask; called
+    without a name (directly, in tests), same-shaped tensors share one. The VLM's (stream 0) and the
+    donor's (stream 1) masks are independent.
     """
     h = 0
     for value in (seed, stream, len(shape), *shape):
         h = _splitmix64(h ^ value)
+    if name is not None:
+        h = _splitmix64(h ^ _name_hash(name))
     return h
 
 
-def _dare_drop(density: float, seed: int, like: Tensor) -> Optional[Sparsify]:
+def _dare_drop(density: float, seed: int, like: Tensor, name: Optional[str] = None) -> Optional[Sparsify]:
     """DARE (Yu et al. 2023): keep each entry with probability `density`, scale kept ones ×1/density.
 
     The 1/density rescale (FusionBench's, the paper's 1/(1−p)) keeps E[τ̂] = τ per entry; mergekit's
@@ -331,7 +363,7 @@ def _dare_drop(density: float, seed: int, like: Tensor) -> Optional[Sparsify]:
     generators = []
     for stream in (0, 1):
         gen = torch.Generator(device=like.device)
-        gen.manual_seed(_dare_stream_seed(seed, tuple(like.shape), stream))
+        gen.manual_seed(_dare_stream_seed(seed, tuple(like.shape), stream, name))
         generators.append(gen)
 
     def drop(i: int, tau: Tensor) -> Tensor:
@@ -341,21 +373,22 @@ def _dare_drop(density: float, seed: int, like: Tensor) -> Optional[Sparsify]:
     return drop
 
 
-def dare_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float,
-                **params) -> None:
-    """θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L], τ̂_i = m_i ⊙ τ_i / density, m_i ~ Bernoulli(density), seeded."""
+def dare_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, *,
+                name: Optional[str] = None, **params) -> None:
+    """θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L], τ̂_i = m_i ⊙ τ_i / density, m_i ~ Bernoulli(density), seeded
+    by (seed, tensor name)."""
     density, lam, seed = _args(params, DARE_DENSITY, LAMBDA, SEED)
     base = _require_base(base, "dare_linear")
-    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out))
+    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out, name))
 
 
-def dare_ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float,
-              **params) -> None:
+def dare_ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, *,
+              name: Optional[str] = None, **params) -> None:
     """DARE's drop and rescale (as dare_linear), then TIES' sign election and disjoint merge (as ties,
     without its magnitude trim); `normalize` defaults to 0, mergekit's dare_ties default."""
     density, lam, seed, normalize = _args(params, DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE)
     base = _require_base(base, "dare_ties")
-    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out),
+    _task_vector_merge(out, vlm, donor, base, alpha, lam, sparsify=_dare_drop(density, seed, out, name),
                        consensus=True, normalize=bool(normalize))
 
 
@@ -367,14 +400,14 @@ register(Method("ties", ties,
                 (TIES_DENSITY, LAMBDA, TIES_NORMALIZE), needs_base=True))
 register(Method("dare_linear", dare_linear,
                 "τ̂_i = m_i ⊙ (θ_i − θ_B) / density, m_i ~ Bernoulli(density); θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L]",
-                (DARE_DENSITY, LAMBDA, SEED), needs_base=True))
+                (DARE_DENSITY, LAMBDA, SEED), needs_base=True, context=("name",)))
 register(Method("dare_ties", dare_ties,
                 "τ̂_i = m_i ⊙ (θ_i − θ_B) / density; s = sgn Σ w_i·τ̂_i; θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i "
                 "[/ Σ_{sgn τ̂_i = s} w_i if normalize]; w = (1−α, α)",
-                (DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE), needs_base=True))
+                (DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE), needs_base=True, context=("name",)))
 
 
-# -- RegMean (closed form only; no Gram statistics yet) ----------------------------------------------
+# -- RegMean ----------------------------------------------------------------------------------------
 def regmean_solve(weights: list[Tensor], grams: list[Tensor], coeffs: list[float], gamma: float) -> Tensor:
     """RegMean's merged weight of one linear layer y = x·Wᵀ, in float64:
 
@@ -383,7 +416,11 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor], coeffs: list[float
 
     Shapes: W_i [out, in], G_i = X_iᵀX_i (/N_i) [in, in] of that layer's inputs X_i [N_i, in];
     returns [out, in]. With γ = 1 this minimises Σ_i c_i·‖X_i·Wᵀ − X_i·W_iᵀ‖². Solved with
-    torch.linalg.solve (no explicit inverse); the caller casts to the parameter's dtype.
+    torch.linalg.solve (no explicit inverse); the caller casts to the parameter's dtype. Scratch, on
+    the inputs' device: three [in, in] float64 matrices (Σ c_i·G̃_i, one G̃_i, the solver's LU copy)
+    plus [in, out] ones — 98 MiB each for a 7B model's attention (in = 3584), 2.7 GiB each for its
+    down_proj (in = 18944). A singular Σ c_i·G̃_i (an input feature that is zero on every sample)
+    is regularised with 1e-9·mean(diag) on the diagonal.
     """
     if not weights or not len(weights) == len(grams) == len(coeffs):
         raise ValueError(f"regmean_solve: need as many weights, grams and coeffs (≥ 1), got "
@@ -394,12 +431,49 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor], coeffs: list[float
     for w, g, c in zip(weights, grams, coeffs):
         if g.shape != (w.shape[1], w.shape[1]):
             raise ValueError(f"regmean_solve: Gram {list(g.shape)} does not fit a weight {list(w.shape)}")
-        g64 = g.to(torch.float64)
-        g_tilde = gamma * g64 + (1.0 - gamma) * torch.diag(torch.diagonal(g64))
-        term_l, term_r = c * g_tilde, c * (g_tilde @ w.to(torch.float64).T)
-        lhs = term_l if lhs is None else lhs + term_l
-        rhs = term_r if rhs is None else rhs + term_r
-    return torch.linalg.solve(lhs, rhs).T.contiguous()
+        g_tilde = g.to(torch.float64, copy=True)  # never edit the caller's (memory-mapped) Gram
+        diagonal = torch.diagonal(g_tilde).clone()
+        g_tilde.mul_(gamma)
+        torch.diagonal(g_tilde).copy_(diagonal)  # γ·G off the diagonal, G_ii on it
+        term_r = (g_tilde @ w.to(torch.float64).T).mul_(c)
+        rhs = term_r if rhs is None else rhs.add_(term_r)
+        lhs = g_tilde.mul_(c) if lhs is None else lhs.add_(g_tilde, alpha=c)
+        del g_tilde, term_r
+    try:
+        return torch.linalg.solve(lhs, rhs).T.contiguous()
+    except torch.linalg.LinAlgError:
+        ridge = 1e-9 * torch.diagonal(lhs).abs().mean().clamp_min(1e-30)
+        torch.diagonal(lhs).add_(ridge)
+        return torch.linalg.solve(lhs, rhs).T.contiguous()
+
+
+GAMMA = ParamDef("gamma", float, 0.9, 0.0, 1.0,
+                 "scale of the Gram matrices' off-diagonal: 1 = plain RegMean, 0 = a per-input-feature "
+                 "weighted mean; values below 1 regularise towards the weighted mean")
+
+
+def regmean(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, *,
+            grams: Optional[tuple[Tensor, Tensor]] = None, **params) -> None:
+    """RegMean (Jin et al. 2023) with weights (1−α, α): for a linear layer's weight,
+    W = (Σ_i c_i·G̃_i)⁻¹·Σ_i c_i·G̃_i·W_i (see `regmean_solve`), G_V / G_L the Gram matrices of that
+    layer's inputs in the VLM (on image + question samples) and the donor (on text).
+
+    Tensors that are not a linear layer's weight — norms, embeddings, biases — come with grams=None
+    and are merged linearly, as are α = 0 and α = 1 (the endpoints, exactly).
+    """
+    (gamma,) = _args(params, GAMMA)
+    if grams is None or alpha == 0 or alpha == 1:
+        linear(out, vlm, donor, base, alpha)
+        return
+    g_vlm, g_donor = grams
+    out.copy_(regmean_solve([vlm, donor], [g_vlm, g_donor], [1.0 - alpha, alpha], gamma))
+
+
+register(Method("regmean", regmean,
+                "linear layers: W = (Σ_i c_i·G̃_i)⁻¹·Σ_i c_i·G̃_i·W_i, c = (1−α, α), G̃ = γ·G + (1−γ)·diag(G), "
+                "G = XᵀX/N of each model's own layer inputs (needs Gram files: `python -m merging grams`); "
+                "other tensors: linear",
+                (GAMMA,), context=("grams",)))
 
 
 def methods_table() -> str:

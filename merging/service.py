@@ -20,7 +20,7 @@ from .generate import GenerationSettings, answer, stream_answer, tokenizer_of
 from .plan import MergePlan
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
 
 
 def image_digest(image: Image.Image | None) -> str | None:
@@ -40,6 +40,7 @@ class Answerer:
                settings: GenerationSettings) -> dict:
         """Everything that determines an answer: the cache key's contents."""
         return {"kind": "answer", "engine": ENGINE_VERSION, "models": self.engine.pair.fingerprints(),
+                "grams": self.engine.gram_fingerprints(),
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
 

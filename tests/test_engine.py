@@ -196,3 +196,37 @@ def test_memory_accounting(qwen_pair, qwen_engine):
     qwen_engine.apply(ALL_HALF)
     assert qwen_engine.extra_resident_bytes() == 0  # originals re-read from the VLM's own files
     assert qwen_engine.donor_bytes_used() == sum(qwen_pair.donor.nbytes(s.donor_key) for s in qwen_pair.layout.slots)
+
+
+def test_dare_draws_its_own_mask_for_every_tensor(qwen_dirs):
+    """Methods get the tensor's decoder-relative name: same-shaped tensors of different layers (or
+    q_proj and o_proj, both 64×64) no longer share DARE's mask."""
+    vlm_dir, llm_dir = qwen_dirs
+    pair = load_pair(vlm_dir, llm_dir, base=vlm_dir)  # the VLM as base: θ − θ_V is the donor's kept τ
+    engine = MergeEngine(pair)
+    engine.apply(plan(rule(["self_attn"], {"preset": "constant", "value": 1.0}, method="dare_linear", density=0.5)))
+    params = dict(pair.vlm.named_parameters())
+    masks = {s.rel: (params[s.name] != pair.vlm_files.get(s.vlm_key)) for s in pair.layout.slots
+             if s.rel.endswith(("q_proj.weight", "o_proj.weight"))}
+    assert len(masks) == 8 and all(0.4 < m.float().mean() < 0.6 for m in masks.values())
+    kept = list(masks.values())
+    assert all(not torch.equal(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
+
+
+def test_export_tensor_equals_what_apply_writes_and_changes_nothing(qwen_pair, qwen_engine):
+    rng = random.Random(7)
+    plans = [_random_plan(rng, qwen_pair.layout.num_layers) for _ in range(3)] + [ALL_HALF]
+    qwen_engine.apply(plans[0])
+    held = lm_state(qwen_pair)
+    exported = {p.hash(): {n: qwen_engine.export_tensor(n, t) for n, t in qwen_engine.resolve(p).items()}
+                for p in plans}
+    assert_same_weights(qwen_pair, held)
+    assert qwen_engine.plan == plans[0]
+    for p in plans:
+        qwen_engine.apply(p)
+        params = dict(qwen_pair.vlm.named_parameters())
+        for name, tensor in exported[p.hash()].items():
+            assert tensor.device.type == "cpu" and torch.equal(tensor, params[name]), name
+    # a tensor the plan leaves alone: the VLM's original
+    slot = qwen_pair.layout.slots[0]
+    assert torch.equal(qwen_engine.export_tensor(slot.name, None), qwen_pair.vlm_files.get(slot.vlm_key))

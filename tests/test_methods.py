@@ -10,8 +10,8 @@ import torch
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, PlanError, load_pair
 from merging import methods
-from merging.methods import (REGISTRY, dare_linear, dare_ties, linear, regmean_solve, slerp, task_arithmetic,
-                             ties)
+from merging.methods import (REGISTRY, Method, dare_linear, dare_ties, linear, regmean, regmean_solve, slerp,
+                             task_arithmetic, ties)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -260,6 +260,26 @@ def test_dare_is_seeded():
     assert torch.equal(run(dare_linear, vlm, donor, base, 0.5, density=1.0), run(task_arithmetic, vlm, donor, base, 0.5))
 
 
+def test_dare_masks_are_seeded_by_the_tensor_name():
+    """The engine passes each tensor's decoder-relative name: same-shaped tensors get their own masks."""
+    vlm, donor, base = triple(seed=21)
+    for fn in (dare_linear, dare_ties):
+        q0 = run(fn, vlm, donor, base, 1.0, name="layers.0.self_attn.q_proj.weight", seed=3)
+        assert torch.equal(q0, run(fn, vlm, donor, base, 1.0, name="layers.0.self_attn.q_proj.weight", seed=3))
+        q1 = run(fn, vlm, donor, base, 1.0, name="layers.1.self_attn.q_proj.weight", seed=3)
+        kept0, kept1 = q0 != base, q1 != base
+        assert not torch.equal(kept0, kept1)
+        # independent draws: the masks overlap on about density² of the entries, not density
+        assert (kept0 & kept1).float().mean().item() == pytest.approx(0.25, abs=0.05)
+        # without a name (a direct call): the shape-only seed of before
+        assert torch.equal(run(fn, vlm, donor, base, 1.0, seed=3), run(fn, vlm, donor, base, 1.0, seed=3))
+        assert not torch.equal(run(fn, vlm, donor, base, 1.0, seed=3), q0)
+    # the mix is a fixed function of the string, the same in every process (no Python hash())
+    assert methods._name_hash("a") == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vector
+    assert methods._dare_stream_seed(0, (2, 3), 1, "a") == methods._dare_stream_seed(0, (2, 3), 1, "a")
+    assert methods._dare_stream_seed(0, (2, 3), 1, "a") != methods._dare_stream_seed(0, (2, 3), 1, "b")
+
+
 def test_dare_keeps_about_density_of_the_entries_rescaled():
     vlm, donor, base = triple((400, 500), seed=17)
     tau = donor - base
@@ -315,9 +335,57 @@ def test_regmean_solve_gamma_0_is_a_per_input_weighted_mean():
         regmean_solve([ws[0].T], grams[:1], [1.0], 1.0)
 
 
+def test_regmean_solve_leaves_its_inputs_alone():
+    gen = torch.Generator().manual_seed(22)
+    grams = [torch.randn(6, 6, generator=gen, dtype=torch.float64) for _ in range(2)]
+    grams = [g @ g.T + torch.eye(6, dtype=torch.float64) for g in grams]
+    ws = [torch.randn(4, 6, generator=gen, dtype=torch.float64) for _ in grams]
+    copies = [t.clone() for t in grams + ws]
+    regmean_solve(ws, grams, [0.5, 0.5], gamma=0.7)
+    assert all(torch.equal(a, b) for a, b in zip(grams + ws, copies))
+
+
+def test_regmean_solve_regularises_a_singular_system():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    x[:, 3] = 0  # an input feature that never activates: G has a zero row and column
+    ws = [torch.randn(2, 5, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2)]
+    got = regmean_solve(ws, [x.T @ x, x.T @ x], [0.5, 0.5], gamma=1.0)
+    assert torch.isfinite(got).all()
+    # on the features that do activate, still the least-squares merge
+    torch.testing.assert_close(x @ got.T, x @ (0.5 * ws[0] + 0.5 * ws[1]).T)
+
+
+def test_regmean_method():
+    gen = torch.Generator().manual_seed(24)
+    xs = [torch.randn(60, 8, generator=gen), 2 * torch.randn(90, 8, generator=gen)]
+    grams = tuple(x.T @ x / x.shape[0] for x in xs)
+    vlm, donor = randn(5, 8, seed=25), randn(5, 8, seed=26)
+    for gamma in (1.0, 0.9, 0.0):
+        got = run(regmean, vlm, donor, alpha=0.3, grams=grams, gamma=gamma)
+        assert torch.equal(got, regmean_solve([vlm, donor], list(grams), [0.7, 0.3], gamma).float())
+    assert torch.equal(run(regmean, vlm, donor, alpha=0.3, grams=grams),
+                       run(regmean, vlm, donor, alpha=0.3, grams=grams, gamma=0.9))  # the default γ
+    # endpoints exactly; tensors without Grams (norms, embeddings, biases) merged linearly
+    assert torch.equal(run(regmean, vlm, donor, alpha=0.0, grams=grams), vlm)
+    assert torch.equal(run(regmean, vlm, donor, alpha=1.0, grams=grams), donor)
+    assert torch.equal(run(regmean, vlm, donor, alpha=0.3), run(linear, vlm, donor, alpha=0.3))
+    # bf16 parameters: solved in float64, rounded once
+    got = run(regmean, vlm.bfloat16(), donor.bfloat16(), alpha=0.3, grams=grams, gamma=1.0)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, regmean_solve([vlm.bfloat16(), donor.bfloat16()], list(grams), [0.7, 0.3], 1.0).bfloat16())
+
+
+def test_methods_declare_the_context_they_take():
+    assert REGISTRY["regmean"].needs_grams and not REGISTRY["regmean"].needs_base
+    assert REGISTRY["dare_linear"].context == REGISTRY["dare_ties"].context == ("name",)
+    assert not any(REGISTRY[m].context for m in ("linear", "slerp", "task_arithmetic", "ties"))
+    with pytest.raises(ValueError, match=r"unknown context \['layer'\]"):
+        Method("bad", linear, "θ", context=("layer",))
+
+
 # -- declarations and plan validation ------------------------------------------------------------
 def test_the_registry_declares_every_method():
-    assert {"linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"} <= set(REGISTRY)
+    assert {"linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "regmean"} <= set(REGISTRY)
     for name in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
         assert REGISTRY[name].needs_base
     assert not REGISTRY["linear"].needs_base and not REGISTRY["slerp"].needs_base
@@ -338,6 +406,7 @@ def test_plan_fills_method_defaults():
     assert plan_with("dare_linear", seed=9).rules[0].params == {"density": 0.5, "lambda": 1.0, "seed": 9}
     assert plan_with("task_arithmetic").rules[0].params == {"lambda": 1.0}
     assert plan_with("slerp").rules[0].params == {}
+    assert plan_with("regmean").rules[0].params == {"gamma": 0.9}
 
 
 @pytest.mark.parametrize("method,params,message", [
@@ -350,6 +419,8 @@ def test_plan_fills_method_defaults():
     ("dare_ties", {"seed": -1}, r"seed=-1 is outside"),
     ("ties", {"normalize": 2}, r"normalize=2 is outside \[0, 1\]"),
     ("ties", {"density": "high"}, r"density must be float"),
+    ("dare_ties", {"density": 0.0}, r"density=0.0 is outside \(0.0, 1.0\]"),
+    ("regmean", {"gamma": -0.1}, r"gamma=-0.1 is outside \[0.0, 1.0\]"),
 ])
 def test_bad_params_are_refused_with_a_clear_message(method, params, message):
     with pytest.raises(PlanError, match=message):
