@@ -205,3 +205,17 @@ def test_readme_app_command_serves_the_demo_pair_on_localhost(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_export_tab_writes_plan_mergekit_yaml_and_a_checkpoint(page, server):
+    _, explorer = server
+    page.get_by_role("tab", name="Export").click()
+    for button, expect in (("#export-plan", "Saved"), ("#export-mergekit", "Saved"), ("#export-model", "Wrote")):
+        page.locator(button).click()
+        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{expect} ')",
+                               timeout=120_000)
+        page.wait_for_timeout(300)
+    written = {p.name.split("-")[0] for p in explorer.export_dir.iterdir()}
+    assert {"plan", "mergekit", "merged"} <= written
+    checkpoint = next(p for p in explorer.export_dir.iterdir() if p.name.startswith("merged-"))
+    assert (checkpoint / "config.json").exists() and (checkpoint / "model.safetensors.index.json").exists()

@@ -23,6 +23,7 @@ from merging.distance import role_distances
 from merging.engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evaluate import EvalItem, load_eval_set
+from merging.export import export_checkpoint, mergekit_yaml
 from merging.generate import GenerationSettings, build_question
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
 from merging.methods import REGISTRY, ParamDef
@@ -274,9 +275,14 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                    elem_id="history")
 
         with gr.Tab("Export"):
-            gr.Markdown("Download the current plan (YAML, the format the CLI's `--plan` takes).")
-            export_plan = gr.Button("Save plan YAML", elem_id="export-plan")
-            export_file = gr.File(label="Plan file", elem_id="export-file")
+            gr.Markdown("Save the current plan (the YAML the CLI's `--plan` takes), its mergekit YAML where "
+                        "mergekit can express it, or the merged model as a checkpoint `from_pretrained` loads. "
+                        "Files go to the export folder the app was started with.")
+            with gr.Row():
+                export_plan = gr.Button("Save plan YAML", elem_id="export-plan")
+                export_mergekit = gr.Button("Save mergekit YAML", elem_id="export-mergekit")
+                export_model = gr.Button("Write merged checkpoint", elem_id="export-model")
+            export_file = gr.File(label="Saved file", elem_id="export-file")
 
         param_inputs = [method, *param_boxes]
 
@@ -436,19 +442,28 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         history.select(on_history_select, history_rows,
                        [components, method, curve, table, preview, question, status, *param_boxes], **CHEAP)
 
-        def on_export_plan(comps, alphas, *param_values):
-            if explorer.export_dir is None:
-                return gr.update(), "⚠️ export is off (start the app with --export-dir)"
-            try:
-                plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
-            except MergescopeError as exc:
-                return gr.update(), f"⚠️ {exc}"
-            explorer.export_dir.mkdir(parents=True, exist_ok=True)
-            path = explorer.export_dir / f"plan-{plan.hash()}.yaml"
-            path.write_text(plan.to_yaml())
-            return str(path), f"Saved {path}"
+        def exporter(kind: str):
+            def run(comps, alphas, *param_values):
+                if explorer.export_dir is None:
+                    return gr.update(), "⚠️ export is off (start the app with --export-dir)"
+                try:
+                    plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
+                    explorer.export_dir.mkdir(parents=True, exist_ok=True)
+                    if kind == "checkpoint":
+                        out = explorer.export_dir / f"merged-{plan.hash()}"
+                        report = export_checkpoint(explorer.engine, plan, out, overwrite=True)
+                        return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
+                    path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
+                    path.write_text(plan.to_yaml() if kind == "plan" else mergekit_yaml(plan, explorer.engine.pair))
+                except MergescopeError as exc:
+                    return gr.update(), f"⚠️ {exc}"
+                return str(path), f"Saved {path}"
+            return run
 
-        export_plan.click(on_export_plan, [components, curve, *param_inputs], [export_file, status], **CHEAP)
+        export_inputs = [components, curve, *param_inputs]
+        export_plan.click(exporter("plan"), export_inputs, [export_file, status], **CHEAP)
+        export_mergekit.click(exporter("mergekit"), export_inputs, [export_file, status], **CHEAP)
+        export_model.click(exporter("checkpoint"), export_inputs, [export_file, status], **GPU)
 
         # -- API: answer a question under a plan given as YAML (for scripts and load tests) ----
         def api_answer(plan_yaml_text: str, question_text: str, max_tokens: int = 32,
