@@ -10,8 +10,9 @@ from .errors import MergescopeError
 
 
 def _pair_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vlm", required=True, help="VLM folder or hub id (resident, merged in place)")
-    parser.add_argument("--llm", required=True, help="donor text LLM folder or hub id (read lazily)")
+    parser.add_argument("--pair", help="a known pair (see merging/known_pairs.py), instead of --vlm/--llm/--base")
+    parser.add_argument("--vlm", help="VLM folder or hub id (resident, merged in place)")
+    parser.add_argument("--llm", help="donor text LLM folder or hub id (read lazily)")
     parser.add_argument("--base", help="optional common base model (for methods that need one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
@@ -19,8 +20,15 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
+    from .known_pairs import known_pair
     from .pair import load_pair
-    return load_pair(args.vlm, args.llm, args.base, dtype=args.dtype, device=args.device)
+    vlm, llm, base = args.vlm, args.llm, args.base
+    if args.pair:
+        known = known_pair(args.pair)
+        vlm, llm, base = vlm or known.vlm, llm or known.llm, base or known.base
+    if not (vlm and llm):
+        raise MergescopeError("name the models: --vlm and --llm, or --pair NAME")
+    return load_pair(vlm, llm, base, dtype=args.dtype, device=args.device)
 
 
 def cmd_inspect(args) -> dict:

@@ -60,6 +60,8 @@ def test_cli_errors_are_one_clear_line(qwen_dirs, tmp_path):
         assert "Traceback" not in result.stderr
     result = run_cli("inspect", "--vlm", vlm, "--llm", tmp_path / "nowhere")
     assert result.returncode == 2 and "no such folder" in result.stderr
+    result = run_cli("inspect", "--pair", "gpt-4")
+    assert result.returncode == 2 and "unknown pair 'gpt-4'" in result.stderr
 
 
 def test_readme_demo_runs_offline_and_restores_exactly(tmp_path):
