@@ -47,6 +47,31 @@ def qwen_engine(qwen_pair):
     return MergeEngine(qwen_pair)
 
 
+@pytest.fixture
+def failing_method():
+    """Registers linear-merge methods that raise `error` on their `call`-th tensor: stand-ins for an
+    out-of-memory or device error mid-apply. Returns the method's name; unregistered afterwards."""
+    from merging.methods import REGISTRY, Method, linear, register
+    names = []
+
+    def make(name: str, call: int, error: BaseException) -> str:
+        calls = {"n": 0}
+
+        def fn(out, vlm, donor, base, alpha):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise error
+            linear(out, vlm, donor, base, alpha)
+
+        register(Method(name, fn, f"linear, but tensor {call} raises {type(error).__name__}"))
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        del REGISTRY[name]
+
+
 def lm_state(pair) -> dict[str, torch.Tensor]:
     """A copy of every mergeable VLM tensor, to compare weights before and after."""
     params = dict(pair.vlm.named_parameters())

@@ -8,7 +8,6 @@ import sys
 
 import diskcache
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 

@@ -10,7 +10,6 @@ from PIL import Image
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, PlanError, load_pair
 from merging.generate import answer
-from merging.methods import REGISTRY, Method, linear, register
 
 
 def plan(*rules):
@@ -139,28 +138,13 @@ def test_plans_wrong_for_this_model_change_nothing(qwen_pair, qwen_engine, bad, 
     assert qwen_engine.plan == good
 
 
-@pytest.fixture
-def exploding_method():
-    """A method that fails on its third call: a stand-in for an OOM or a device error mid-apply."""
-    calls = {"n": 0}
-
-    def explode(out, vlm, donor, base, alpha):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated failure mid-apply")
-        linear(out, vlm, donor, base, alpha)
-
-    register(Method("explode_on_third", explode, "linear, but the 3rd tensor fails"))
-    yield
-    del REGISTRY["explode_on_third"]
-
-
-def test_failure_mid_apply_leaves_the_previous_plan(qwen_pair, qwen_engine, exploding_method):
+def test_failure_mid_apply_leaves_the_previous_plan(qwen_pair, qwen_engine, failing_method):
+    explode = failing_method("explode_on_third", 3, RuntimeError("simulated failure mid-apply"))
     previous = plan(rule(["mlp"], {"preset": "constant", "value": 0.6}))
     qwen_engine.apply(previous)
     expected = lm_state(qwen_pair)
     failing = plan(rule(["self_attn"], {"preset": "constant", "value": 0.3}),
-                   rule(["mlp"], {"preset": "linear", "start": 0.0, "end": 1.0}, method="explode_on_third"))
+                   rule(["mlp"], {"preset": "linear", "start": 0.0, "end": 1.0}, method=explode))
     with pytest.raises(RuntimeError, match="simulated failure"):
         qwen_engine.apply(failing)
     assert_same_weights(qwen_pair, expected)

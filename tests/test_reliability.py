@@ -11,32 +11,17 @@ import torch
 from cache import AnswerCache
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, load_pair
-from merging.methods import REGISTRY, Method, linear, register
 from merging.service import Answerer
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.4}}]})
 
 
-@pytest.fixture
-def oom_method():
-    calls = {"n": 0}
-
-    def oom(out, vlm, donor, base, alpha):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        linear(out, vlm, donor, base, alpha)
-
-    register(Method("oom_on_fifth", oom, "linear, but runs out of memory on the 5th tensor"))
-    yield
-    del REGISTRY["oom_on_fifth"]
-
-
-def test_out_of_memory_during_apply_keeps_the_previous_plan(qwen_pair, oom_method):
+def test_out_of_memory_during_apply_keeps_the_previous_plan(qwen_pair, failing_method):
+    oom = failing_method("oom_on_fifth", 5, torch.OutOfMemoryError("CUDA out of memory (simulated)"))
     engine = MergeEngine(qwen_pair)
     engine.apply(PLAN)
     expected = lm_state(qwen_pair)
-    failing = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": "oom_on_fifth",
+    failing = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": oom,
                                               "curve": {"preset": "constant", "value": 0.9}}]})
     with pytest.raises(torch.OutOfMemoryError):
         engine.apply(failing)

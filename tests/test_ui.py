@@ -3,7 +3,6 @@ on a tiny locally built model pair; and several gradio_client clients at once.""
 
 import json
 import os
-import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
