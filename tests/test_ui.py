@@ -145,6 +145,7 @@ def test_sweep_shows_progress_and_heatmap(page):
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('9/9 cells')",
                            timeout=240_000)
     page.wait_for_selector("#sweep-plot .main-svg", timeout=30_000)
+    page.wait_for_selector("#sweep-lines .main-svg", timeout=30_000)
     assert "Setting 2" in page.locator("#sweep-table").inner_text()
 
 

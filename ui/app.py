@@ -32,7 +32,7 @@ from merging.service import Answerer
 from merging.sweep import parse_grid, run_sweep
 
 from .curve_editor import curve_editor
-from .figures import alpha_figure, distance_figure, sweep_heatmap
+from .figures import alpha_figure, distance_figure, sweep_heatmap, sweep_lines
 
 PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS = 64, 64
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a time
@@ -265,7 +265,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             with gr.Row():
                 run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
                 stop = gr.Button("Stop", elem_id="stop-sweep")
-            sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
+            with gr.Row():
+                sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
+                sweep_line_plot = gr.Plot(label="Accuracy against α", elem_id="sweep-lines")
             sweep_table = gr.Dataframe(label="Cells", elem_id="sweep-table")
 
         with gr.Tab("History"):
@@ -412,11 +414,12 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                                                     unit="answers"))
                 summary = pd.DataFrame([{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed",
                                                            "cached")} for r in rows])
-                yield {sweep_plot: sweep_heatmap(rows) if len(rows) > 1 else gr.update(), sweep_table: summary,
+                yield {sweep_plot: sweep_heatmap(rows) if len(rows) > 1 else gr.update(),
+                       sweep_line_plot: sweep_lines(rows), sweep_table: summary,
                        status: f"Sweep: {i + 1}/{len(cells)} cells"}
 
-        sweep_event = run.click(on_sweep, [grid_text, eval_spec, max_items], [status, sweep_plot, sweep_table],
-                                **GPU)
+        sweep_event = run.click(on_sweep, [grid_text, eval_spec, max_items],
+                                [status, sweep_plot, sweep_line_plot, sweep_table], **GPU)
         stop.click(None, None, None, cancels=[sweep_event], **CHEAP)
 
         # -- history and export ---------------------------------------------------------------

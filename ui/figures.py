@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 from merging.sweep import heatmap as sweep_heatmap
 
-__all__ = ["alpha_figure", "distance_figure", "sweep_heatmap"]
+__all__ = ["alpha_figure", "distance_figure", "sweep_heatmap", "sweep_lines"]
 
 
 def alpha_figure(alphas: list[float], pinned: list[float] | None = None) -> go.Figure:
@@ -31,4 +31,21 @@ def distance_figure(rows: list[dict], metric: str) -> go.Figure:
              "cosine": "cosine(θ_V, θ_L)"}[metric]
     fig = go.Figure(go.Heatmap(z=z, x=layers, y=roles, colorscale="Viridis" if metric == "rel_l2" else "RdBu"))
     fig.update_layout(title=title, height=360, xaxis_title="layer", margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig
+
+
+def sweep_lines(rows: list[dict]) -> go.Figure:
+    """Accuracy against α, one line per setting × method, the base VLM as a dashed level."""
+    fig = go.Figure()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["alpha"] is not None:
+            series.setdefault(f"{r['setting']} · {r['method']}", []).append((r["alpha"], 100 * r["accuracy"]))
+    for name, points in series.items():
+        points.sort()
+        fig.add_trace(go.Scatter(x=[a for a, _ in points], y=[v for _, v in points], mode="lines+markers", name=name))
+    base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
+    if base is not None:
+        fig.add_hline(y=base, line_dash="dash", annotation_text="base VLM")
+    fig.update_layout(height=320, xaxis_title="α", yaxis_title="accuracy %", margin={"l": 40, "r": 10, "t": 20, "b": 40})
     return fig
