@@ -6,8 +6,9 @@ processor accepts it and chat prompts look like the reference pair's.
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import Qwen2TokenizerFast
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -33,10 +34,23 @@ DEFAULT_CORPUS = [
 ]
 
 
-def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> Qwen2TokenizerFast:
-    """Train a byte-level BPE on `corpus` (deterministic) and wrap it for transformers."""
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400, *,
+                    qwen_pretokenizer: bool = False) -> Qwen2TokenizerFast:
+    """Train a byte-level BPE on `corpus` (deterministic) and wrap it for transformers.
+
+    `qwen_pretokenizer=True` trains with the normaliser and pre-tokeniser (Qwen2's split regex: digits
+    one by one) that `Qwen2Tokenizer` imposes when the saved tokenizer is loaded again, so the tokenizer
+    in memory and the one read back from disk cut text identically. The default (plain byte-level
+    pre-tokenisation) is kept for the small random test pairs, where the difference does not matter.
+    """
     bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_pretokenizer:
+        bpe.normalizer = normalizers.NFC()
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
