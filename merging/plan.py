@@ -58,11 +58,15 @@ class MergePlan:
 
     @classmethod
     def from_text(cls, text: str) -> "MergePlan":
-        """Parse YAML or JSON (JSON is YAML)."""
+        """Parse JSON or YAML. JSON goes to the JSON parser first: PyYAML reads YAML 1.1, where a JSON
+        number such as 1e-30 (no dot) is a string, not a float."""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PlanError(f"plan is not valid YAML/JSON: {exc}") from exc
+            data = json.loads(text)
+        except ValueError:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise PlanError(f"plan is not valid YAML/JSON: {exc}") from exc
         return cls.from_dict({"rules": []} if data is None else data)
 
     @classmethod

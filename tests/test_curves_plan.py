@@ -116,3 +116,10 @@ def test_yaml_json_round_trip_and_canonical_hash():
 def test_malformed_plans_are_clear_errors(text, message):
     with pytest.raises(PlanError, match=message):
         MergePlan.from_text(text)
+
+
+def test_json_exponent_numbers_round_trip():
+    """Found by fuzzing: YAML 1.1 reads the JSON number 1e-30 as a string."""
+    plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "anchors", "values": [1e-30]}}]})
+    assert MergePlan.from_text(plan.canonical_json()) == plan
+    assert MergePlan.from_text(plan.to_yaml()) == plan

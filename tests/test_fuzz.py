@@ -29,7 +29,7 @@ rule = st.fixed_dictionaries({"components": st.lists(st.sampled_from(sorted(KNOW
 plans = st.one_of(junk, st.fixed_dictionaries({"rules": st.lists(rule, max_size=3)}))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # reproducible in CI
 @given(plans)
 def test_plan_parsing_accepts_or_explains(data):
     try:
@@ -41,7 +41,7 @@ def test_plan_parsing_accepts_or_explains(data):
     assert MergePlan.from_text(plan.canonical_json()).hash() == plan.hash()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.text(max_size=200))
 def test_plan_text_never_crashes(text):
     try:
@@ -64,7 +64,7 @@ def api(qwen_dirs, tmp_path_factory):
     app.close()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan_text=st.one_of(st.text(max_size=60), plans.map(lambda p: __import__("yaml").safe_dump(p))),
        question=st.text(max_size=40), tokens=st.integers(-3, 100))
 def test_public_api_answers_or_explains(api, plan_text, question, tokens):
