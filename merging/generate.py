@@ -8,10 +8,11 @@ Callers hold the engine's lock around these, so the weights cannot change mid-an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from PIL import Image
@@ -136,15 +137,22 @@ def answer(pair: ModelPair, question: str, image: Image.Image | None = None,
 
 
 def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = None,
-                  settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
-    """Yield the answer so far, growing token by token; the last value equals `answer(...)`."""
+                  settings: GenerationSettings = GenerationSettings(),
+                  guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[str]:
+    """Yield the answer so far, growing token by token; the last value equals `answer(...)`.
+
+    Generation runs on its own thread, inside `guard()` (the caller's lock and merge). So the lock
+    is taken and given back by that one thread, and always given back once generation ends, even
+    when the consumer is resumed from other threads (Gradio steps a generator on any worker) or
+    abandons the iterator half-way (a closed tab).
+    """
     inputs = build_inputs(pair, question, image)
     streamer = TextIteratorStreamer(tokenizer_of(pair), skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            with torch.no_grad():
+            with guard(), torch.no_grad():
                 pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings), streamer=streamer)
         except BaseException as exc:  # surfaced in the consumer's thread below
             errors.append(exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 from PIL import Image
@@ -44,6 +45,13 @@ class Answerer:
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
 
+    @contextmanager
+    def _merged(self, plan: MergePlan) -> Iterator[None]:
+        """The weights hold `plan` (and no other caller can change them) inside this block."""
+        with self.engine.lock:
+            self.engine.apply(plan)
+            yield
+
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
             settings: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
         """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan`."""
@@ -56,7 +64,8 @@ class Answerer:
         """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
 
         A cache hit yields once. The engine lock is held from apply to the last token, so the
-        weights cannot change under a running answer.
+        weights cannot change under a running answer; it is held by the generating thread, never
+        across a `yield` (see `stream_answer`).
         """
         start = time.perf_counter()
         config = self.config(plan, question, image, settings)
@@ -65,12 +74,12 @@ class Answerer:
         if hit is not None:
             yield dict(result, answer=hit["answer"], cached=True, done=True, seconds=time.perf_counter() - start)
             return
-        with self.engine.lock:
-            self.engine.apply(plan)
-            if live:
-                for text in stream_answer(self.engine.pair, question, image, settings):
-                    yield dict(result, answer=text, seconds=time.perf_counter() - start)
-            else:
+        if live:
+            text = ""
+            for text in stream_answer(self.engine.pair, question, image, settings, guard=lambda: self._merged(plan)):
+                yield dict(result, answer=text, seconds=time.perf_counter() - start)
+        else:
+            with self._merged(plan):
                 text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:

@@ -5,6 +5,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
 import pytest
@@ -109,3 +111,45 @@ def test_stream_grows_then_caches(answerer):
     assert updates[-1]["answer"] == answerer.ask(PLAN, "Describe it.", IMAGE)["answer"]
     (hit,) = list(answerer.stream(PLAN, "Describe it.", IMAGE))
     assert hit["cached"] and hit["done"] and hit["answer"] == updates[-1]["answer"]
+
+
+
+def _lock_is_free(engine, within_s: float = 60.0) -> bool:
+    """Whether another thread can take (and give back) the engine lock within `within_s`."""
+    taken = []
+
+    def probe():
+        if engine.lock.acquire(timeout=within_s):
+            engine.lock.release()
+            taken.append(True)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return bool(taken)
+
+
+def _next_in_new_thread(iterator):
+    """next(iterator) on a fresh thread, as Gradio does: each step of a generator may run on another worker."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(next, iterator, None).result(timeout=120)
+
+
+def test_stream_resumed_from_other_threads_releases_the_lock(answerer):
+    updates = answerer.stream(PLAN, "Describe it.", IMAGE)
+    steps = [_next_in_new_thread(updates)]
+    while steps[-1] is not None:
+        steps.append(_next_in_new_thread(updates))
+    assert steps[-2]["done"] and steps[-2]["answer"] == answerer.ask(PLAN, "Describe it.", IMAGE)["answer"]
+    assert _lock_is_free(answerer.engine)
+
+
+def test_abandoned_stream_releases_the_lock(answerer):
+    updates = answerer.stream(PLAN, "Describe it in detail.", IMAGE, GenerationSettings(max_new_tokens=24))
+    first = _next_in_new_thread(updates)
+    assert first is not None and not first["done"]
+    # the consumer goes away (a closed browser tab) without closing the generator: generation still
+    # finishes on its own thread and gives the lock back, so the next user is served
+    assert _lock_is_free(answerer.engine)
+    assert answerer.ask(MergePlan(), "Next user?")["answer"] is not None
+    del updates
