@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import MergescopeError, PlanError
+from .checkpoint import Checkpoint
+from .errors import LayoutError, MergescopeError, PlanError
 from .grams import GramFile, decoder_linears
-from .layout import Slot
+from .layout import Layout, Slot, build_layout
 from .methods import get_method
 from .pair import ModelPair
 from .plan import MergePlan, Target
@@ -169,6 +170,31 @@ class MergeEngine:
         if module is None:
             return None
         return tuple(self._grams[role].get(module).to(device) for role in ("vlm", "donor"))
+
+    # -- donors ----------------------------------------------------------------------------------
+    def donor_layout(self, donor: Checkpoint) -> Layout:
+        """The mapping to another donor checkpoint; refuses one that would not merge the same tensors."""
+        layout = build_layout(self.pair.vlm, self.pair.vlm_files, donor)
+        layout.require_compatible()
+        if [s.name for s in layout.slots] != list(self._slots):
+            raise LayoutError(f"{donor.path}: does not map onto the same VLM tensors as the current donor "
+                              f"({len(layout.slots)} vs {len(self._slots)}); pick a donor of the same architecture")
+        return layout
+
+    def set_donor(self, donor: Checkpoint, layout: Layout | None = None) -> None:
+        """Merge with `donor` from now on (same architecture; see `donor_layout`).
+
+        The weights go back to the pure VLM first (every merged value came from the old donor), so
+        the caller applies its plan again; a donor's Gram file, computed on the old donor, is detached.
+        """
+        with self.lock:
+            if donor is self.pair.donor:
+                return
+            layout = layout or self.donor_layout(donor)
+            self.restore()
+            self.pair.donor, self.pair.layout = donor, layout
+            self._slots = {s.name: s for s in layout.slots}
+            self._grams.pop("donor", None)
 
     # -- applying plans ------------------------------------------------------------------------
     def apply(self, plan: MergePlan) -> ApplyReport:

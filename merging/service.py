@@ -10,15 +10,21 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Iterator
 
 from PIL import Image
 
 from cache import AnswerCache
 
+from .checkpoint import Checkpoint
 from .engine import MergeEngine
+from .errors import MergescopeError
 from .generate import GenerationSettings, answer, stream_answer, tokenizer_of
+from .pair import ModelPair
 from .plan import MergePlan
+
+DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
 ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
@@ -34,33 +40,64 @@ def image_digest(image: Image.Image | None) -> str | None:
 
 
 class Answerer:
-    def __init__(self, engine: MergeEngine, cache: AnswerCache | None = None):
+    """Answers under a plan, cached; with `donors`, each request may name which donor LLM it merges.
+
+    `donors` maps a label to a donor checkpoint of the same architecture as the pair's own, which is
+    `DEFAULT_DONOR` unless `default_donor` names it otherwise. Each is checked against the VLM at once.
+    """
+
+    def __init__(self, engine: MergeEngine, cache: AnswerCache | None = None,
+                 donors: dict[str, Checkpoint] | None = None, default_donor: str = DEFAULT_DONOR):
         self.engine, self.cache = engine, cache
+        self.default_donor = default_donor
+        self.donors: dict[str, Checkpoint] = {default_donor: engine.pair.donor, **(donors or {})}
+        self._layouts = {name: engine.pair.layout if ckpt is engine.pair.donor else engine.donor_layout(ckpt)
+                         for name, ckpt in self.donors.items()}
+
+    def donor_name(self, name: str | None) -> str:
+        """`name` checked against the donors on offer (None: the default donor)."""
+        name = self.default_donor if name is None else name
+        if name not in self.donors:
+            raise MergescopeError(f"unknown donor {name!r}; choose one of {list(self.donors)}")
+        return name
+
+    def _donor_for(self, plan: MergePlan, name: str | None) -> str:
+        # the pure VLM involves no donor: its answers are shared by all of them
+        return self.donor_name(name) if plan.rules else self.default_donor
+
+    def pair_with(self, donor: str | None = None) -> ModelPair:
+        """The pair as seen with `donor`, for reading weights (inspect); the resident VLM is shared."""
+        name = self.donor_name(donor)
+        return replace(self.engine.pair, donor=self.donors[name], layout=self._layouts[name])
 
     def config(self, plan: MergePlan, question: str, image: Image.Image | None,
-               settings: GenerationSettings) -> dict:
+               settings: GenerationSettings, donor: str | None = None) -> dict:
         """Everything that determines an answer: the cache key's contents."""
-        return {"kind": "answer", "engine": ENGINE_VERSION, "models": self.engine.pair.fingerprints(),
+        models = dict(self.engine.pair.fingerprints(), donor=self.donors[self._donor_for(plan, donor)].fingerprint())
+        return {"kind": "answer", "engine": ENGINE_VERSION, "models": models,
                 "grams": self.engine.gram_fingerprints(),
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
 
     @contextmanager
-    def _merged(self, plan: MergePlan) -> Iterator[None]:
-        """The weights hold `plan` (and no other caller can change them) inside this block."""
+    def _merged(self, plan: MergePlan, donor: str | None) -> Iterator[None]:
+        """The weights hold `plan` merged with `donor` (and no other caller can change them) in this block."""
+        name = self._donor_for(plan, donor)
         with self.engine.lock:
+            self.engine.set_donor(self.donors[name], self._layouts[name])
             self.engine.apply(plan)
             yield
 
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
-            settings: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
-        """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan`."""
-        *_, final = self.stream(plan, question, image, settings, live=False)
+            settings: GenerationSettings = GenerationSettings(), donor: str | None = None) -> dict[str, Any]:
+        """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan` (merged with `donor`)."""
+        *_, final = self.stream(plan, question, image, settings, live=False, donor=donor)
         del final["done"]
         return final
 
     def stream(self, plan: MergePlan, question: str, image: Image.Image | None = None,
-               settings: GenerationSettings = GenerationSettings(), live: bool = True) -> Iterator[dict[str, Any]]:
+               settings: GenerationSettings = GenerationSettings(), live: bool = True,
+               donor: str | None = None) -> Iterator[dict[str, Any]]:
         """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
 
         A cache hit yields once. The engine lock is held from apply to the last token, so the
@@ -68,7 +105,7 @@ class Answerer:
         across a `yield` (see `stream_answer`).
         """
         start = time.perf_counter()
-        config = self.config(plan, question, image, settings)
+        config = self.config(plan, question, image, settings, donor)
         result = {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "done": False}
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is not None:
@@ -76,10 +113,11 @@ class Answerer:
             return
         if live:
             text = ""
-            for text in stream_answer(self.engine.pair, question, image, settings, guard=lambda: self._merged(plan)):
+            pieces = stream_answer(self.engine.pair, question, image, settings, guard=lambda: self._merged(plan, donor))
+            for text in pieces:
                 yield dict(result, answer=text, seconds=time.perf_counter() - start)
         else:
-            with self._merged(plan):
+            with self._merged(plan, donor):
                 text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:

@@ -90,14 +90,15 @@ def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
 
 
 def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
-              progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """One result row per cell: accuracy, and how many answers were computed vs served from cache."""
+              progress: Callable[[int, int], None] | None = None, donor: str | None = None) -> list[dict]:
+    """One result row per cell: accuracy, and how many answers were computed vs served from cache
+    (merging with the answerer's `donor`, by default its own)."""
     rows, done, total = [], 0, len(cells) * len(items)
     for cell in cells:
         correct = computed = 0
         answers = []
         for item in items:
-            result = answerer.ask(cell.plan, item.question, item.image(), settings)
+            result = answerer.ask(cell.plan, item.question, item.image(), settings, donor=donor)
             extracted, ok = score(result["answer"], item)
             correct += ok
             computed += not result["cached"]

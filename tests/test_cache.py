@@ -14,9 +14,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cache import AnswerCache, config_key
-from merging import MergeEngine, MergePlan, load_pair
+from merging import MergeEngine, MergePlan, MergescopeError, load_pair
+from merging.checkpoint import Checkpoint
 from merging.generate import GenerationSettings
 from merging.service import Answerer
+from merging.toy.tiny import build_qwen_pair
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"], "curve": {"preset": "constant", "value": 0.5}}]})
 IMAGE = Image.new("RGB", (56, 56), (10, 200, 10))
@@ -153,3 +155,21 @@ def test_abandoned_stream_releases_the_lock(answerer):
     assert _lock_is_free(answerer.engine)
     assert answerer.ask(MergePlan(), "Next user?")["answer"] is not None
     del updates
+
+
+def test_each_request_names_its_donor(qwen_dirs, tmp_path):
+    other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
+    plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.7}}]})
+    answerer = Answerer(MergeEngine(load_pair(*qwen_dirs)), AnswerCache(tmp_path / "cache"), donors={"other": other})
+    alone = Answerer(MergeEngine(load_pair(qwen_dirs[0], other.path)))
+    question = "What is it?"
+    mine = answerer.ask(plan, question, IMAGE)
+    theirs = answerer.ask(plan, question, IMAGE, donor="other")
+    assert theirs["answer"] == alone.ask(plan, question, IMAGE)["answer"] and not theirs["cached"]
+    assert answerer.ask(plan, question, IMAGE)["answer"] == mine["answer"]  # switched back, from the cache
+    assert answerer.config(plan, question, IMAGE, GenerationSettings()) != \
+        answerer.config(plan, question, IMAGE, GenerationSettings(), donor="other")
+    answerer.ask(MergePlan(), question, IMAGE)
+    assert answerer.ask(MergePlan(), question, IMAGE, donor="other")["cached"]  # the pure VLM has no donor
+    with pytest.raises(MergescopeError, match="unknown donor 'nobody'"):
+        answerer.ask(plan, question, IMAGE, donor="nobody")

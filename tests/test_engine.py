@@ -9,7 +9,10 @@ from PIL import Image
 
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, PlanError, load_pair
+from merging.checkpoint import Checkpoint
+from merging.errors import LayoutError
 from merging.generate import answer
+from merging.toy.tiny import build_qwen_pair
 
 
 def plan(*rules):
@@ -214,3 +217,29 @@ def test_export_tensor_equals_what_apply_writes_and_changes_nothing(qwen_pair, q
     # a tensor the plan leaves alone: the VLM's original
     slot = qwen_pair.layout.slots[0]
     assert torch.equal(qwen_engine.export_tensor(slot.name, None), qwen_pair.vlm_files.get(slot.vlm_key))
+
+
+def test_set_donor_merges_with_the_new_donor_exactly(qwen_dirs, tmp_path):
+    other = build_qwen_pair(tmp_path, seed=7)[1]  # same architecture, other weights
+    plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "linear", "start": 0.2,
+                                                                         "end": 0.8}}]})
+    reference = MergeEngine(load_pair(qwen_dirs[0], other))
+    reference.apply(plan)
+    pair = load_pair(*qwen_dirs)
+    engine = MergeEngine(pair)
+    engine.apply(plan)
+    engine.set_donor(Checkpoint(other))
+    assert engine.plan == MergePlan()  # every merged value came from the old donor: back to the pure VLM
+    engine.apply(plan)
+    assert_same_weights(pair, lm_state(reference.pair))
+
+
+def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, llava_dirs):
+    engine = MergeEngine(qwen_pair)
+    plan = MergePlan.from_dict({"rules": [{"components": ["mlp"], "curve": {"preset": "constant", "value": 0.3}}]})
+    engine.apply(plan)
+    before, donor = lm_state(qwen_pair), qwen_pair.donor
+    with pytest.raises(LayoutError):
+        engine.set_donor(Checkpoint(llava_dirs[1]))
+    assert engine.plan == plan and qwen_pair.donor is donor
+    assert_same_weights(qwen_pair, before)
