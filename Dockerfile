@@ -1,5 +1,5 @@
 # Hugging Face Spaces (Docker SDK) image for Mergescope.
-# CPU Space: serves the demo pair built at start-up, offline. GPU Space: set MERGESCOPE_VLM, MERGESCOPE_LLM
+# CPU Space: serves the shipped toy pair (assets/toy), offline. GPU Space: set MERGESCOPE_VLM, MERGESCOPE_LLM
 # (and optionally MERGESCOPE_BASE, MERGESCOPE_DEVICE=cuda, MERGESCOPE_DTYPE=bfloat16) in the Space settings;
 # MERGESCOPE_PUBLIC=1 turns on public mode (rate limits, capped answers and uploads).
 FROM python:3.11-slim

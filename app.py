@@ -11,8 +11,10 @@ from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
+from merging.checkpoint import Checkpoint
 from merging.evaluate import load_eval_set
-from merging.known_pairs import KNOWN_PAIRS, known_pair
+from merging.known_pairs import KNOWN_PAIRS, resolve_models
+from merging.pair import resolve_model_dir
 from merging.service import Answerer
 
 PUBLIC_MAX_UPLOAD = "5mb"
@@ -21,8 +23,8 @@ PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instea
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pair", help=f"a known pair: {', '.join(sorted(KNOWN_PAIRS))}")
-    parser.add_argument("--vlm", help="VLM folder or hub id (default: the demo pair, built locally on first run)")
+    parser.add_argument("--pair", help=f"a known pair: {', '.join(KNOWN_PAIRS)} (default: toy, shipped in assets/)")
+    parser.add_argument("--vlm", help="VLM folder or hub id (instead of --pair)")
     parser.add_argument("--llm", help="donor text LLM folder or hub id")
     parser.add_argument("--base", help="common base model (task arithmetic, TIES, DARE)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
@@ -39,32 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def default_pair() -> tuple[Path, Path, str | None]:
-    """The demo pair (built once, offline, in seconds), with its example items."""
-    from merging.toy.demo import ensure_demo_pair
-    return ensure_demo_pair(Path("runs/demo"))
-
-
 def main(argv: list[str] | None = None) -> None:
     from ui.app import Explorer, build_app
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
     try:
-        if args.pair:
-            known = known_pair(args.pair)
-            args.vlm, args.llm, args.base = args.vlm or known.vlm, args.llm or known.llm, args.base or known.base
-        if args.vlm or args.llm:
-            if not (args.vlm and args.llm):
-                raise MergescopeError("give both --vlm and --llm, or neither for the demo pair")
-            vlm, llm, eval_spec = args.vlm, args.llm, args.eval_set
-        else:
-            vlm, llm, eval_spec = default_pair()
-            eval_spec = args.eval_set or eval_spec
-        pair = load_pair(vlm, llm, args.base, dtype=args.dtype, device=args.device)
+        models = resolve_models(args.pair, args.vlm, args.llm, args.base)
+        eval_spec = args.eval_set or models.eval_set
+        pair = load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
         items = load_eval_set(eval_spec) if eval_spec else []
+        donors = {label: Checkpoint(resolve_model_dir(path)) for label, path in models.other_donors}
+        answerer = Answerer(MergeEngine(pair), AnswerCache(args.cache_dir), donors, models.donor_label)
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
-    explorer = Explorer(Answerer(MergeEngine(pair), AnswerCache(args.cache_dir)), items, eval_spec or "",
+    explorer = Explorer(answerer, items, eval_spec or "",
                         Path(args.export_dir) if args.export_dir else None, public=args.public)
     build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=False,

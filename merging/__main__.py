@@ -10,7 +10,8 @@ from .errors import MergescopeError
 
 
 def _pair_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", help="a known pair (see merging/known_pairs.py), instead of --vlm/--llm/--base")
+    parser.add_argument("--pair", help="a known pair (see merging/known_pairs.py), instead of --vlm/--llm/--base; "
+                                       "default: the shipped toy pair")
     parser.add_argument("--vlm", help="VLM folder or hub id (resident, merged in place)")
     parser.add_argument("--llm", help="donor text LLM folder or hub id (read lazily)")
     parser.add_argument("--base", help="optional common base model (for methods that need one)")
@@ -20,15 +21,10 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .known_pairs import known_pair
+    from .known_pairs import resolve_models
     from .pair import load_pair
-    vlm, llm, base = args.vlm, args.llm, args.base
-    if args.pair:
-        known = known_pair(args.pair)
-        vlm, llm, base = vlm or known.vlm, llm or known.llm, base or known.base
-    if not (vlm and llm):
-        raise MergescopeError("name the models: --vlm and --llm, or --pair NAME")
-    return load_pair(vlm, llm, base, dtype=args.dtype, device=args.device)
+    models = resolve_models(args.pair, args.vlm, args.llm, args.base)
+    return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
 
 
 def cmd_inspect(args) -> dict:

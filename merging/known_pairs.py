@@ -1,13 +1,14 @@
 """Named model pairs (`--pair NAME`) and a memory check before anything large is loaded.
 
 Each entry names a VLM, the text LLM that shares its language backbone, and where one exists the
-common base model (for task arithmetic, TIES, DARE). Their tensor layouts are verified in the tests
-by instantiating each architecture from hand-written configs on the meta device (no download).
+common base model (for task arithmetic, TIES, DARE). The toy pairs are the project's own, shipped in
+assets/toy and loaded for real in the tests; the hub pairs' tensor layouts are verified in the tests by
+instantiating each architecture from hand-written configs on the meta device (no download).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from .errors import MergescopeError
+from .toy import TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,26 @@ class KnownPair:
     llm: str
     base: str | None
     note: str
+    eval_set: str | None = None  # examples and sweep items served with the pair when none is named
+    donor_label: str = "donor"   # the donor's name where several are offered
+    other_donors: tuple[tuple[str, str], ...] = ()  # (label, folder or hub id): more donors of the same shape
 
+
+SHARED_SEED, NO_SHARED_SEED = "LLM from the shared seed", "LLM from another init (no shared seed)"
+
+
+def _toy_pair(llm: Path, label: str, other: Path, other_label: str, note: str) -> KnownPair:
+    return KnownPair(str(TOY_VLM), str(llm), str(TOY_SEED), note, str(TOY_EVAL), label, ((other_label, str(other)),))
+
+
+DEFAULT_PAIR = "toy"
 
 KNOWN_PAIRS: dict[str, KnownPair] = {
+    "toy": _toy_pair(TOY_LLM, SHARED_SEED, TOY_LLM_NOSEED, NO_SHARED_SEED,
+                     "the trained toy pair shipped in assets/toy (CPU, offline): the default"),
+    "toy-noseed": _toy_pair(TOY_LLM_NOSEED, NO_SHARED_SEED, TOY_LLM, SHARED_SEED,
+                            "the toy VLM with a donor of the same shape trained from another random init: "
+                            "merges that do not share a seed (the seed is not this donor's ancestor)"),
     "qwen2.5-vl-7b": KnownPair("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B",
                                "the reference pair of the blog post"),
     "qwen2.5-vl-3b": KnownPair("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-3B",
@@ -102,3 +121,18 @@ def config_dtype(config: PretrainedConfig, dtype: str) -> torch.dtype:
 
 def load_config(path: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(path, trust_remote_code=False)
+
+
+def resolve_models(pair: str | None, vlm: str | None, llm: str | None, base: str | None) -> KnownPair:
+    """The models to load from what the user named: `pair`'s, each overridable, the toy pair when
+    nothing is named, and a clear error for a VLM without a donor or vice versa."""
+    if not (pair or vlm or llm):
+        pair = DEFAULT_PAIR
+    if pair:
+        known = known_pair(pair)
+        if llm:  # another donor: the pair's alternatives were alternatives to its own donor
+            known = replace(known, llm=llm, donor_label="donor", other_donors=())
+        return replace(known, vlm=vlm or known.vlm, base=base or known.base)
+    if not (vlm and llm):
+        raise MergescopeError("name both models (--vlm and --llm), a pair (--pair NAME), or neither for the toy pair")
+    return KnownPair(vlm, llm, base, "")

@@ -74,11 +74,14 @@ class MetaWeights:
         return self._shapes[key]
 
 
-def test_every_known_pair_has_configs():
-    assert set(CONFIGS) == set(KNOWN_PAIRS)
+HUB_PAIRS = sorted(name for name in KNOWN_PAIRS if not name.startswith("toy"))  # the toy pairs load for real
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_PAIRS))
+def test_every_hub_pair_has_configs():
+    assert set(CONFIGS) == set(HUB_PAIRS)
+
+
+@pytest.mark.parametrize("name", HUB_PAIRS)
 def test_known_pair_layout_on_meta(name):
     vlm_config, llm_config, layers, shared_rows = CONFIGS[name]
     vlm, llm = meta_model(vlm_config), meta_model(llm_config)
@@ -105,3 +108,20 @@ def test_memory_estimate_and_refusal():
         check_fits(config, torch.bfloat16, "cpu", free=16 * 2**30)
     with pytest.raises(MergescopeError, match="unknown pair 'gpt-4'"):
         known_pair("gpt-4")
+
+
+def test_models_resolve_to_the_toy_pair_unless_named():
+    from merging.known_pairs import resolve_models
+    from merging.toy import TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM
+    toy = resolve_models(None, None, None, None)
+    assert (toy.vlm, toy.llm, toy.base, toy.eval_set) == (str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), str(TOY_EVAL))
+    assert toy.other_donors == (("LLM from another init (no shared seed)", str(TOY_LLM_NOSEED)),)
+    noseed = resolve_models("toy-noseed", None, None, None)
+    assert noseed.llm == str(TOY_LLM_NOSEED) and noseed.other_donors[0][1] == str(TOY_LLM)
+    mine = resolve_models("toy", None, "/my/llm", None)  # one model overridden: no alternatives to it
+    assert (mine.vlm, mine.llm, mine.other_donors) == (str(TOY_VLM), "/my/llm", ())
+    custom = resolve_models(None, "/v", "/l", None)
+    assert (custom.vlm, custom.llm, custom.base, custom.eval_set) == ("/v", "/l", None, None)
+    assert resolve_models("qwen2.5-vl-7b", None, None, None).eval_set is None
+    with pytest.raises(MergescopeError, match="name both models"):
+        resolve_models(None, "/v", None, None)

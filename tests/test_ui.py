@@ -12,9 +12,11 @@ from PIL import Image
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
+from merging.checkpoint import Checkpoint
 from merging.evaluate import load_eval_set
 from merging.generate import GenerationSettings
 from merging.service import Answerer
+from merging.toy.tiny import build_qwen_pair
 from ui.app import Explorer, build_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,7 +41,9 @@ def server(qwen_dirs, tmp_path_factory):
                                  "answer": name, "answer_type": "text"}))
     (root / "eval.jsonl").write_text("\n".join(lines) + "\n")
     engine = MergeEngine(load_pair(*qwen_dirs))
-    explorer = Explorer(Answerer(engine, AnswerCache(root / "cache")), load_eval_set(root / "eval.jsonl"),
+    other = Checkpoint(build_qwen_pair(root / "other", seed=7)[1])  # a second donor of the same shape
+    answerer = Answerer(engine, AnswerCache(root / "cache"), donors={"other donor": other})
+    explorer = Explorer(answerer, load_eval_set(root / "eval.jsonl"),
                         str(root / "eval.jsonl"), root / "exports")
     app = build_app(explorer).queue(default_concurrency_limit=1)
     port = _free_port()
@@ -121,6 +125,30 @@ def test_compare_shows_both_answers_then_cached(page):
         page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=False)
 
 
+def _merged_with(explorer, question: str) -> list[str]:
+    """Donor fingerprints of the cached merged answers to `question`, newest first."""
+    return [e["config"]["models"]["donor"] for e in explorer.answerer.cache.entries()
+            if e["config"]["plan"]["rules"] and e["config"]["question"] == question]
+
+
+def test_the_donor_choice_reaches_the_merge(page, server):
+    _, explorer = server
+    other = explorer.answerer.donors["other donor"].fingerprint()
+    page.get_by_text("What colour is it?").first.click()
+    page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
+    page.locator("#setting-1").click()
+    page.locator("#donor").get_by_text("other donor").click()
+    page.locator("#compare").click()
+    page.wait_for_function("() => { const t = document.querySelector('#meta-merged').innerText;"
+                           " return t.includes('done') && !t.includes('queue'); }", timeout=120_000)
+    assert _merged_with(explorer, "What colour is it?")[0] == other  # the donor picked in the browser
+    page.locator("#donor").get_by_text("donor", exact=True).click()
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#inspect").click()
+    page.wait_for_selector("#rel-plot .main-svg", timeout=60_000)
+    assert set(explorer._distances) == {"donor"}  # distances of the donor picked
+
+
 def test_bad_input_messages(page):
     status = page.locator("#status")
     page.locator("#question textarea").fill("")
@@ -184,7 +212,7 @@ def test_concurrent_clients_get_their_own_plans(server):
     assert len(set(expected)) > 1  # the plans really differ
 
 
-def test_readme_app_command_serves_the_demo_pair_on_localhost(tmp_path):
+def test_readme_app_command_serves_the_toy_pair_on_localhost(tmp_path):
     import subprocess
     import sys
     import time
@@ -201,7 +229,8 @@ def test_readme_app_command_serves_the_demo_pair_on_localhost(tmp_path):
             except OSError:
                 time.sleep(1)
         assert "Mergescope" in page or "gradio" in page.lower(), process.stdout.read() if process.poll() else ""
-        assert (tmp_path / "runs" / "demo" / "vlm" / "config.json").exists()  # built locally, offline
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30).read())
+        assert "How many" in json.dumps(config)  # the toy eval set's questions are the examples
     finally:
         process.kill()
         process.wait()

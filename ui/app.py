@@ -93,7 +93,7 @@ class Explorer:
     export_dir: Path | None = None
     public: bool = False
     rate_limit: int = 12
-    _distances: list[dict] | None = None
+    _distances: dict[str, list[dict]] = field(default_factory=dict)  # per donor
     _limiter: RateLimiter | None = None
 
     def __post_init__(self):
@@ -118,10 +118,11 @@ class Explorer:
     def num_layers(self) -> int:
         return self.engine.pair.layout.num_layers
 
-    def distances(self) -> list[dict]:
-        if self._distances is None:
-            self._distances = role_distances(self.engine.pair)
-        return self._distances
+    def distances(self, donor: str | None = None) -> list[dict]:
+        name = self.answerer.donor_name(donor)
+        if name not in self._distances:
+            self._distances[name] = role_distances(self.answerer.pair_with(name))
+        return self._distances[name]
 
 
 def _method_params() -> list[ParamDef]:
@@ -201,6 +202,10 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=5):
                     gr.Markdown("### Merge")
+                    donors = list(explorer.answerer.donors)
+                    donor = gr.Radio(donors, value=explorer.answerer.default_donor, label="Donor LLM",
+                                     visible=len(donors) > 1, elem_id="donor",
+                                     info="merging only works from a shared initialisation: try both")
                     components = gr.CheckboxGroup(choices, value=attention, label="Components to merge",
                                                   elem_id="components")
                     with gr.Row():
@@ -251,9 +256,12 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                               color_map={"-": "red", "+": "green"})
 
         with gr.Tab("Inspect"):
-            gr.Markdown("Where did the donor move away from the VLM? Per layer and role, over all its tensors.")
+            gr.Markdown("Where did the donor (the one picked in *Compare*) move away from the VLM? Per layer and "
+                        "role, over all its tensors. A donor from the VLM's own seed stays close; one from "
+                        "another init is as far as two random networks.")
             inspect_btn = gr.Button("Compute distances", elem_id="inspect")
-            rel_plot, cos_plot = gr.Plot(label="relative distance"), gr.Plot(label="cosine")
+            rel_plot = gr.Plot(label="relative distance", elem_id="rel-plot")
+            cos_plot = gr.Plot(label="cosine", elem_id="cos-plot")
 
         with gr.Tab("Sweep"):
             gr.Markdown("Score a grid of plans on an eval set. Cells computed before come from the cache at once.")
@@ -351,7 +359,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         pin.click(on_pin, [components, curve, *param_inputs], [pinned_plan, preview, status], **CHEAP)
 
         # -- model events -----------------------------------------------------------------------
-        def on_compare(img, q, text_only_q, tokens, pinned, comps, alphas, *param_values,
+        def on_compare(img, q, text_only_q, tokens, pinned, donor_name, comps, alphas, *param_values,
                        request: gr.Request = None):
             try:
                 explorer.admit(request)
@@ -374,7 +382,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 runs.append(("pinned", plan_b, pinned_box, pinned_meta))
             try:
                 for name, p, box, meta in runs:
-                    for update in explorer.answerer.stream(p, q, img, settings):
+                    for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name):
                         answers[name] = update["answer"]
                         yield {box: update["answer"], meta: badge(update)}
             except MergescopeError as exc:
@@ -382,18 +390,18 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 return
             yield {diff: token_diff(answers["base"], answers["merged"])}
 
-        compare.click(on_compare, [image, question, text_only, max_new_tokens, pinned_plan, components, curve,
-                                   *param_inputs],
+        compare.click(on_compare, [image, question, text_only, max_new_tokens, pinned_plan, donor, components,
+                                   curve, *param_inputs],
                       [status, base_box, merged_box, pinned_box, base_meta, merged_meta, pinned_meta, diff],
                       **GPU)
 
-        def on_inspect():
-            rows = explorer.distances()
+        def on_inspect(donor_name):
+            rows = explorer.distances(donor_name)
             return distance_figure(rows, "rel_l2"), distance_figure(rows, "cosine")
 
-        inspect_btn.click(on_inspect, None, [rel_plot, cos_plot], **GPU)
+        inspect_btn.click(on_inspect, donor, [rel_plot, cos_plot], **GPU)
 
-        def on_sweep(grid, spec, limit, progress=gr.Progress(), request: gr.Request = None):
+        def on_sweep(grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
             try:
                 explorer.admit(request)
                 cells, settings = parse_grid(grid)
@@ -409,7 +417,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             rows, total = [], len(cells) * len(items)
             progress((0, total), desc="sweep", unit="answers")
             for i, cell in enumerate(cells):
-                rows += run_sweep(explorer.answerer, [cell], items, settings,
+                rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name,
                                   progress=lambda done, _: progress((i * len(items) + done, total), desc="sweep",
                                                                     unit="answers"))
                 summary = pd.DataFrame([{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed",
@@ -418,7 +426,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                        sweep_line_plot: sweep_lines(rows), sweep_table: summary,
                        status: f"Sweep: {i + 1}/{len(cells)} cells"}
 
-        sweep_event = run.click(on_sweep, [grid_text, eval_spec, max_items],
+        sweep_event = run.click(on_sweep, [grid_text, eval_spec, max_items, donor],
                                 [status, sweep_plot, sweep_line_plot, sweep_table], **GPU)
         stop.click(None, None, None, cancels=[sweep_event], **CHEAP)
 

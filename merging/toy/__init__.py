@@ -1,6 +1,6 @@
-"""The toy world: tiny, locally built model pairs (no downloads) for tests, benchmarks and the demo,
-and the trained toy pair, which `python -m merging.toy.train` writes and which is to be shipped under
-assets/toy as the offline default (not shipped yet: until it is, the app uses the demo pair).
+"""The toy world: tiny, locally built model pairs (no downloads) for tests and benchmarks, and the
+trained toy pair that `python -m merging.toy.train` writes and the project ships under assets/toy as
+the offline default (`--pair toy`, `--pair toy-noseed`).
 
 - `TOY_VLM`: Qwen2.5-VL (+ processor), fine-tuned on image questions from the shared seed;
 - `TOY_LLM`: Qwen2 (+ tokenizer), fine-tuned on text questions from the same seed (the default donor);

@@ -1,78 +1,62 @@
-"""A first look without downloads: build a small local pair, then compare answers across merges.
+"""A first look without a browser: the shipped toy pair, a few merges applied in place, answers compared.
 
-    python -m merging.toy.demo [--dir runs/demo]
+    python -m merging.toy.demo [--pair toy|toy-noseed]
 
-Builds (once) a randomly initialised Qwen2.5-VL + Qwen2 pair whose donor is the VLM's decoder plus
-noise, then applies a few plans in place and prints each plan's answer beside the base VLM's, with
-the time each switch took. The models are untrained, so answers are gibberish: what the demo shows
-is the mechanics — in-place switching in milliseconds, answers changing, bit-exact restore.
+Loads the toy VLM with a donor (by default the LLM fine-tuned from the same seed), asks one held-out
+question of each kind, then applies a few plans in place and prints how the answers change, with the
+time each switch took, and finally restores the VLM and checks that it is bit-exact again.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from ..engine import MergeEngine
-from ..generate import answer
+from ..evaluate import load_eval_set
+from ..generate import GenerationSettings, answer
+from ..known_pairs import known_pair
 from ..pair import load_pair
 from ..plan import MergePlan
-from .tiny import DecoderShape, build_qwen_pair
+from . import world
 
 PLANS = {
-    "Setting 2, loglinear 0.05→0.4 (self-attention only)":
+    "Setting 2, loglinear 0.05→0.4 (self-attention)":
         {"components": ["self_attn"], "curve": {"preset": "loglinear", "start": 0.05, "end": 0.4}},
-    "Setting 1, constant 0.4 (all tensors)": {"components": ["all"], "curve": {"preset": "constant", "value": 0.4}},
-    "layer swap from layer 4, α 1.0": {"components": ["all"], "curve": {"preset": "step", "layer": 4, "value": 1.0}},
+    "Setting 1, constant 0.6 (all tensors)": {"components": ["all"], "curve": {"preset": "constant", "value": 0.6}},
+    "donor's layers 0–3 swapped in": {"components": ["all"],
+                                       "curve": {"preset": "custom", "values": [1, 1, 1, 1, 0, 0, 0, 0]}},
 }
-
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-
-
-def ensure_demo_pair(root: Path) -> tuple[Path, Path, str]:
-    """Build (once) the demo pair and a few example items under `root`; returns (vlm, llm, eval JSONL)."""
-    if not (root / "vlm" / "config.json").exists() or not (root / "llm" / "config.json").exists():
-        print(f"building a demo pair in {root} ...")
-        build_qwen_pair(root, DecoderShape(hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
-                                           intermediate_size=256))
-    examples = root / "examples.jsonl"
-    if not examples.exists():
-        lines = []
-        for name, rgb in COLOURS.items():
-            image = Image.new("RGB", (56, 56), (255, 255, 255))
-            image.paste(rgb, (14, 14, 42, 42))
-            image.save(root / f"{name}.png")
-            lines.append(json.dumps({"id": name, "image": f"{name}.png", "question": "What colour is the square?",
-                                     "answer": name, "answer_type": "text"}))
-        examples.write_text("\n".join(lines) + "\n")
-    return root / "vlm", root / "llm", str(examples)
+SETTINGS = GenerationSettings(max_new_tokens=6)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="runs/demo", help="where the demo pair is built (once)")
+    parser.add_argument("--pair", default="toy", choices=["toy", "toy-noseed"], help="donor with or without a shared seed")
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
-    vlm, llm, _ = ensure_demo_pair(Path(args.dir))
-    pair = load_pair(vlm, llm)
+    known = known_pair(args.pair)
+    pair = load_pair(known.vlm, known.llm)
     engine = MergeEngine(pair)
-    image = Image.new("RGB", (56, 56), (30, 90, 200))
-    question = "How many shapes are there?"
+    items = load_eval_set(known.eval_set)
+    questions = [next(it for it in items if world.kind_of(it.id) == kind) for kind in world.KINDS]
     params = dict(pair.vlm.named_parameters())
     original = {s.name: params[s.name].detach().clone() for s in pair.layout.slots}
-    print(f"{pair.layout.num_layers} layers, {len(pair.layout.slots)} mergeable tensors\n")
-    print(f"{'base VLM':<55} {answer(pair, question, image)!r}")
-    for name, rule in PLANS.items():
-        report = engine.apply(MergePlan.from_dict({"rules": [rule]}))
-        print(f"{name:<55} {answer(pair, question, image)!r}\n"
-              f"{'':<55} ({len(report.written)} tensors written, {len(report.restored)} restored "
-              f"in {report.seconds * 1000:.1f} ms)")
+    print(f"{args.pair}: {pair.layout.num_layers} layers, {len(pair.layout.slots)} mergeable tensors\n")
+
+    columns = {"base VLM": MergePlan(), **{name: MergePlan.from_dict({"rules": [rule]}) for name, rule in PLANS.items()}}
+    answers: dict[str, list[str]] = {}
+    for name, plan in columns.items():
+        report = engine.apply(plan)
+        answers[name] = [answer(pair, it.question, it.image(), SETTINGS) for it in questions]
+        print(f"[{len(answers)}] {name}: {len(report.written)} tensors written, {len(report.restored)} restored "
+              f"in {report.seconds * 1000:.1f} ms")
+    print(f"\n{'question':<62} {'truth':<12}" + "".join(f"[{i}]".ljust(13) for i in range(1, len(columns) + 1)))
+    for row, it in enumerate(questions):
+        shown = ("🖼 " if it.image_path else "") + it.question
+        print(f"{shown[:61]:<62} {it.answer:<12}" + "".join(f"{answers[n][row][:12]:<13}" for n in columns))
     engine.restore()
     exact = all(torch.equal(params[n], t) for n, t in original.items())
     print(f"\nrestored to the base VLM: bit-exact = {exact}")

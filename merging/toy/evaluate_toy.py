@@ -4,7 +4,7 @@
     python -m merging.toy.evaluate_toy --export-eval assets/toy/eval  # (re)write the shipped eval set
 
 Items are the world's held-out stream (`world.EVAL_SEED`, never used in training), N per question
-kind (default 100; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
+kind (default 200; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
 tokens, scored by `merging.evaluate.score` (the project's extraction: integers by value, words by
 normalised text). Prompts are built exactly as `merging.generate.build_inputs` builds them, batched
 with left padding; a batched answer equals `merging.generate.answer`'s (a test checks it).
@@ -228,8 +228,8 @@ def render_tables(results: dict) -> str:
     lines += ["### Shared seed vs no seed, averaged over the 24 grid cells", "",
               "| donor | perception mean | text mean | count_plus |", "|---|---|---|---|"]
     lines += [f"| {t} | {_pct(p)} | {_pct(x)} | {_pct(c)} |" for t, p, x, c in summary]
-    lines += ["", f"(Measured in {results['seconds']:.0f} s by `python -m merging.toy.evaluate_toy --card "
-              f"assets/toy/README.md`.)"]
+    lines += ["", f"(Measured in {results['seconds']:.0f} s, one torch thread, by `python -m merging.toy.evaluate_toy "
+              f"--n {results['n_per_kind']} --card assets/toy/README.md --json assets/toy/eval_results.json`.)"]
     return "\n".join(lines)
 
 
@@ -246,15 +246,17 @@ def write_card(card: Path, tables: str) -> None:
 
 
 def export_eval(out: Path, n: int = 40) -> Path:
-    """The shipped eval set: the first n held-out items of every kind, as eval JSONL + PNGs."""
-    return world.export_jsonl(eval_items(n), out)
+    """The shipped eval set: the first n held-out items of every kind, as eval JSONL + PNGs; kinds take
+    turns, so the first examples the app shows cover every kind."""
+    per_kind = [world.items(kind, n, seed=world.EVAL_SEED) for kind in world.KINDS]
+    return world.export_jsonl([it for turn in zip(*per_kind) for it in turn], out)
 
 
 def main(argv: list[str] | None = None) -> None:
     from .  import TOY_DIR
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy-dir", default=str(TOY_DIR), help="folder with vlm/, llm/, llm_noseed/")
-    parser.add_argument("--n", type=int, default=100, help="held-out items per question kind")
+    parser.add_argument("--n", type=int, default=200, help="held-out items per question kind")
     parser.add_argument("--card", help="write the tables into this card (between the table markers)")
     parser.add_argument("--json", help="also write all measured numbers to this JSON file")
     parser.add_argument("--export-eval", help="write the shipped eval set (JSONL + PNGs) to this folder and exit")

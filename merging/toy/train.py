@@ -54,13 +54,12 @@ class Recipe:
     batch: int = 64
     seed_steps: int = 600
     vision_steps: int = 150
-    vlm_steps: int = 1600
+    vlm_steps: int = 2400
     llm_steps: int = 400
     lr: float = 2e-3               # decoder, from scratch (seed, no-seed LLM)
     finetune_lr: float = 1e-3      # decoder, fine-tuning the LLM from the seed
     vlm_lr: float = 1e-3           # decoder, fine-tuning the VLM from the seed (learning to read image tokens)
     vision_lr: float = 2e-3        # vision tower pre-training
-    vision_count_heads: bool = False  # vision pre-training also predicts the image's counts from every token
     vlm_vision_lr: float = 0.0     # vision tower inside the VLM stage (0: frozen after pre-training)
     warmup: int = 50
     weight_decay: float = 0.01
@@ -217,41 +216,33 @@ def train_text(name: str, model, tokenizer, recipe: Recipe, steps: int, lr: floa
               _lm_loss(model, None, tokenizer, full_loss), recipe, log)
 
 
-def cell_labels(item: world.Item, counts: bool = False) -> list[tuple[int, ...]]:
-    """Per cell (row-major): (colour class, shape class, colour×shape class, cell index), class 0 = empty;
-    with `counts`, then the whole image's counts (all shapes, per colour, per shape), the same in every cell."""
-    things = [t for t in item.scene if t is not None]
-    image = ((len(things),) + tuple(sum(t.colour == c for t in things) for c in world.COLOURS)
-             + tuple(sum(t.shape == s for t in things) for s in world.SHAPES)) if counts else ()
+def cell_labels(item: world.Item) -> list[tuple[int, int, int, int]]:
+    """Per cell (row-major): (colour class, shape class, colour×shape class, cell index); class 0 = empty."""
     labels = []
     for i, t in enumerate(item.scene):
         if t is None:
-            labels.append((0, 0, 0, i) + image)
+            labels.append((0, 0, 0, i))
         else:
             colour, shape = list(world.COLOURS).index(t.colour), world.SHAPES.index(t.shape)
-            labels.append((1 + colour, 1 + shape, 1 + colour * len(world.SHAPES) + shape, i) + image)
+            labels.append((1 + colour, 1 + shape, 1 + colour * len(world.SHAPES) + shape, i))
     return labels
 
 
-CELL_HEADS = (1 + len(world.COLOURS), 1 + len(world.SHAPES), 1 + len(world.COLOURS) * len(world.SHAPES),
-              world.GRID ** 2)  # colour, shape, colour×shape, cell
-COUNT_HEADS = (world.GRID ** 2 + 1,) * (1 + len(world.COLOURS) + len(world.SHAPES))  # 0..4 each
+HEADS = (1 + len(world.COLOURS), 1 + len(world.SHAPES), 1 + len(world.COLOURS) * len(world.SHAPES),
+         world.GRID ** 2)  # colour, shape, colour×shape, cell
 
 
 def pretrain_vision(vlm, processor, recipe: Recipe, log: dict) -> dict:
     """Pre-train the vision tower with throw-away linear heads on each merged image token (one grid
     cell): its colour, its shape, the colour×shape pair (each with "empty"), and which cell it is (the
-    tower has only relative, rotary positions; this makes each token say where it is). Colour and shape
-    heads make each attribute readable on its own (count and colour questions), the pair head makes a
-    "green square" directly readable (position questions). With `recipe.vision_count_heads`, every
-    token also predicts the image's counts (all, per colour, per shape). Returns the heads' accuracies
-    on 512 fresh scenes."""
+    tower has only relative, rotary positions; this makes each token say where it is — learnable because
+    every pre-training scene holds at least one shape). Colour and shape heads make each attribute
+    readable on its own (count and colour questions), the pair head makes a "green square" directly
+    readable (position questions). Returns the heads' accuracies on 512 fresh scenes."""
     visual = vlm.model.visual
     torch.manual_seed(recipe.init_seed + 100)
-    counts = recipe.vision_count_heads
-    sizes = CELL_HEADS + (COUNT_HEADS if counts else ())
-    heads = torch.nn.Linear(recipe.shape.hidden_size, sum(sizes))
-    scenes = world.stream({"count": 1.0}, f"{world.TRAIN_SEED}/vision")
+    heads = torch.nn.Linear(recipe.shape.hidden_size, sum(HEADS))
+    scenes = world.stream({"colour": 1.0}, f"{world.TRAIN_SEED}/vision")
 
     def batches():
         while True:
@@ -259,10 +250,10 @@ def pretrain_vision(vlm, processor, recipe: Recipe, log: dict) -> dict:
 
     def logits_of(items):
         pix = processor.image_processor(images=[it.image() for it in items], return_tensors="pt")
-        return heads(visual(pix["pixel_values"], grid_thw=pix["image_grid_thw"]).pooler_output).split(sizes, dim=-1)
+        return heads(visual(pix["pixel_values"], grid_thw=pix["image_grid_thw"]).pooler_output).split(HEADS, dim=-1)
 
     def targets(items):
-        return torch.tensor([c for it in items for c in cell_labels(it, counts)]).unbind(-1)
+        return torch.tensor([c for it in items for c in cell_labels(it)]).unbind(-1)
 
     def loss_fn(items):
         return sum(torch.nn.functional.cross_entropy(logits, target)
@@ -272,12 +263,10 @@ def pretrain_vision(vlm, processor, recipe: Recipe, log: dict) -> dict:
     run_stage("vision", visual, [{"params": params, "lr": recipe.vision_lr}], recipe.vision_steps, batches(),
               loss_fn, recipe, log)
     with torch.no_grad():
-        test = world.items("count", 512, seed="vision-check")
+        test = world.items("colour", 512, seed="vision-check")
         hits = [logits.argmax(-1) == target for logits, target in zip(logits_of(test), targets(test))]
         acc = {"cell_colour": hits[0], "cell_shape": hits[1], "cell_joint": hits[2], "cell_position": hits[3],
                "cell_all": hits[0] & hits[1] & hits[2] & hits[3]}
-        if counts:
-            acc["image_counts"] = torch.stack(hits[4:]).all(0)
         acc = {k: round(float(v.float().mean()), 4) for k, v in acc.items()}
     log["stages"]["vision"].update(acc)
     print(f"[vision] per-cell accuracy {acc}", flush=True)
