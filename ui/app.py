@@ -243,7 +243,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                     max_new_tokens = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
                     if explorer.eval_items:
                         gr.Examples([[str(i.image_path) if i.image_path else None, i.question]
-                                     for i in explorer.eval_items[:24]], [image, question], label="Examples")
+                                     for i in explorer.eval_items[:40]], [image, question], label="Examples",
+                                    examples_per_page=4)
                     compare = gr.Button("Compare", variant="primary", elem_id="compare")
                     base_box = gr.Textbox(label="Base VLM", elem_id="answer-base", interactive=False)
                     base_meta = gr.Markdown("", elem_id="meta-base")
