@@ -1,5 +1,5 @@
 """The explorer in a real browser (Debian chromium driven by playwright) against a real Gradio server,
-on a tiny locally built model pair; and several gradio_client clients at once."""
+on the shipped toy pair; and several gradio_client clients at once."""
 
 import json
 import os
@@ -8,15 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.checkpoint import Checkpoint
 from merging.evaluate import load_eval_set
+from merging.known_pairs import NO_SHARED_SEED, resolve_models
 from merging.generate import GenerationSettings
 from merging.service import Answerer
-from merging.toy.tiny import build_qwen_pair
 from ui.app import Explorer, build_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,20 +30,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+COLOUR_Q = "What colour is the shape at the top left?"  # the toy eval set's first colour item (example 2)
+OTHER = NO_SHARED_SEED
+
+
 @pytest.fixture(scope="module")
-def server(qwen_dirs, tmp_path_factory):
+def server(tmp_path_factory):
+    """The explorer on the shipped toy pair, built as app.py builds it (the default pair, both donors)."""
     root = tmp_path_factory.mktemp("ui")
-    lines = []
-    for name, rgb in {"red": (220, 40, 40), "blue": (40, 80, 220)}.items():
-        Image.new("RGB", (56, 56), rgb).save(root / f"{name}.png")
-        lines.append(json.dumps({"id": name, "image": f"{name}.png", "question": "What colour is it?",
-                                 "answer": name, "answer_type": "text"}))
-    (root / "eval.jsonl").write_text("\n".join(lines) + "\n")
-    engine = MergeEngine(load_pair(*qwen_dirs))
-    other = Checkpoint(build_qwen_pair(root / "other", seed=7)[1])  # a second donor of the same shape
-    answerer = Answerer(engine, AnswerCache(root / "cache"), donors={"other donor": other})
-    explorer = Explorer(answerer, load_eval_set(root / "eval.jsonl"),
-                        str(root / "eval.jsonl"), root / "exports")
+    models = resolve_models(None, None, None, None)
+    donors = {label: Checkpoint(path) for label, path in models.other_donors}
+    answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
+                        donors, models.donor_label)
+    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports")
     app = build_app(explorer).queue(default_concurrency_limit=1)
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -85,7 +83,7 @@ def test_drag_the_curve_updates_the_table(page):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.1, steps=12)
     page.mouse.up()
-    page.wait_for_function("() => document.querySelector('#alpha-table [data-testid=cell-3-1]').innerText"
+    page.wait_for_function("() => document.querySelector('#alpha-table [data-testid=cell-7-1]').innerText"
                            " !== '0.4'")
     after = table_alphas(page)
     # each layer takes α where the pointer last crossed its column: low on the left, high on the right
@@ -111,18 +109,31 @@ def _compare(page, expect: str):
 
 
 def test_compare_shows_both_answers_then_cached(page):
-    page.get_by_text("What colour is it?").first.click()  # an example: image + question
+    page.get_by_text(COLOUR_Q).first.click()  # an example: image + question
     page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
+    page.locator("#setting-1").click()  # every language-model tensor, constant α 0.6
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="constant", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#preset-formula').innerText.includes('= value')")
+    value = page.get_by_label("value").first
+    value.fill("0.6")
+    value.press("Tab")  # a number box reports its value when it loses focus
+    page.locator("#apply-preset").click()
+    page.wait_for_function("() => document.querySelector('#alpha-table [data-testid=cell-7-1]').innerText === '0.6'")
     _compare(page, "done")
     base = page.locator("#answer-base textarea").input_value()
     merged = page.locator("#answer-merged textarea").input_value()
-    assert base and merged
+    # the toy VLM reads colours (100 % held out); this merge loses them (0 %, see assets/toy/README.md)
+    assert base == "red" and merged and merged != base
     _compare(page, "cached ✓")
     assert "cached ✓" in page.locator("#meta-base").inner_text()
     assert "cached ✓" in page.locator("#meta-merged").inner_text()
     assert page.locator("#answer-merged textarea").input_value() == merged
-    if os.environ.get("MERGESCOPE_SCREENSHOT"):
-        page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=False)
+    if os.environ.get("MERGESCOPE_SCREENSHOT"):  # the README's picture: from the top of the page to the diff
+        page.evaluate("window.scrollTo(0, 0)")
+        diff = page.locator("#diff").bounding_box()
+        page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=True,
+                        clip={"x": 0, "y": 0, "width": 1400, "height": diff["y"] + diff["height"] + 16})
 
 
 def _merged_with(explorer, question: str) -> list[str]:
@@ -133,20 +144,20 @@ def _merged_with(explorer, question: str) -> list[str]:
 
 def test_the_donor_choice_reaches_the_merge(page, server):
     _, explorer = server
-    other = explorer.answerer.donors["other donor"].fingerprint()
-    page.get_by_text("What colour is it?").first.click()
+    other = explorer.answerer.donors[OTHER].fingerprint()
+    page.get_by_text(COLOUR_Q).first.click()
     page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
     page.locator("#setting-1").click()
-    page.locator("#donor").get_by_text("other donor").click()
+    page.locator("#donor").get_by_text(OTHER).click()
     page.locator("#compare").click()
     page.wait_for_function("() => { const t = document.querySelector('#meta-merged').innerText;"
                            " return t.includes('done') && !t.includes('queue'); }", timeout=120_000)
-    assert _merged_with(explorer, "What colour is it?")[0] == other  # the donor picked in the browser
-    page.locator("#donor").get_by_text("donor", exact=True).click()
+    assert _merged_with(explorer, COLOUR_Q)[0] == other  # the donor picked in the browser
+    page.locator("#donor").get_by_text(explorer.answerer.default_donor).click()
     page.get_by_role("tab", name="Inspect").click()
     page.locator("#inspect").click()
     page.wait_for_selector("#rel-plot .main-svg", timeout=60_000)
-    assert set(explorer._distances) == {"donor"}  # distances of the donor picked
+    assert set(explorer._distances) == {explorer.answerer.default_donor}  # distances of the donor picked
 
 
 def test_bad_input_messages(page):
@@ -188,7 +199,7 @@ def test_history_restores_a_plan(page, server):
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('Restored plan')")
     assert page.locator("#question textarea").input_value() == "A remembered question?"
     page.get_by_role("tab", name="Compare").click()
-    assert table_alphas(page) == [0.0, 0.0, 0.8, 0.8]
+    assert table_alphas(page) == [0.0, 0.0] + [0.8] * 6
     checked = page.locator("#components input:checked")
     labels = {checked.nth(i).evaluate("e => e.closest('label').innerText") for i in range(checked.count())}
     assert {label.split("·")[-1].strip() for label in labels} == {"gate_proj", "up_proj", "down_proj"}
@@ -199,7 +210,7 @@ def test_concurrent_clients_get_their_own_plans(server):
     url, explorer = server
     plans = [MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": a}}]})
              for a in (0.0, 0.3, 0.6, 0.9)]
-    question = "Which colour comes next?"
+    question = "How many times does fox appear in: fox fox fish fox fox dog? Add 2."
 
     def ask(plan):
         return Client(url, verbose=False).predict(plan.to_yaml(), question, 12, api_name="/answer")
