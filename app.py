@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vlm", help="VLM folder or hub id (instead of --pair)")
     parser.add_argument("--llm", help="donor text LLM folder or hub id")
     parser.add_argument("--base", help="common base model (task arithmetic, TIES, DARE)")
+    parser.add_argument("--grams-vlm", help="the VLM's Gram file (python -m merging grams), for RegMean")
+    parser.add_argument("--grams-donor", help="the donor's Gram file, for RegMean")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--eval-set", help="examples and sweep items: PATH.jsonl, mathvista:PATH, mathvision:PATH")
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         pair = load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
         items = load_eval_set(eval_spec) if eval_spec else []
         donors = {label: Checkpoint(resolve_model_dir(path)) for label, path in models.other_donors}
-        answerer = Answerer(MergeEngine(pair), AnswerCache(args.cache_dir), donors, models.donor_label)
+        if (args.grams_vlm is None) != (args.grams_donor is None):
+            raise MergescopeError("give both --grams-vlm and --grams-donor, or neither")
+        grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
+        answerer = Answerer(MergeEngine(pair, grams=grams), AnswerCache(args.cache_dir), donors, models.donor_label)
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
     explorer = Explorer(answerer, items, eval_spec or "",

@@ -27,6 +27,20 @@ def _load(args):
     return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
 
 
+def _gram_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grams-vlm", help="the VLM's Gram file (`grams`), for regmean rules")
+    parser.add_argument("--grams-donor", help="the donor's Gram file (`grams`), for regmean rules")
+
+
+def _engine(args):
+    """The pair loaded as named, with the Gram files attached (both or none)."""
+    from .engine import MergeEngine
+    if (args.grams_vlm is None) != (args.grams_donor is None):
+        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both models)")
+    grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
+    return MergeEngine(_load(args), grams=grams)
+
+
 def cmd_inspect(args) -> dict:
     from .distance import role_distances
     pair = _load(args)
@@ -49,14 +63,13 @@ def cmd_inspect(args) -> dict:
 def cmd_answer(args) -> dict:
     from cache import AnswerCache
 
-    from .engine import MergeEngine
     from .generate import GenerationSettings, build_question, load_image
     from .plan import MergePlan
     from .service import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = load_image(args.image) if args.image else None
     build_question(args.question)  # a bad question fails before the model is loaded
-    answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir) if args.cache_dir else None)
+    answerer = Answerer(_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     result = answerer.ask(plan, args.question, image, settings)
     result["seconds"] = round(result["seconds"], 4)
@@ -88,14 +101,13 @@ def cmd_sweep(args) -> dict:
 
     from cache import AnswerCache
 
-    from .engine import MergeEngine
     from .evaluate import load_eval_set
     from .service import Answerer
     from .sweep import load_grid, run_sweep, write_results
     cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)
     out = Path(args.out)
-    answerer = Answerer(MergeEngine(_load(args)), AnswerCache(args.cache_dir or out / "cache"))
+    answerer = Answerer(_engine(args), AnswerCache(args.cache_dir or out / "cache"))
     with tqdm(total=len(cells) * len(items), desc="sweep", unit="answer", file=sys.stderr) as bar:
         rows = run_sweep(answerer, cells, items, settings, progress=lambda done, total: bar.update(1))
     write_results(rows, out)
@@ -129,16 +141,11 @@ def cmd_grams(args) -> dict:
 def cmd_export(args) -> dict:
     from tqdm import tqdm
 
-    from .engine import MergeEngine
     from .export import export_checkpoint, parse_size
     from .plan import MergePlan
     plan = MergePlan.load(args.plan)
     max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
-    if (args.grams_vlm is None) != (args.grams_donor is None):
-        from .errors import MergescopeError
-        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both models)")
-    grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
-    engine = MergeEngine(_load(args), grams=grams)
+    engine = _engine(args)
     with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=args.json) as bar:
         def progress(done, total):
             bar.total = total
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     _pair_args(inspect)
     ans = sub.add_parser("answer", help="answer a question (about an image) with a merged model")
     _pair_args(ans)
+    _gram_args(ans)
     ans.add_argument("--plan", help="plan file (YAML or JSON); default: the base VLM")
     ans.add_argument("--image", help="image file")
     ans.add_argument("--question", required=True)
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--json", action="store_true")
     sweep = sub.add_parser("sweep", help="score a grid of plans on an eval set (resumable, cached)")
     _pair_args(sweep)
+    _gram_args(sweep)
     sweep.add_argument("--grid", required=True, help="grid YAML (settings × methods × alphas)")
     sweep.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
     sweep.add_argument("--out", required=True, help="folder for results.csv, results.json, heatmap.html")
@@ -190,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     _pair_args(export)
     export.add_argument("--plan", required=True, help="plan file (YAML or JSON)")
     export.add_argument("--out", required=True, help="new folder for the checkpoint")
-    export.add_argument("--grams-vlm", help="the VLM's Gram file (for regmean rules)")
-    export.add_argument("--grams-donor", help="the donor's Gram file (for regmean rules)")
+    _gram_args(export)
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     args = parser.parse_args(argv)

@@ -73,6 +73,7 @@ class MergeEngine:
         self._linear: dict[str, str] = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
                                         if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
         self._grams: dict[str, GramFile] = {}
+        self._set_aside_grams: dict[str, GramFile] = {}  # donor fingerprint → its Gram file, while another donor is in
         if grams:
             unknown = sorted(set(grams) - {"vlm", "donor"})
             if unknown:
@@ -185,16 +186,20 @@ class MergeEngine:
         """Merge with `donor` from now on (same architecture; see `donor_layout`).
 
         The weights go back to the pure VLM first (every merged value came from the old donor), so
-        the caller applies its plan again; a donor's Gram file, computed on the old donor, is detached.
+        the caller applies its plan again. The old donor's Gram file is put aside and comes back
+        with that donor; the new donor has none until `set_grams` attaches one.
         """
         with self.lock:
             if donor is self.pair.donor:
                 return
             layout = layout or self.donor_layout(donor)
             self.restore()
+            if "donor" in self._grams:
+                self._set_aside_grams[self.pair.donor.fingerprint()] = self._grams.pop("donor")
             self.pair.donor, self.pair.layout = donor, layout
             self._slots = {s.name: s for s in layout.slots}
-            self._grams.pop("donor", None)
+            if donor.fingerprint() in self._set_aside_grams:
+                self._grams["donor"] = self._set_aside_grams.pop(donor.fingerprint())
 
     # -- applying plans ------------------------------------------------------------------------
     def apply(self, plan: MergePlan) -> ApplyReport:

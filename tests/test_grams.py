@@ -289,3 +289,31 @@ def test_grams_command(qwen_dirs, eval_set, tmp_path, capsys):
     assert main(["grams", "--model", str(qwen_dirs[1]), "--data", str(tmp_path / "missing.jsonl"),
                  "--out", str(out)]) == 2
     assert "no such eval file" in capsys.readouterr().err
+
+
+def test_answer_command_attaches_grams_for_regmean(qwen_dirs, gram_files, tmp_path, capsys):
+    files, _ = gram_files
+    plan = tmp_path / "regmean.yaml"
+    plan.write_text(MergePlan.from_dict({"rules": [{"components": ["self_attn"], "method": "regmean",
+                                                    "curve": {"preset": "constant", "value": 0.5}}]}).to_yaml())
+    models = ["--vlm", str(qwen_dirs[0]), "--llm", str(qwen_dirs[1])]
+    ask = ["answer", *models, "--plan", str(plan), "--question", "How many?", "--max-new-tokens", "4", "--json"]
+    assert main(ask) == 2
+    assert "needs Gram statistics" in capsys.readouterr().err
+    assert main([*ask, "--grams-vlm", str(files["vlm"])]) == 2
+    assert "give both --grams-vlm and --grams-donor" in capsys.readouterr().err
+    assert main([*ask, "--grams-vlm", str(files["vlm"]), "--grams-donor", str(files["donor"])]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)["answer"], str)
+
+
+def test_a_donor_keeps_its_grams_across_a_donor_switch(qwen_dirs, gram_files, tmp_path):
+    from merging.checkpoint import Checkpoint
+    from merging.toy.tiny import build_qwen_pair
+    files, _ = gram_files
+    pair = load_pair(*qwen_dirs)
+    engine = MergeEngine(pair, grams={"vlm": files["vlm"], "donor": files["donor"]})
+    own, other = pair.donor, Checkpoint(build_qwen_pair(tmp_path, seed=7)[1])
+    engine.set_donor(other)
+    assert set(engine.grams) == {"vlm"}  # the donor's statistics belong to the donor that left
+    engine.set_donor(own)
+    assert engine.grams["donor"].path == files["donor"]
