@@ -192,7 +192,7 @@ def test_history_restores_a_plan(page, server):
     _, explorer = server
     plan = MergePlan.from_dict({"rules": [{"components": ["mlp"], "curve": {"preset": "step", "layer": 2,
                                                                            "value": 0.8}}]})
-    explorer.answerer.ask(plan, "A remembered question?", None, GenerationSettings(max_new_tokens=4))
+    explorer.answerer.ask(plan, "A remembered question?", None, GenerationSettings(max_new_tokens=4), donor=OTHER)
     page.get_by_role("tab", name="History").click()
     page.locator("#refresh-history").click()
     page.locator("#history [data-testid=cell-0-0]").click()  # newest first
@@ -203,6 +203,7 @@ def test_history_restores_a_plan(page, server):
     checked = page.locator("#components input:checked")
     labels = {checked.nth(i).evaluate("e => e.closest('label').innerText") for i in range(checked.count())}
     assert {label.split("·")[-1].strip() for label in labels} == {"gate_proj", "up_proj", "down_proj"}
+    assert page.locator("#donor input:checked").evaluate("e => e.value") == OTHER  # asked with the no-seed donor
 
 
 def test_concurrent_clients_get_their_own_plans(server):

@@ -447,12 +447,14 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                        visible=p.name in {d.name for d in REGISTRY[method_name].params})
                              for p in param_defs]
             note = f"Restored plan `{plan.hash()}`" + (" (first rule shown)" if len(plan.rules) > 1 else "")
+            used = config.get("models", {}).get("donor")
+            label = next((name for name, ckpt in explorer.answerer.donors.items() if ckpt.fingerprint() == used), None)
             return [comps, method_name, alphas, table_of(alphas), alpha_figure(alphas), config.get("question", ""),
-                    note, *param_updates]
+                    note, gr.update(value=label) if plan.rules and label else gr.update(), *param_updates]
 
         refresh.click(on_refresh, None, [history, history_rows], **CHEAP)
         history.select(on_history_select, history_rows,
-                       [components, method, curve, table, preview, question, status, *param_boxes], **CHEAP)
+                       [components, method, curve, table, preview, question, status, donor, *param_boxes], **CHEAP)
 
         def exporter(kind: str):
             def run(comps, alphas, *param_values):
