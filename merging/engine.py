@@ -38,7 +38,7 @@ from .errors import LayoutError, MergescopeError, PlanError
 from .grams import GramFile, decoder_linears
 from .layout import Layout, Slot, build_layout
 from .methods import get_method
-from .pair import ModelPair
+from .pair import ModelPair, check_base_covers
 from .plan import MergePlan, Target
 
 _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write may have been cut short
@@ -72,8 +72,8 @@ class MergeEngine:
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         self._linear: dict[str, str] = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
                                         if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
-        self._grams: dict[str, GramFile] = {}
-        self._set_aside_grams: dict[str, GramFile] = {}  # donor fingerprint → its Gram file, while another donor is in
+        self._vlm_grams: GramFile | None = None
+        self._donor_grams: dict[str, GramFile] = {}  # donor fingerprint → its Gram file (it stays with its donor)
         if grams:
             unknown = sorted(set(grams) - {"vlm", "donor"})
             if unknown:
@@ -116,14 +116,31 @@ class MergeEngine:
                 raise
 
     @property
+    def _grams(self) -> dict[str, GramFile]:
+        """The Gram files a merge uses now, by role: the VLM's and the current donor's."""
+        found = {"vlm": self._vlm_grams, "donor": self._donor_grams.get(self.pair.donor.fingerprint())}
+        return {role: grams for role, grams in found.items() if grams is not None}
+
+    @_grams.setter
+    def _grams(self, files: dict[str, GramFile]) -> None:
+        self._vlm_grams = files.get("vlm")
+        donor = self.pair.donor.fingerprint()
+        if "donor" in files:
+            self._donor_grams[donor] = files["donor"]
+        else:
+            self._donor_grams.pop(donor, None)
+
+    @property
     def grams(self) -> dict[str, GramFile]:
         """The attached Gram files, by role ("vlm", "donor")."""
         return dict(self._grams)
 
-    def gram_fingerprints(self) -> dict[str, str | None]:
-        """Identity of the attached Gram files (part of what a regmean answer depends on)."""
-        return {role: (self._grams[role].fingerprint() if role in self._grams else None)
-                for role in ("vlm", "donor")}
+    def gram_fingerprints(self, donor: Checkpoint | None = None) -> dict[str, str | None]:
+        """Identity of the Gram files a merge with `donor` (default: the current one) uses — part of what
+        a regmean answer depends on. Lock-free: a cache lookup never waits behind a running answer."""
+        donor_grams = self._donor_grams.get((donor or self.pair.donor).fingerprint())
+        return {"vlm": self._vlm_grams.fingerprint() if self._vlm_grams else None,
+                "donor": donor_grams.fingerprint() if donor_grams else None}
 
     def _check_gram_shapes(self, grams: GramFile) -> None:
         for slot_name, module in self._linear.items():
@@ -180,26 +197,24 @@ class MergeEngine:
         if [s.name for s in layout.slots] != list(self._slots):
             raise LayoutError(f"{donor.path}: does not map onto the same VLM tensors as the current donor "
                               f"({len(layout.slots)} vs {len(self._slots)}); pick a donor of the same architecture")
+        if self.pair.base is not None:
+            check_base_covers(layout, self.pair.base, self.pair.base_keys)
         return layout
 
     def set_donor(self, donor: Checkpoint, layout: Layout | None = None) -> None:
         """Merge with `donor` from now on (same architecture; see `donor_layout`).
 
         The weights go back to the pure VLM first (every merged value came from the old donor), so
-        the caller applies its plan again. The old donor's Gram file is put aside and comes back
-        with that donor; the new donor has none until `set_grams` attaches one.
+        the caller applies its plan again. A donor's Gram file stays with that donor: it is used
+        again when the donor comes back; a new donor has none until `set_grams` attaches one.
         """
         with self.lock:
             if donor is self.pair.donor:
                 return
             layout = layout or self.donor_layout(donor)
             self.restore()
-            if "donor" in self._grams:
-                self._set_aside_grams[self.pair.donor.fingerprint()] = self._grams.pop("donor")
             self.pair.donor, self.pair.layout = donor, layout
             self._slots = {s.name: s for s in layout.slots}
-            if donor.fingerprint() in self._set_aside_grams:
-                self._grams["donor"] = self._set_aside_grams.pop(donor.fingerprint())
 
     # -- applying plans ------------------------------------------------------------------------
     def apply(self, plan: MergePlan) -> ApplyReport:

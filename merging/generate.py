@@ -16,7 +16,7 @@ from typing import Callable, ContextManager, Iterator
 
 import torch
 from PIL import Image
-from transformers import TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import MergescopeError
 from .pair import ModelPair
@@ -136,24 +136,36 @@ def answer(pair: ModelPair, question: str, image: Image.Image | None = None,
     return _trim_stop(tokenizer_of(pair).decode(new_tokens, skip_special_tokens=True), settings.stop)
 
 
+class _UntilSet(StoppingCriteria):
+    """Stops generation once `event` is set (the consumer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = None,
                   settings: GenerationSettings = GenerationSettings(),
                   guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[str]:
     """Yield the answer so far, growing token by token; the last value equals `answer(...)`.
 
     Generation runs on its own thread, inside `guard()` (the caller's lock and merge). So the lock
-    is taken and given back by that one thread, and always given back once generation ends, even
-    when the consumer is resumed from other threads (Gradio steps a generator on any worker) or
-    abandons the iterator half-way (a closed tab).
+    is taken and given back by that one thread, even when the consumer is resumed from other threads
+    (Gradio steps a generator on any worker); a consumer that abandons the iterator half-way (a
+    closed tab) stops generation at the next token, so the lock is given back at once.
     """
     inputs = build_inputs(pair, question, image)
     streamer = TextIteratorStreamer(tokenizer_of(pair), skip_prompt=True, skip_special_tokens=True)
+    abandoned = threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             with guard(), torch.no_grad():
-                pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings), streamer=streamer)
+                pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings), streamer=streamer,
+                                  stopping_criteria=StoppingCriteriaList([_UntilSet(abandoned)]))
         except BaseException as exc:  # surfaced in the consumer's thread below
             errors.append(exc)
             streamer.end()
@@ -161,9 +173,12 @@ def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = No
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     text = ""
-    for piece in streamer:
-        text += piece
-        yield _trim_stop(text, settings.stop)
+    try:
+        for piece in streamer:
+            text += piece
+            yield _trim_stop(text, settings.stop)
+    finally:  # normal end, error, or the consumer closed us (GeneratorExit)
+        abandoned.set()
     worker.join()
     if errors:
         raise errors[0]

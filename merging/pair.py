@@ -91,6 +91,15 @@ def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torc
     return model, processor
 
 
+def check_base_covers(layout: Layout, base: Checkpoint, base_keys: dict[str, str]) -> None:
+    """Refuse a base model that lacks (or has fewer rows of) a tensor the donor's layout merges."""
+    missing = [s.name for s in layout.slots if s.name not in base_keys or
+               base.shape(base_keys[s.name])[0] < (s.shared_rows or s.shape[0])]
+    if missing:
+        raise LayoutError(f"{base.path}: the base model lacks (or has fewer rows of) {len(missing)} "
+                          f"tensor(s) the donor merges, e.g. {missing[:3]}")
+
+
 def load_pair(vlm: str | Path, llm: str | Path, base: str | Path | None = None, *,
               dtype: str = "auto", device: str = "cpu") -> ModelPair:
     """Load the VLM, open donor (and base) weights lazily, and map their tensors.
@@ -110,9 +119,5 @@ def load_pair(vlm: str | Path, llm: str | Path, base: str | Path | None = None, 
         base_layout = build_layout(model, vlm_files, base_files)
         base_layout.require_compatible()
         base_keys = {s.name: s.donor_key for s in base_layout.slots}
-        missing = [s.name for s in layout.slots if s.name not in base_keys or
-                   base_files.shape(base_keys[s.name])[0] < (s.shared_rows or s.shape[0])]
-        if missing:
-            raise LayoutError(f"{base_files.path}: the base model lacks (or has fewer rows of) {len(missing)} "
-                              f"tensor(s) the donor merges, e.g. {missing[:3]}")
+        check_base_covers(layout, base_files, base_keys)
     return ModelPair(model, processor, vlm_files, donor, base_files, layout, base_keys)

@@ -73,19 +73,26 @@ class Answerer:
     def config(self, plan: MergePlan, question: str, image: Image.Image | None,
                settings: GenerationSettings, donor: str | None = None) -> dict:
         """Everything that determines an answer: the cache key's contents."""
-        models = dict(self.engine.pair.fingerprints(), donor=self.donors[self._donor_for(plan, donor)].fingerprint())
+        checkpoint = self.donors[self._donor_for(plan, donor)]
+        models = dict(self.engine.pair.fingerprints(), donor=checkpoint.fingerprint())
         return {"kind": "answer", "engine": ENGINE_VERSION, "models": models,
-                "grams": self.engine.gram_fingerprints(),
+                "grams": self.engine.gram_fingerprints(checkpoint),
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
 
     @contextmanager
-    def _merged(self, plan: MergePlan, donor: str | None) -> Iterator[None]:
-        """The weights hold `plan` merged with `donor` (and no other caller can change them) in this block."""
-        name = self._donor_for(plan, donor)
+    def holding(self, donor: str | None = None) -> Iterator[MergeEngine]:
+        """The engine with `donor` in, and no other caller, for the block (e.g. to export a merge)."""
+        name = self.donor_name(donor)
         with self.engine.lock:
             self.engine.set_donor(self.donors[name], self._layouts[name])
-            self.engine.apply(plan)
+            yield self.engine
+
+    @contextmanager
+    def _merged(self, plan: MergePlan, donor: str | None) -> Iterator[None]:
+        """The weights hold `plan` merged with `donor` (and no other caller can change them) in this block."""
+        with self.holding(self._donor_for(plan, donor)) as engine:
+            engine.apply(plan)
             yield
 
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,

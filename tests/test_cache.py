@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
@@ -151,25 +152,40 @@ def test_abandoned_stream_releases_the_lock(answerer):
     first = _next_in_new_thread(updates)
     assert first is not None and not first["done"]
     # the consumer goes away (a closed browser tab) without closing the generator: generation still
-    # finishes on its own thread and gives the lock back, so the next user is served
+    # ends on its own thread and gives the lock back, so the next user is served
     assert _lock_is_free(answerer.engine)
     assert answerer.ask(MergePlan(), "Next user?")["answer"] is not None
     del updates
+
+
+def test_a_closed_stream_stops_generating_at_once(answerer):
+    long = GenerationSettings(max_new_tokens=4000)  # minutes of generation if it ran to the end
+    updates = answerer.stream(PLAN, "Describe it in detail.", IMAGE, long)
+    assert not _next_in_new_thread(updates)["done"]
+    start = time.perf_counter()
+    updates.close()  # what garbage collection or Gradio does with a stream nobody reads any more
+    assert _lock_is_free(answerer.engine, within_s=30)
+    assert time.perf_counter() - start < 10
+    assert answerer.cache.stats()["entries"] == 0  # a cut-short answer is never stored
 
 
 def test_each_request_names_its_donor(qwen_dirs, tmp_path):
     other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
     plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.7}}]})
     answerer = Answerer(MergeEngine(load_pair(*qwen_dirs)), AnswerCache(tmp_path / "cache"), donors={"other": other})
-    alone = Answerer(MergeEngine(load_pair(qwen_dirs[0], other.path)))
+    theirs_alone = Answerer(MergeEngine(load_pair(qwen_dirs[0], other.path)))
+    mine_alone = Answerer(MergeEngine(load_pair(*qwen_dirs)))
     question = "What is it?"
-    mine = answerer.ask(plan, question, IMAGE)
     theirs = answerer.ask(plan, question, IMAGE, donor="other")
-    assert theirs["answer"] == alone.ask(plan, question, IMAGE)["answer"] and not theirs["cached"]
-    assert answerer.ask(plan, question, IMAGE)["answer"] == mine["answer"]  # switched back, from the cache
+    assert answerer.engine.pair.donor is other and not theirs["cached"]
+    assert theirs["answer"] == theirs_alone.ask(plan, question, IMAGE)["answer"]
+    mine = answerer.ask(plan, "And now?", IMAGE)  # switched back to the pair's own donor, computed
+    assert mine["answer"] == mine_alone.ask(plan, "And now?", IMAGE)["answer"]
     assert answerer.config(plan, question, IMAGE, GenerationSettings()) != \
         answerer.config(plan, question, IMAGE, GenerationSettings(), donor="other")
     answerer.ask(MergePlan(), question, IMAGE)
     assert answerer.ask(MergePlan(), question, IMAGE, donor="other")["cached"]  # the pure VLM has no donor
+    with answerer.holding("other") as engine:  # what export uses: that donor in, the lock held
+        assert engine.pair.donor is other and engine.plan == MergePlan()
     with pytest.raises(MergescopeError, match="unknown donor 'nobody'"):
         answerer.ask(plan, question, IMAGE, donor="nobody")

@@ -94,3 +94,24 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(qwen_dirs, eval_set, t
     cells = json.loads(resumed.stdout)["cells"]
     assert sum(c["computed"] for c in cells) == total - finished
     assert sum(c["cached"] for c in cells) == finished
+
+
+def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
+    from merging import MergeEngine, load_pair
+    from merging.checkpoint import Checkpoint
+    from merging.evaluate import load_eval_set
+    from merging.service import Answerer
+    from merging.sweep import parse_grid, run_sweep
+    from merging.toy.tiny import build_qwen_pair
+    other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
+    cells, settings = parse_grid("settings: {S1: [all]}\nmethods: {M1: {preset: constant}}\nalphas: [0.8]\n"
+                                 "max_new_tokens: 6\n")
+    items = load_eval_set(eval_set)
+    answerer = Answerer(MergeEngine(load_pair(*qwen_dirs)), AnswerCache(tmp_path / "cache"), donors={"other": other})
+    rows = run_sweep(answerer, cells, items, settings, donor="other")
+    alone = run_sweep(Answerer(MergeEngine(load_pair(qwen_dirs[0], other.path))), cells, items, settings)
+    merged = [r for r in rows if r["setting"] == "S1"]
+    assert [a["answer"] for a in merged[0]["answers"]] == \
+        [a["answer"] for a in next(r for r in alone if r["setting"] == "S1")["answers"]]
+    assert all(e["config"]["models"]["donor"] == other.fingerprint()
+               for e in answerer.cache.entries() if e["config"]["plan"]["rules"])

@@ -457,7 +457,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                        [components, method, curve, table, preview, question, status, donor, *param_boxes], **CHEAP)
 
         def exporter(kind: str):
-            def run(comps, alphas, *param_values):
+            def run(donor_name, comps, alphas, *param_values):
                 if explorer.export_dir is None:
                     return gr.update(), "⚠️ export is off (start the app with --export-dir)"
                 try:
@@ -465,16 +465,18 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                     explorer.export_dir.mkdir(parents=True, exist_ok=True)
                     if kind == "checkpoint":
                         out = explorer.export_dir / f"merged-{plan.hash()}"
-                        report = export_checkpoint(explorer.engine, plan, out, overwrite=True)
+                        with explorer.answerer.holding(donor_name) as engine:
+                            report = export_checkpoint(engine, plan, out, overwrite=True)
                         return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
                     path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
-                    path.write_text(plan.to_yaml() if kind == "plan" else mergekit_yaml(plan, explorer.engine.pair))
+                    path.write_text(plan.to_yaml() if kind == "plan"
+                                    else mergekit_yaml(plan, explorer.answerer.pair_with(donor_name)))
                 except MergescopeError as exc:
                     return gr.update(), f"⚠️ {exc}"
                 return str(path), f"Saved {path}"
             return run
 
-        export_inputs = [components, curve, *param_inputs]
+        export_inputs = [donor, components, curve, *param_inputs]
         export_plan.click(exporter("plan"), export_inputs, [export_file, status], **CHEAP)
         export_mergekit.click(exporter("mergekit"), export_inputs, [export_file, status], **CHEAP)
         export_model.click(exporter("checkpoint"), export_inputs, [export_file, status], **GPU)
