@@ -12,6 +12,7 @@ from transformers.utils import logging as hf_logging
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
 from merging.checkpoint import Checkpoint
+from merging.engine import gram_paths
 from merging.evaluate import load_eval_set
 from merging.known_pairs import KNOWN_PAIRS, resolve_models
 from merging.pair import resolve_model_dir
@@ -49,13 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     try:
         models = resolve_models(args.pair, args.vlm, args.llm, args.base)
+        grams = gram_paths(args.grams_vlm, args.grams_donor)
         eval_spec = args.eval_set or models.eval_set
         pair = load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
         items = load_eval_set(eval_spec) if eval_spec else []
         donors = {label: Checkpoint(resolve_model_dir(path)) for label, path in models.other_donors}
-        if (args.grams_vlm is None) != (args.grams_donor is None):
-            raise MergescopeError("give both --grams-vlm and --grams-donor, or neither")
-        grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
         answerer = Answerer(MergeEngine(pair, grams=grams), AnswerCache(args.cache_dir), donors, models.donor_label)
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")

@@ -34,10 +34,8 @@ def _gram_args(parser: argparse.ArgumentParser) -> None:
 
 def _engine(args):
     """The pair loaded as named, with the Gram files attached (both or none)."""
-    from .engine import MergeEngine
-    if (args.grams_vlm is None) != (args.grams_donor is None):
-        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both models)")
-    grams = {"vlm": args.grams_vlm, "donor": args.grams_donor} if args.grams_vlm else None
+    from .engine import MergeEngine, gram_paths
+    grams = gram_paths(args.grams_vlm, args.grams_donor)  # bad flags fail before the model is loaded
     return MergeEngine(_load(args), grams=grams)
 
 

@@ -55,6 +55,15 @@ class ApplyReport:
     seconds: float = 0.0
 
 
+def gram_paths(vlm: str | None, donor: str | None) -> dict[str, str] | None:
+    """The `grams=` of MergeEngine from two command-line paths: both (RegMean needs the statistics of
+    both models) or neither."""
+    if (vlm is None) != (donor is None):
+        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both "
+                              "models), or neither")
+    return {"vlm": vlm, "donor": donor} if vlm is not None else None
+
+
 class MergeEngine:
     def __init__(self, pair: ModelPair, grams: dict[str, str] | None = None):
         self.pair = pair

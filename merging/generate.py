@@ -80,8 +80,24 @@ def build_question(question: str) -> str:
     return question
 
 
+def tokenizer_in(processor):
+    """The tokenizer of a processor (a causal LM's processor is its tokenizer)."""
+    return getattr(processor, "tokenizer", processor)
+
+
 def tokenizer_of(pair: ModelPair):
-    return getattr(pair.processor, "tokenizer", pair.processor)
+    return tokenizer_in(pair.processor)
+
+
+def chat_prompt(processor, question: str, with_image: bool) -> str:
+    """The chat-templated prompt for `question` (after an image placeholder if `with_image`), ready for
+    the assistant's answer; a VLM's processor takes content parts, a causal LM's tokenizer plain text."""
+    if hasattr(processor, "image_processor"):
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+    return processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, reference: str = "") -> dict:
@@ -92,15 +108,11 @@ def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, refe
         raise MergescopeError("this model reads text only; ask without an image")
     if image is not None:
         image = check_image(image)
-    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+    prompt = chat_prompt(pair.processor, question, with_image=image is not None)
     if pair.is_multimodal:
-        prompt = pair.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                    add_generation_prompt=True, tokenize=False)
         inputs = pair.processor(text=[prompt + reference], images=[image] if image is not None else None,
                                 return_tensors="pt")
     else:
-        prompt = pair.processor.apply_chat_template([{"role": "user", "content": question}],
-                                                    add_generation_prompt=True, tokenize=False)
         inputs = pair.processor([prompt + reference], return_tensors="pt", add_special_tokens=False)
     return {k: v.to(pair.vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 

@@ -317,3 +317,10 @@ def test_a_donor_keeps_its_grams_across_a_donor_switch(qwen_dirs, gram_files, tm
     assert set(engine.grams) == {"vlm"}  # the donor's statistics belong to the donor that left
     engine.set_donor(own)
     assert engine.grams["donor"].path == files["donor"]
+
+
+def test_the_app_refuses_one_gram_file_before_loading_anything(tmp_path):
+    from app import main as app_main
+    with pytest.raises(SystemExit, match="give both --grams-vlm and --grams-donor"):
+        app_main(["--grams-vlm", str(tmp_path / "vlm.safetensors"), "--cache-dir", str(tmp_path / "cache")])
+    assert not (tmp_path / "cache").exists()  # refused before the cache (or a model) was opened

@@ -27,6 +27,7 @@ import torch
 
 from . import world
 from ..evaluate import EvalItem, score
+from ..generate import chat_prompt, tokenizer_in
 
 MAX_NEW_TOKENS = 6
 SETTINGS = {"Setting 1": ["all"], "Setting 2": ["self_attn"]}
@@ -38,19 +39,10 @@ TABLE_START, TABLE_END = "<!-- tables:start -->", "<!-- tables:end -->"
 
 
 # -- batched greedy answers ----------------------------------------------------------------------
-def _tokenizer(processor):
-    return getattr(processor, "tokenizer", processor)
-
-
 def _prompt(processor, item: world.Item) -> str:
-    if hasattr(processor, "image_processor"):  # as build_inputs: the processor's template, content parts
-        content = ([{"type": "image"}] if item.scene is not None else []) + [{"type": "text", "text": item.question}]
-        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-    if item.scene is not None:
+    if item.scene is not None and not hasattr(processor, "image_processor"):
         raise ValueError("a text-only model cannot answer an image question")
-    return processor.apply_chat_template([{"role": "user", "content": item.question}], add_generation_prompt=True,
-                                         tokenize=False)
+    return chat_prompt(processor, item.question, with_image=item.scene is not None)  # as build_inputs writes it
 
 
 @torch.no_grad()
@@ -61,7 +53,7 @@ def generate_batch(model, processor, items: list[world.Item], max_new_tokens: in
     generate() derives positions from the attention mask (Qwen2.5-VL's 3D ones too), so padding does
     not change an answer beyond floating-point noise; a test checks equality with `answer()`.
     """
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_in(processor)
     prompts = [_prompt(processor, it) for it in items]
     answers: list[str] = [""] * len(items)
     side = tokenizer.padding_side
