@@ -25,7 +25,7 @@ from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
 from merging.generate import GenerationSettings  # noqa: E402
 from merging.service import Answerer  # noqa: E402
-from merging.toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
+from toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"],
                                        "curve": {"preset": "loglinear", "start": 0.05, "end": 0.4}}]})

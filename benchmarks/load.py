@@ -29,7 +29,7 @@ from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
 from merging.generate import GenerationSettings  # noqa: E402
 from merging.service import Answerer  # noqa: E402
-from merging.toy.tiny import build_qwen_pair  # noqa: E402
+from toy.tiny import build_qwen_pair  # noqa: E402
 from ui.app import Explorer, build_app  # noqa: E402
 
 QUESTION, TOKENS = "Which colour comes next?", 12

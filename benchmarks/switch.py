@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import merging  # noqa: E402
-from merging.toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
+from toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
 
 SHAPE = DecoderShape(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16,
                      num_key_value_heads=4, intermediate_size=4096)

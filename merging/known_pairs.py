@@ -1,4 +1,4 @@
-"""Named model pairs (`--pair NAME`) and a memory check before anything large is loaded.
+"""Named model pairs (`--pair NAME`): the registry the entry points (CLI, app) resolve names with.
 
 Each entry names a VLM, the text LLM that shares its language backbone, and where one exists the
 common base model (for task arithmetic, TIES, DARE). The toy pairs are the project's own, shipped in
@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
 from .errors import MergescopeError
-from .toy import TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM
+
+# The trained toy pair shipped in the repository (written by `python -m toy.train`). The paths are
+# data here: the library names where the assets lie and never imports the toy package that made them.
+TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
+TOY_VLM = TOY_DIR / "vlm"
+TOY_LLM = TOY_DIR / "llm"
+TOY_LLM_NOSEED = TOY_DIR / "llm_noseed"
+TOY_SEED = TOY_DIR / "seed"
+TOY_EVAL = TOY_DIR / "eval" / "toy_eval.jsonl"
 
 
 @dataclass(frozen=True)
@@ -64,63 +68,6 @@ def known_pair(name: str) -> KnownPair:
     if name not in KNOWN_PAIRS:
         raise MergescopeError(f"unknown pair {name!r}; choose one of {sorted(KNOWN_PAIRS)}")
     return KNOWN_PAIRS[name]
-
-
-def model_class(config: PretrainedConfig):
-    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    return AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-
-
-def meta_model(config: PretrainedConfig) -> torch.nn.Module:
-    """The architecture of `config` with no storage behind its tensors (instant, no memory)."""
-    with torch.device("meta"):
-        return model_class(config).from_config(config)
-
-
-def weight_bytes(config: PretrainedConfig, dtype: torch.dtype) -> int:
-    """Bytes the model's parameters take in `dtype` (tied tensors counted once)."""
-    return sum(p.numel() for p in meta_model(config).parameters()) * dtype.itemsize
-
-
-def available_bytes(device: str) -> int:
-    """Free memory on `device`: the GPU's free memory, or the host's MemAvailable."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index or 0
-        return torch.cuda.mem_get_info(index)[0]
-    if device == "auto-multi" and torch.cuda.is_available():
-        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise MergescopeError("cannot tell how much memory is free on this machine")
-
-
-def check_fits(config: PretrainedConfig, dtype: torch.dtype, device: str, free: int | None = None,
-               headroom: float = 1.15) -> str:
-    """A one-line memory estimate; raises MergescopeError when the VLM cannot fit on `device`.
-
-    Counts the resident VLM's weights plus 15 % for activations, KV cache and allocator slack. The
-    donor is memory-mapped and costs page cache, not resident memory.
-    """
-    need = int(weight_bytes(config, dtype) * headroom)
-    free = available_bytes(device) if free is None else free
-    line = (f"{config.model_type} in {str(dtype).removeprefix('torch.')} needs about {need / 2**30:.1f} GiB on "
-            f"{device}; {free / 2**30:.1f} GiB free")
-    if need > free:
-        raise MergescopeError(line + " — it does not fit: pick a smaller pair, bfloat16, or another device")
-    return line
-
-
-def config_dtype(config: PretrainedConfig, dtype: str) -> torch.dtype:
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    text = getattr(config, "text_config", config)
-    stored = getattr(config, "dtype", None) or getattr(text, "dtype", None) or torch.float32
-    return getattr(torch, stored) if isinstance(stored, str) else stored
-
-
-def load_config(path: str | Path) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(path, trust_remote_code=False)
 
 
 def resolve_models(pair: str | None, vlm: str | None, llm: str | None, base: str | None) -> KnownPair:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                          AutoTokenizer, PretrainedConfig)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, LayoutError, MergescopeError
-from .known_pairs import check_fits, config_dtype, load_config, model_class
 from .layout import Layout, build_layout
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,6 +43,65 @@ def resolve_model_dir(name: str | Path, allow_patterns: list[str] = WEIGHT_FILES
     except Exception as exc:  # offline, unknown repo, gated: one clear message
         raise CheckpointError(f"{name}: not a local folder and could not be fetched from the hub "
                               f"({type(exc).__name__}: {exc})") from exc
+
+
+# -- memory: will the VLM fit? (checked before anything large is loaded) -----------------------
+def model_class(config: PretrainedConfig):
+    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+
+
+def meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    """The architecture of `config` with no storage behind its tensors (instant, no memory)."""
+    with torch.device("meta"):
+        return model_class(config).from_config(config)
+
+
+def weight_bytes(config: PretrainedConfig, dtype: torch.dtype) -> int:
+    """Bytes the model's parameters take in `dtype` (tied tensors counted once)."""
+    return sum(p.numel() for p in meta_model(config).parameters()) * dtype.itemsize
+
+
+def available_bytes(device: str) -> int:
+    """Free memory on `device`: the GPU's free memory, or the host's MemAvailable."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        return torch.cuda.mem_get_info(index)[0]
+    if device == "auto-multi" and torch.cuda.is_available():
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise MergescopeError("cannot tell how much memory is free on this machine")
+
+
+def check_fits(config: PretrainedConfig, dtype: torch.dtype, device: str, free: int | None = None,
+               headroom: float = 1.15) -> str:
+    """A one-line memory estimate; raises MergescopeError when the VLM cannot fit on `device`.
+
+    Counts the resident VLM's weights plus 15 % for activations, KV cache and allocator slack. The
+    donor is memory-mapped and costs page cache, not resident memory.
+    """
+    need = int(weight_bytes(config, dtype) * headroom)
+    free = available_bytes(device) if free is None else free
+    line = (f"{config.model_type} in {str(dtype).removeprefix('torch.')} needs about {need / 2**30:.1f} GiB on "
+            f"{device}; {free / 2**30:.1f} GiB free")
+    if need > free:
+        raise MergescopeError(line + " — it does not fit: pick a smaller pair, bfloat16, or another device")
+    return line
+
+
+def config_dtype(config: PretrainedConfig, dtype: str) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    text = getattr(config, "text_config", config)
+    stored = getattr(config, "dtype", None) or getattr(text, "dtype", None) or torch.float32
+    return getattr(torch, stored) if isinstance(stored, str) else stored
+
+
+def load_config(path: str | Path) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(path, trust_remote_code=False)
+
 
 
 def pick_device(device: str) -> torch.device | str:

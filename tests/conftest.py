@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from merging import MergeEngine, load_pair  # noqa: E402
-from merging.toy.tiny import DecoderShape, build_llava_pair, build_qwen_pair  # noqa: E402
+from toy.tiny import DecoderShape, build_llava_pair, build_qwen_pair  # noqa: E402
 
 hf_logging.disable_progress_bar()
 torch.set_num_threads(2)

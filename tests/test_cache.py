@@ -19,7 +19,7 @@ from merging import MergeEngine, MergePlan, MergescopeError, load_pair
 from merging.checkpoint import Checkpoint
 from merging.generate import GenerationSettings
 from merging.service import Answerer
-from merging.toy.tiny import build_qwen_pair
+from toy.tiny import build_qwen_pair
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"], "curve": {"preset": "constant", "value": 0.5}}]})
 IMAGE = Image.new("RGB", (56, 56), (10, 200, 10))

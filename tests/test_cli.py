@@ -65,7 +65,7 @@ def test_cli_errors_are_one_clear_line(qwen_dirs, tmp_path):
 
 
 def test_readme_demo_runs_offline_and_restores_exactly():
-    result = subprocess.run([sys.executable, "-m", "merging.toy.demo"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "toy.demo"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Setting 2, loglinear" in result.stdout and "tensors written" in result.stdout
     assert "How many" in result.stdout and "What is" in result.stdout  # image and text questions of the toy set

@@ -12,7 +12,7 @@ from merging import MergeEngine, MergePlan, PlanError, load_pair
 from merging.checkpoint import Checkpoint
 from merging.errors import LayoutError
 from merging.generate import answer
-from merging.toy.tiny import build_qwen_pair
+from toy.tiny import build_qwen_pair
 
 
 def plan(*rules):

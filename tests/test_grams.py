@@ -308,7 +308,7 @@ def test_answer_command_attaches_grams_for_regmean(qwen_dirs, gram_files, tmp_pa
 
 def test_a_donor_keeps_its_grams_across_a_donor_switch(qwen_dirs, gram_files, tmp_path):
     from merging.checkpoint import Checkpoint
-    from merging.toy.tiny import build_qwen_pair
+    from toy.tiny import build_qwen_pair
     files, _ = gram_files
     pair = load_pair(*qwen_dirs)
     engine = MergeEngine(pair, grams={"vlm": files["vlm"], "donor": files["donor"]})

@@ -9,7 +9,7 @@ from merging.checkpoint import Checkpoint
 from merging.errors import LayoutError
 from merging.layout import build_layout, classify
 from merging.pair import load_pair
-from merging.toy.tiny import save_donor
+from toy.tiny import save_donor
 
 TEXT = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128)

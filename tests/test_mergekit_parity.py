@@ -40,7 +40,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
 from merging.checkpoint import Checkpoint  # noqa: E402
 from merging.export import mergekit_yaml  # noqa: E402
-from merging.toy.tokenizer import build_tokenizer  # noqa: E402
+from toy.tokenizer import build_tokenizer  # noqa: E402
 
 LAYERS = 24
 EPS32 = 2.0 ** -23

@@ -102,7 +102,7 @@ def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
     from merging.evaluate import load_eval_set
     from merging.service import Answerer
     from merging.sweep import parse_grid, run_sweep
-    from merging.toy.tiny import build_qwen_pair
+    from toy.tiny import build_qwen_pair
     other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
     cells, settings = parse_grid("settings: {S1: [all]}\nmethods: {M1: {preset: constant}}\nalphas: [0.8]\n"
                                  "max_new_tokens: 6\n")

@@ -12,9 +12,9 @@ import torch
 from merging import MergeEngine, MergePlan, load_pair
 from merging.evaluate import load_eval_set, score
 from merging.generate import GenerationSettings, answer
-from merging.toy import TOY_DIR, TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM, world
-from merging.toy.evaluate_toy import as_eval_item, eval_items, generate_batch
-from merging.toy.train import main as train_main
+from toy import TOY_DIR, TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM, world
+from toy.evaluate_toy import as_eval_item, eval_items, generate_batch
+from toy.train import main as train_main
 
 SETTINGS = GenerationSettings(max_new_tokens=6)
 

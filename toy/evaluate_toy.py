@@ -1,7 +1,7 @@
 """Measure the shipped toy pair and regenerate the tables of its card (assets/toy/README.md).
 
-    python -m merging.toy.evaluate_toy --card assets/toy/README.md   # all tables (a few minutes, 2 cores)
-    python -m merging.toy.evaluate_toy --export-eval assets/toy/eval  # (re)write the shipped eval set
+    python -m toy.evaluate_toy --card assets/toy/README.md   # all tables (a few minutes, 2 cores)
+    python -m toy.evaluate_toy --export-eval assets/toy/eval  # (re)write the shipped eval set
 
 Items are the world's held-out stream (`world.EVAL_SEED`, never used in training), N per question
 kind (default 200; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from . import world
-from ..evaluate import EvalItem, score
-from ..generate import chat_prompt, tokenizer_in
+from merging.evaluate import EvalItem, score
+from merging.generate import chat_prompt, tokenizer_in
 
 MAX_NEW_TOKENS = 6
 SETTINGS = {"Setting 1": ["all"], "Setting 2": ["self_attn"]}
@@ -112,9 +112,9 @@ def prior_table(n: int, kinds=world.KINDS) -> dict[str, float]:
 # -- the card's tables ---------------------------------------------------------------------------
 def merge_grid(vlm_dir, donor_dir, items: list[world.Item], progress=print) -> list[dict]:
     """Accuracy per kind of every grid cell (Setting × curve × α) merged in place with `donor_dir`."""
-    from ..engine import MergeEngine
-    from ..pair import load_pair
-    from ..plan import MergePlan
+    from merging.engine import MergeEngine
+    from merging.pair import load_pair
+    from merging.plan import MergePlan
     pair = load_pair(vlm_dir, donor_dir)
     engine = MergeEngine(pair)
     rows = []
@@ -133,7 +133,7 @@ def merge_grid(vlm_dir, donor_dir, items: list[world.Item], progress=print) -> l
 
 def measure(toy_dir: Path, n: int, progress=print) -> dict:
     """Everything the card reports, as one JSON-able dict."""
-    from ..pair import load_pair
+    from merging.pair import load_pair
     start = time.perf_counter()
     items = eval_items(n)
     text_items = eval_items(n, world.TEXT)
@@ -220,7 +220,7 @@ def render_tables(results: dict) -> str:
     lines += ["### Shared seed vs no seed, averaged over the 24 grid cells", "",
               "| donor | perception mean | text mean | count_plus |", "|---|---|---|---|"]
     lines += [f"| {t} | {_pct(p)} | {_pct(x)} | {_pct(c)} |" for t, p, x, c in summary]
-    lines += ["", f"(Measured in {results['seconds']:.0f} s, one torch thread, by `python -m merging.toy.evaluate_toy "
+    lines += ["", f"(Measured in {results['seconds']:.0f} s, one torch thread, by `python -m toy.evaluate_toy "
               f"--n {results['n_per_kind']} --card assets/toy/README.md --json assets/toy/eval_results.json`.)"]
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Train the shipped toy pair on CPU: a shared seed, a VLM and an LLM fine-tuned from it, and a no-seed LLM.
 
-    python -m merging.toy.train --out assets/toy            # the full recipe (see RECIPE; ~30 min, 2 cores)
-    python -m merging.toy.train --out /tmp/toy --smoke      # every stage for a few steps (seconds)
+    python -m toy.train --out assets/toy            # the full recipe (see RECIPE; ~30 min, 2 cores)
+    python -m toy.train --out /tmp/toy --smoke      # every stage for a few steps (seconds)
 
 The recipe follows the seed paper (Sung et al., arXiv 2304.14933): merging works from a shared
 initialisation. Stages, all seeded, all on CPU:

@@ -1,6 +1,6 @@
 """A first look without a browser: the shipped toy pair, a few merges applied in place, answers compared.
 
-    python -m merging.toy.demo [--pair toy|toy-noseed]
+    python -m toy.demo [--pair toy|toy-noseed]
 
 Loads the toy VLM with a donor (by default the LLM fine-tuned from the same seed), asks one held-out
 question of each kind, then applies a few plans in place and prints how the answers change, with the
@@ -14,12 +14,12 @@ import argparse
 import torch
 from transformers.utils import logging as hf_logging
 
-from ..engine import MergeEngine
-from ..evaluate import load_eval_set
-from ..generate import GenerationSettings, answer
-from ..known_pairs import known_pair
-from ..pair import load_pair
-from ..plan import MergePlan
+from merging.engine import MergeEngine
+from merging.evaluate import load_eval_set
+from merging.generate import GenerationSettings, answer
+from merging.known_pairs import known_pair
+from merging.pair import load_pair
+from merging.plan import MergePlan
 from . import world
 
 PLANS = {
