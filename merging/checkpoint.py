@@ -14,20 +14,24 @@ import hashlib
 import json
 import math
 import mmap
+import os
 import struct
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from .errors import CheckpointError
 
-DTYPES: dict[str, torch.dtype] = {
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {  # the format's dtype codes
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+SAFETENSORS_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors spec's own limit
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -72,7 +76,7 @@ class _SafetensorsFile:
 
     def _entry(self, name: str, info: object) -> _TensorEntry:
         try:
-            dtype = DTYPES[info["dtype"]]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -205,3 +209,41 @@ class Checkpoint:
                 file.digest(hasher)
             self._fingerprint = hasher.hexdigest()[:16]
         return self._fingerprint
+
+
+# -- writing: one tensor at a time ------------------------------------------------------------------------
+def write_safetensors(path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                      produce: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file tensor by tensor: the header from `specs` (name, dtype, shape), then
+    each tensor's bytes as `produce(name)` returns it (on the CPU). Returns the file's size."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to 8-byte alignment
+    # A fresh temporary file in the target folder (O_EXCL: never opens a planted link), renamed over
+    # `path` at the end: os.replace swaps the directory entry, so a link at `path` is replaced, never
+    # followed, and a failed write leaves no partial file under the final name.
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, dtype, shape in specs:
+                tensor = produce(name)
+                if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape) or tensor.device.type != "cpu":
+                    raise CheckpointError(f"{name}: produced {tensor.dtype}{list(tensor.shape)} on "
+                                          f"{tensor.device}, expected {dtype}{list(shape)} on cpu")
+                if tensor.numel():
+                    f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                del tensor
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return 8 + len(raw) + offset

@@ -167,7 +167,7 @@ def _file_sha256(path: Path) -> str:
 
 def save_grams(path: str | Path, grams: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
     """Stream the Grams into one safetensors file (one tensor in host memory at a time)."""
-    from .export import write_safetensors
+    from .checkpoint import write_safetensors
     specs = [(name, torch.float32, tuple(g.shape)) for name, g in sorted(grams.items())]
     return write_safetensors(Path(path), specs, lambda name: grams[name].cpu(),
                              dict(metadata, format=FORMAT, version=VERSION))

@@ -20,6 +20,8 @@ from .errors import PlanError
 from .layout import KNOWN_COMPONENTS, Layout, Slot
 from .methods import get_method
 
+PLAN_NAME = "mergescope_plan.yaml"  # the file a plan is saved as beside an exported checkpoint
+
 
 @dataclass(frozen=True)
 class Target:

@@ -14,7 +14,8 @@ from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, MergescopeError, PlanError, curves, load_pair
 from merging.__main__ import main
 from merging.checkpoint import Checkpoint
-from merging.export import MergekitUnsupported, export_checkpoint, mergekit_config, mergekit_yaml, parse_size
+from merging.export import export_checkpoint, parse_size
+from merging.mergekit_config import MergekitUnsupported, mergekit_config, mergekit_yaml
 from merging.generate import build_inputs
 
 IMAGE = Image.new("RGB", (56, 56), (200, 40, 120))

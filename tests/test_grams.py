@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, MergescopeError, PlanError, curves, load_pair
 from merging.__main__ import main
-from merging.export import write_safetensors
+from merging.checkpoint import write_safetensors
 from merging.generate import build_inputs
 from merging.grams import GramAccumulator, GramFile, run_grams
 from merging.methods import linear, regmean_solve

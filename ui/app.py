@@ -23,7 +23,8 @@ from merging.distance import role_distances
 from merging.engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evaluate import EvalItem, load_eval_set
-from merging.export import export_checkpoint, mergekit_yaml
+from merging.export import export_checkpoint
+from merging.mergekit_config import mergekit_yaml
 from merging.generate import GenerationSettings, build_question
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
 from merging.methods import REGISTRY, ParamDef
