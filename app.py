@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
 from merging.checkpoint import Checkpoint
-from merging.engine import gram_paths
+from merging.grams import gram_paths
 from merging.evaluate import load_eval_set
 from merging.known_pairs import KNOWN_PAIRS, resolve_models
 from merging.pair import resolve_model_dir

@@ -34,7 +34,8 @@ def _gram_args(parser: argparse.ArgumentParser) -> None:
 
 def _engine(args):
     """The pair loaded as named, with the Gram files attached (both or none)."""
-    from .engine import MergeEngine, gram_paths
+    from .engine import MergeEngine
+    from .grams import gram_paths
     grams = gram_paths(args.grams_vlm, args.grams_donor)  # bad flags fail before the model is loaded
     return MergeEngine(_load(args), grams=grams)
 

@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .checkpoint import Checkpoint
 from .errors import LayoutError, MergescopeError, PlanError
-from .grams import GramFile, decoder_linears
+from .grams import GramFile, GramSet, decoder_linears
 from .layout import Layout, Slot, build_layout
 from .methods import get_method
 from .pair import ModelPair, check_base_covers
 from .plan import MergePlan, Target
 
 _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write may have been cut short
-GRAMS_KEY = "<grams>"  # engine-internal Target parameter: which Gram files a regmean value came from
 
 
 @dataclass
@@ -55,34 +54,29 @@ class ApplyReport:
     seconds: float = 0.0
 
 
-def gram_paths(vlm: str | None, donor: str | None) -> dict[str, str] | None:
-    """The `grams=` of MergeEngine from two command-line paths: both (RegMean needs the statistics of
-    both models) or neither."""
-    if (vlm is None) != (donor is None):
-        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both "
-                              "models), or neither")
-    return {"vlm": vlm, "donor": donor} if vlm is not None else None
-
-
 class MergeEngine:
+    """The resident VLM's merge state: applies plans in place, restores, exports single tensors.
+
+    Thread-safe: `apply`, `restore`, `set_donor`, `set_grams` and generation (callers hold `lock`)
+    run one at a time. Raises PlanError for a plan that does not fit the models (before any write),
+    LayoutError for a donor of another architecture, MergescopeError for bad Gram files.
+    """
+
     def __init__(self, pair: ModelPair, grams: dict[str, str] | None = None):
         self.pair = pair
         self.lock = threading.RLock()  # apply + generate run under it: one plan in the weights at a time
         self._slots: dict[str, Slot] = {s.name: s for s in pair.layout.slots}
-        self._params: dict[str, torch.Tensor] = {}
         named = dict(pair.vlm.named_parameters())
-        for name in self._slots:
-            self._params[name] = named[name]
+        self._params: dict[str, torch.Tensor] = {name: named[name] for name in self._slots}
         self._state: dict[str, Target] = {}
         self._plan = MergePlan()
         self._verified: set[str] = set()
         self._snapshots: dict[str, torch.Tensor] = {}  # originals the files could not reproduce
         linears = set(decoder_linears(pair.vlm))
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
-        self._linear: dict[str, str] = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
-                                        if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
-        self._vlm_grams: GramFile | None = None
-        self._donor_grams: dict[str, GramFile] = {}  # donor fingerprint → its Gram file (it stays with its donor)
+        linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
+                          if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
+        self.gram_set = GramSet(linear_modules, {n: self._params[n].shape[1] for n in linear_modules})
         if grams:
             unknown = sorted(set(grams) - {"vlm", "donor"})
             if unknown:
@@ -96,68 +90,42 @@ class MergeEngine:
 
     # -- Gram statistics (RegMean) -------------------------------------------------------------
     def set_grams(self, vlm: str | None, donor: str | None) -> ApplyReport | None:
-        """Attach (or, with None, detach) the VLM's and the donor's Gram files.
+        """Attach (or, with None, detach) the VLM's and the current donor's Gram files.
 
         Both are validated against the models' fingerprints and, if the current plan uses RegMean,
         against what it needs, before anything changes; then the regmean tensors are rewritten with
-        the new statistics (the returned report says which). A bad file leaves the engine as it was.
+        the new statistics (the returned report says which; None when nothing changed). A bad file
+        leaves the engine as it was (MergescopeError or PlanError).
         """
         with self.lock:
-            files = {}
-            for role, path, ckpt in (("vlm", vlm, self.pair.vlm_files), ("donor", donor, self.pair.donor)):
-                if path is not None:
-                    files[role] = GramFile(path, ckpt.fingerprint(), "VLM" if role == "vlm" else "donor")
-                    self._check_gram_shapes(files[role])
-            previous = self._grams
-            self._grams = files
+            files = {role: self.gram_set.open(path, ckpt, role)
+                     for role, path, ckpt in (("vlm", vlm, self.pair.vlm_files), ("donor", donor, self.pair.donor))
+                     if path is not None}
+            donor_fp = self.pair.donor.fingerprint()
+            previous = self.gram_set.files(donor_fp)
+            self.gram_set.install(files, donor_fp)
             try:
                 targets = self._targets(self._plan)  # the current plan must still be satisfiable
             except PlanError:
-                self._grams = previous
+                self.gram_set.install(previous, donor_fp)
                 raise
             if targets == self._state:
                 return None
             try:
                 return self.apply(self._plan)
             except BaseException:
-                self._grams = previous
+                self.gram_set.install(previous, donor_fp)
                 self._recover(self._plan)
                 raise
 
-    @property
-    def _grams(self) -> dict[str, GramFile]:
-        """The Gram files a merge uses now, by role: the VLM's and the current donor's."""
-        found = {"vlm": self._vlm_grams, "donor": self._donor_grams.get(self.pair.donor.fingerprint())}
-        return {role: grams for role, grams in found.items() if grams is not None}
-
-    @_grams.setter
-    def _grams(self, files: dict[str, GramFile]) -> None:
-        self._vlm_grams = files.get("vlm")
-        donor = self.pair.donor.fingerprint()
-        if "donor" in files:
-            self._donor_grams[donor] = files["donor"]
-        else:
-            self._donor_grams.pop(donor, None)
-
-    @property
-    def grams(self) -> dict[str, GramFile]:
-        """The attached Gram files, by role ("vlm", "donor")."""
-        return dict(self._grams)
+    def gram_files(self) -> dict[str, GramFile]:
+        """The attached Gram files a merge with the current donor uses, by role ("vlm", "donor")."""
+        return self.gram_set.files(self.pair.donor.fingerprint())
 
     def gram_fingerprints(self, donor: Checkpoint | None = None) -> dict[str, str | None]:
         """Identity of the Gram files a merge with `donor` (default: the current one) uses — part of what
         a regmean answer depends on. Lock-free: a cache lookup never waits behind a running answer."""
-        donor_grams = self._donor_grams.get((donor or self.pair.donor).fingerprint())
-        return {"vlm": self._vlm_grams.fingerprint() if self._vlm_grams else None,
-                "donor": donor_grams.fingerprint() if donor_grams else None}
-
-    def _check_gram_shapes(self, grams: GramFile) -> None:
-        for slot_name, module in self._linear.items():
-            if module in grams:
-                fan_in = self._params[slot_name].shape[1]
-                if grams.shape(module) != (fan_in, fan_in):
-                    raise PlanError(f"{grams.path}: the Gram of {module} is {list(grams.shape(module))}, but "
-                                    f"that layer takes {fan_in} inputs — Gram file of another architecture")
+        return self.gram_set.fingerprints((donor or self.pair.donor).fingerprint())
 
     def resolve(self, plan: MergePlan) -> dict[str, Target]:
         """Slot name → what `plan` makes it hold, validated (PlanError) without touching any weight."""
@@ -166,37 +134,14 @@ class MergeEngine:
 
     def _targets(self, plan: MergePlan) -> dict[str, Target]:
         targets = plan.targets(self.pair.layout, has_base=self.pair.base is not None)
-        token = None
-        for name, target in targets.items():
-            if not get_method(target.method).needs_grams or name not in self._linear:
-                continue  # non-linear tensors of a regmean rule are merged linearly: no Grams needed
-            if token is None:
-                token = self._require_grams(targets)
-            targets[name] = Target(target.method, target.alpha, target.params + ((GRAMS_KEY, token),))
+        # non-linear tensors of a regmean rule are merged linearly: only linear layers need Grams
+        needing = {name: t.method for name, t in targets.items()
+                   if get_method(t.method).needs_grams and name in self.gram_set.linear_modules}
+        if needing:
+            identity = self.gram_set.identity(needing, self.pair.donor.fingerprint())
+            for name in needing:
+                targets[name] = replace(targets[name], grams=identity)
         return targets
-
-    def _require_grams(self, targets: dict[str, Target]) -> str:
-        methods = sorted({t.method for t in targets.values() if get_method(t.method).needs_grams})
-        missing_files = [role for role in ("vlm", "donor") if role not in self._grams]
-        if missing_files:
-            raise PlanError(f"method {methods[0]!r} needs Gram statistics of both models; not attached: "
-                            f"{' and '.join(missing_files)}. Compute them with `python -m merging grams --model M "
-                            f"--data D --out F` and attach them with MergeEngine(pair, grams={{'vlm': F_vlm, "
-                            f"'donor': F_donor}}) (CLI: --grams-vlm, --grams-donor)")
-        for role, grams in self._grams.items():
-            lacking = [self._linear[n] for n, t in targets.items()
-                       if n in self._linear and get_method(t.method).needs_grams and self._linear[n] not in grams]
-            if lacking:
-                raise PlanError(f"{grams.path} ({role}, modules: {grams.scope}) has no Gram for {len(lacking)} "
-                                f"linear layer(s) the plan merges with {methods[0]!r}, e.g. {lacking[:3]}; "
-                                f"restrict the rule (e.g. to self_attn) or recompute with --modules all")
-        return "{}:{}".format(self._grams["vlm"].fingerprint(), self._grams["donor"].fingerprint())
-
-    def _gram_pair(self, slot: Slot, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        module = self._linear.get(slot.name)
-        if module is None:
-            return None
-        return tuple(self._grams[role].get(module).to(device) for role in ("vlm", "donor"))
 
     # -- donors ----------------------------------------------------------------------------------
     def donor_layout(self, donor: Checkpoint) -> Layout:
@@ -262,7 +207,7 @@ class MergeEngine:
             if self._state.get(name) == target:
                 continue
             self._state[name] = _DIRTY
-            self._write(self._slots[name], target, report)
+            self._compute(self._slots[name], target, self._params[name], report)
             if target is None:
                 del self._state[name]
                 report.restored.append(name)
@@ -291,10 +236,6 @@ class MergeEngine:
             self._verified.add(slot.name)
         return original
 
-    def _write(self, slot: Slot, target: Target | None, report: ApplyReport) -> None:
-        param = self._params[slot.name]
-        self._compute(slot, target, param, report)
-
     def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport) -> None:
         """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it)."""
         param = self._params[slot.name]
@@ -315,12 +256,12 @@ class MergeEngine:
         report.bytes_read += donor.numel() * donor.element_size()
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
             out[rows:].copy_(original[rows:])
-        params = {k: v for k, v in target.params if k != GRAMS_KEY}
+        params = dict(target.params)
         context = {}
         if "name" in method.context:
             context["name"] = slot.rel
         if "grams" in method.context:
-            context["grams"] = self._gram_pair(slot, device)
+            context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), device)
         method.fn(out[:rows], original[:rows], donor, base, target.alpha, **params, **context)
 
     def export_tensor(self, slot_name: str, target: Target | None) -> torch.Tensor:

@@ -222,7 +222,7 @@ def model_card(engine, plan: MergePlan, targets: dict[str, Target], out: Path, m
              f"| donor LLM | `{pair.donor.path}` | `{fps['donor']}` |"]
     if pair.base is not None:
         lines.append(f"| base | `{pair.base.path}` | `{fps['base']}` |")
-    for role, gram in engine.grams.items():
+    for role, gram in engine.gram_files().items():
         if any(get_method(t.method).needs_grams for t in targets.values()):
             lines.append(f"| Gram statistics ({role}) | `{gram.path}` | `{gram.fingerprint()}` |")
     lines += ["", f"## Plan (hash `{plan.hash()}`, also in `{PLAN_NAME}`)", "", "```yaml",

@@ -48,7 +48,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, MergescopeError
+from .errors import CheckpointError, MergescopeError, PlanError
 
 FORMAT = "mergescope-grams"
 VERSION = "1"
@@ -199,6 +199,15 @@ def run_grams(model: str | Path, data: str | Path, out: str | Path, *, scope: st
             "seconds": round(time.perf_counter() - start, 3)}
 
 
+def gram_paths(vlm: str | None, donor: str | None) -> dict[str, str] | None:
+    """The `grams=` of MergeEngine from two command-line paths: both (RegMean needs the statistics of
+    both models) or neither."""
+    if (vlm is None) != (donor is None):
+        raise MergescopeError("give both --grams-vlm and --grams-donor (RegMean needs the statistics of both "
+                              "models), or neither")
+    return {"vlm": vlm, "donor": donor} if vlm is not None else None
+
+
 class GramFile:
     """A Gram file opened lazily (memory-mapped), checked against the model it claims to describe."""
 
@@ -245,3 +254,79 @@ class GramFile:
     def fingerprint(self) -> str:
         """Identifies the statistics themselves (changes when the file is recomputed)."""
         return self._ckpt.fingerprint()
+
+
+class GramSet:
+    """The Gram files a RegMean merge reads: the VLM's, and one per donor, kept with its donor.
+
+    `linear_modules` maps the name of every resident parameter that is a linear layer's weight
+    (RegMean's domain) to its decoder-relative module name; `fan_in` gives that layer's input width.
+    Files are opened with `open` (fingerprint and shape checks) and installed with `install`, so a
+    bad file is refused before anything changes. A donor's file is looked up by the donor's
+    fingerprint: switching donors and back brings its statistics back with it.
+    """
+
+    def __init__(self, linear_modules: dict[str, str], fan_in: dict[str, int]):
+        self.linear_modules = linear_modules
+        self._fan_in = fan_in
+        self._vlm: GramFile | None = None
+        self._by_donor: dict[str, GramFile] = {}  # donor fingerprint → its Gram file
+
+    def open(self, path: str | Path, model: Checkpoint, role: str) -> GramFile:
+        """`path` as the Gram file of `model` (role "vlm" or "donor"). Raises MergescopeError for a file
+        of another model or version, PlanError for Grams whose shapes do not fit this architecture."""
+        grams = GramFile(path, model.fingerprint(), "VLM" if role == "vlm" else "donor")
+        for slot_name, module in self.linear_modules.items():
+            fan_in = self._fan_in[slot_name]
+            if module in grams and grams.shape(module) != (fan_in, fan_in):
+                raise PlanError(f"{grams.path}: the Gram of {module} is {list(grams.shape(module))}, but that "
+                                f"layer takes {fan_in} inputs — Gram file of another architecture")
+        return grams
+
+    def files(self, donor_fingerprint: str) -> dict[str, GramFile]:
+        """The attached files a merge with that donor uses, by role ("vlm", "donor")."""
+        found = {"vlm": self._vlm, "donor": self._by_donor.get(donor_fingerprint)}
+        return {role: grams for role, grams in found.items() if grams is not None}
+
+    def install(self, files: dict[str, GramFile], donor_fingerprint: str) -> None:
+        """Make `files` (from `open`; a missing role detaches that role) the ones used with that donor."""
+        self._vlm = files.get("vlm")
+        if "donor" in files:
+            self._by_donor[donor_fingerprint] = files["donor"]
+        else:
+            self._by_donor.pop(donor_fingerprint, None)
+
+    def fingerprints(self, donor_fingerprint: str) -> dict[str, str | None]:
+        """Identity of the statistics a merge with that donor uses (part of a regmean answer's cache key)."""
+        files = self.files(donor_fingerprint)
+        return {role: files[role].fingerprint() if role in files else None for role in ("vlm", "donor")}
+
+    def identity(self, needing: dict[str, str], donor_fingerprint: str) -> str:
+        """The fingerprint pair that tags regmean targets, after checking that every linear layer in
+        `needing` (slot name → method name) has a Gram in both files. Raises PlanError naming what is
+        missing and how to compute it."""
+        files = self.files(donor_fingerprint)
+        methods = sorted(set(needing.values()))
+        missing_files = [role for role in ("vlm", "donor") if role not in files]
+        if missing_files:
+            raise PlanError(f"method {methods[0]!r} needs Gram statistics of both models; not attached: "
+                            f"{' and '.join(missing_files)}. Compute them with `python -m merging grams --model M "
+                            f"--data D --out F` and attach them with MergeEngine(pair, grams={{'vlm': F_vlm, "
+                            f"'donor': F_donor}}) (CLI: --grams-vlm, --grams-donor)")
+        for role, grams in files.items():
+            lacking = [self.linear_modules[n] for n in needing if self.linear_modules[n] not in grams]
+            if lacking:
+                raise PlanError(f"{grams.path} ({role}, modules: {grams.scope}) has no Gram for {len(lacking)} "
+                                f"linear layer(s) the plan merges with {methods[0]!r}, e.g. {lacking[:3]}; "
+                                f"restrict the rule (e.g. to self_attn) or recompute with --modules all")
+        return "{}:{}".format(files["vlm"].fingerprint(), files["donor"].fingerprint())
+
+    def pair_for(self, slot_name: str, donor_fingerprint: str,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(G_VLM, G_donor), float32 [in, in] on `device`, for a linear layer's weight; None for any
+        other tensor (RegMean merges those linearly)."""
+        module = self.linear_modules.get(slot_name)
+        if module is None:
+            return None
+        files = self.files(donor_fingerprint)
+        return files["vlm"].get(module).to(device), files["donor"].get(module).to(device)

@@ -25,11 +25,14 @@ PLAN_NAME = "mergescope_plan.yaml"  # the file a plan is saved as beside an expo
 
 @dataclass(frozen=True)
 class Target:
-    """What one tensor should hold: the merge of VLM and donor by `method` at `alpha`."""
+    """What one tensor should hold: the merge of VLM and donor by `method` at `alpha` (the donor's
+    weight, in [0, 1]) with the method's `params`; `grams` identifies the Gram files a RegMean value
+    was computed with (None for every other method), so other statistics make it a different target."""
 
     method: str
     alpha: float
     params: tuple[tuple[str, float | int], ...] = ()
+    grams: str | None = None
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,7 @@ def test_files_that_are_not_gram_files_are_refused(merged_engine, tmp_path, qwen
     with pytest.raises(MergescopeError, match="VLM Gram file"):
         engine.set_grams(bogus, None)
     wrong_shape = tmp_path / "wrong.safetensors"
-    meta = engine.grams["vlm"].metadata
+    meta = engine.gram_files()["vlm"].metadata
     write_safetensors(wrong_shape, [("layers.0.self_attn.q_proj", torch.float32, (3, 3))],
                       lambda name: torch.eye(3), dict(meta, aliases="{}"))
     with pytest.raises(PlanError, match="takes 64 inputs"):
@@ -266,7 +266,7 @@ def test_plans_the_grams_cannot_serve_change_nothing(merged_engine, qwen_dirs):
         regmean_plan(gamma=1.5)
     with pytest.raises(PlanError, match="needs Gram statistics of both models; not attached: donor"):
         # detaching would break the current plan
-        engine.set_grams(engine.grams["vlm"].path, None)
+        engine.set_grams(engine.gram_files()["vlm"].path, None)
     assert_unchanged(engine, good, state)
     # no Grams at all: refused before the first write, naming the command to run
     pair = load_pair(*qwen_dirs)
@@ -314,9 +314,9 @@ def test_a_donor_keeps_its_grams_across_a_donor_switch(qwen_dirs, gram_files, tm
     engine = MergeEngine(pair, grams={"vlm": files["vlm"], "donor": files["donor"]})
     own, other = pair.donor, Checkpoint(build_qwen_pair(tmp_path, seed=7)[1])
     engine.set_donor(other)
-    assert set(engine.grams) == {"vlm"}  # the donor's statistics belong to the donor that left
+    assert set(engine.gram_files()) == {"vlm"}  # the donor's statistics belong to the donor that left
     engine.set_donor(own)
-    assert engine.grams["donor"].path == files["donor"]
+    assert engine.gram_files()["donor"].path == files["donor"]
 
 
 def test_the_app_refuses_one_gram_file_before_loading_anything(tmp_path):
