@@ -51,7 +51,7 @@ def qwen_engine(qwen_pair):
 def failing_method():
     """Registers linear-merge methods that raise `error` on their `call`-th tensor: stand-ins for an
     out-of-memory or device error mid-apply. Returns the method's name; unregistered afterwards."""
-    from merging.methods import REGISTRY, Method, linear, register
+    from merging.methods import REGISTRY, linear, merge_method
     names = []
 
     def make(name: str, call: int, error: BaseException) -> str:
@@ -63,7 +63,7 @@ def failing_method():
                 raise error
             linear(out, vlm, donor, base, alpha)
 
-        register(Method(name, fn, f"linear, but tensor {call} raises {type(error).__name__}"))
+        merge_method(name, formula=f"linear, but tensor {call} raises {type(error).__name__}")(fn)
         names.append(name)
         return name
 

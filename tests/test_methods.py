@@ -9,7 +9,7 @@ import torch
 
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, PlanError, load_pair
-from merging import methods
+from merging.methods import dare, registry
 from merging.methods import (REGISTRY, Method, dare_linear, dare_ties, linear, regmean, regmean_solve, slerp,
                              task_arithmetic, ties)
 
@@ -42,7 +42,7 @@ def close(got, expected, rtol=1e-5, atol=1e-6):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Force many chunks on small tensors, so chunked accumulation and streaming are exercised."""
-    monkeypatch.setattr(methods, "CHUNK_ELEMENTS", 257)
+    monkeypatch.setattr(registry, "CHUNK_ELEMENTS", 257)
 
 
 # -- linear and slerp ----------------------------------------------------------------------------
@@ -275,9 +275,9 @@ def test_dare_masks_are_seeded_by_the_tensor_name():
         assert torch.equal(run(fn, vlm, donor, base, 1.0, seed=3), run(fn, vlm, donor, base, 1.0, seed=3))
         assert not torch.equal(run(fn, vlm, donor, base, 1.0, seed=3), q0)
     # the mix is a fixed function of the string, the same in every process (no Python hash())
-    assert methods._name_hash("a") == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vector
-    assert methods._dare_stream_seed(0, (2, 3), 1, "a") == methods._dare_stream_seed(0, (2, 3), 1, "a")
-    assert methods._dare_stream_seed(0, (2, 3), 1, "a") != methods._dare_stream_seed(0, (2, 3), 1, "b")
+    assert dare.name_hash("a") == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vector
+    assert dare.stream_seed(0, (2, 3), 1, "a") == dare.stream_seed(0, (2, 3), 1, "a")
+    assert dare.stream_seed(0, (2, 3), 1, "a") != dare.stream_seed(0, (2, 3), 1, "b")
 
 
 def test_dare_keeps_about_density_of_the_entries_rescaled():

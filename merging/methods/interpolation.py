@@ -1,0 +1,64 @@
+"""Linear interpolation and spherical interpolation (slerp) of the VLM's and the donor's tensors."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .registry import Tensor, chunks, merge_method
+
+SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide by, interpolate linearly
+
+
+@merge_method("linear", formula="θ = θ_V + α·(θ_L − θ_V)",
+              source="weight averaging (Wortsman et al. 2022, model soups); mergekit `linear`")
+def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
+    """α = 0 and α = 1 give θ_V and θ_L (cast to out's dtype) exactly."""
+    if alpha == 0 or alpha == 1:
+        # in floating point θ_V + 1·(θ_L − θ_V) need not round back to θ_L: copy the endpoints
+        out.copy_(vlm if alpha == 0 else donor)
+        return
+    if vlm.dtype == donor.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):
+        # torch.lerp on half types computes each element in fp32 and rounds once, fused, at memory
+        # speed (no full-size temporaries). Its fp32 arithmetic differs from the loop below (fused
+        # multiply-add; for α ≥ 0.5 it computes θ_L − (1−α)·(θ_L − θ_V)), which moves about 1e-4 of
+        # the elements by one bf16 step. Both are deterministic, so history independence holds.
+        torch.lerp(vlm, donor, alpha, out=out)
+        return
+    for o, v, d in chunks(out, vlm, donor):
+        v32 = v.to(torch.float32)  # may alias the (read-only) original: never modify it in place
+        o.copy_(d.to(torch.float32).sub(v32).mul_(alpha).add_(v32))
+
+
+@merge_method("slerp", formula="θ = [sin((1−α)Ω)·θ_V + sin(αΩ)·θ_L] / sin Ω, cos Ω = ⟨θ_V, θ_L⟩/(‖θ_V‖‖θ_L‖); "
+                               "linear if |cos Ω| > 0.9995",
+              source="Shoemake 1985; mergekit `slerp`, FusionBench")
+def slerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
+    """Spherical interpolation of the whole tensors, flattened to vectors, unnormalised; cos Ω is
+    clamped to [−1, 1]. Falls back to `linear` when nearly collinear or anti-collinear, or when
+    either tensor is all zeros. α = 0 and α = 1 return θ_V and θ_L exactly. The dot product and
+    norms are accumulated chunk by chunk in fp32.
+    """
+    if alpha == 0 or alpha == 1:
+        out.copy_(vlm if alpha == 0 else donor)
+        return
+    sums = torch.zeros(3, dtype=torch.float32, device=out.device)  # ⟨V, L⟩, ‖V‖², ‖L‖²
+    for v, d in chunks(vlm, donor):
+        v32, d32 = v.to(torch.float32), d.to(torch.float32)
+        sums += torch.stack([torch.dot(v32, d32), torch.dot(v32, v32), torch.dot(d32, d32)])
+    dot, vv, dd = sums.tolist()
+    if not (vv > 0 and dd > 0):
+        linear(out, vlm, donor, base, alpha)
+        return
+    cos = max(-1.0, min(1.0, dot / math.sqrt(vv * dd)))
+    if abs(cos) > SLERP_COLLINEAR:
+        linear(out, vlm, donor, base, alpha)
+        return
+    omega = math.acos(cos)
+    c_v = math.sin((1 - alpha) * omega) / math.sin(omega)
+    c_l = math.sin(alpha * omega) / math.sin(omega)
+    for o, v, d in chunks(out, vlm, donor):
+        # .to() may alias the read-only originals: torch.mul makes the one fresh temporary
+        o.copy_(torch.mul(d.to(torch.float32), c_l).add_(v.to(torch.float32), alpha=c_v))
