@@ -1,18 +1,7 @@
-"""Per-layer α curves: α_l is the donor LLM's weight in decoder layer l (0 = keep the VLM).
+"""Per-layer α curves: α_l is the donor LLM's weight in decoder layer l (0 = keep the VLM), in [0, 1].
 
-Every preset is an exact formula over L decoder layers, l = 0..L-1:
-
-- constant(value):        α_l = value
-- linear(start, end):     α_l = start + (end - start) · l / (L - 1)
-- loglinear(start, end):  geometric spacing from start to end, α_l = a · (b / a)^(l / (L - 1)), where
-                          a, b are start, end floored at max(start, end) / 100 so that a ramp from 0
-                          works. Early layers stay near the VLM and α rises late. This is our reading of
-                          the blog's "Method 3" (log-scale ramp), which gives no formula.
-- step(layer, value):     α_l = 0 for l < layer, else value ("layer swap": the first layers stay VLM)
-- anchors(values s_0..s_{n-1}): mergekit's gradient. t = l / (L - 1), x = t · (n - 1), i0 = ⌊x⌋,
-                          i1 = min(n - 1, i0 + 1), f = x - i0, α_l = (1 - f) · s_i0 + f · s_i1
-- custom(values):         α_l = values[l], drawn by hand; exactly L values
-
+Every preset is an exact formula over L decoder layers, l = 0..L-1, declared once with `@preset`
+(name, formula, parameter kinds); plan validation, the UI and the docs read that declaration.
 Tensors outside the layers (embed_tokens, final norm, lm_head) take `non_layer` if the curve gives
 it, else α_0 — mergekit's convention (it plans them with t = 0).
 """
@@ -20,23 +9,53 @@ it, else α_0 — mergekit's convention (it plans them with t = 0).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 from .errors import PlanError
+
+KINDS = ("alpha", "layer", "alphas")  # a float in [0, 1]; an int ≥ 0; a non-empty list of floats in [0, 1]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A curve preset: `fn(num_layers, **params) -> [α_0 .. α_{L−1}]`, its formula, and each parameter's kind."""
+
+    name: str
+    fn: Callable[..., list[float]]
+    formula: str
+    kinds: dict[str, str]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def preset(name: str, formula: str, **kinds: str) -> Callable:
+    """Register the decorated function as curve preset `name`; `kinds` maps each parameter to a KIND."""
+    def register(fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
+        assert set(kinds.values()) <= set(KINDS), kinds
+        PRESETS[name] = Preset(name, fn, formula, kinds)
+        return fn
+    return register
 
 
 def _position(l: int, num_layers: int) -> float:
     return l / (num_layers - 1) if num_layers > 1 else 0.0
 
 
+@preset("constant", "α_l = value", value="alpha")
 def constant(num_layers: int, value: float) -> list[float]:
     return [value] * num_layers
 
 
+@preset("linear", "α_l = start + (end − start)·l/(L−1)", start="alpha", end="alpha")
 def linear(num_layers: int, start: float, end: float) -> list[float]:
     return [start + (end - start) * _position(l, num_layers) for l in range(num_layers)]
 
 
+@preset("loglinear", "α_l = a·(b/a)^(l/(L−1)), a, b = start, end floored at max(start, end)/100 (so a ramp "
+        "from 0 works) — our reading of the blog's log-scale ramp (\"Method 3\"), which gives no formula",
+        start="alpha", end="alpha")
 def loglinear(num_layers: int, start: float, end: float) -> list[float]:
     top = max(start, end)
     if top == 0:
@@ -45,10 +64,14 @@ def loglinear(num_layers: int, start: float, end: float) -> list[float]:
     return [a * (b / a) ** _position(l, num_layers) for l in range(num_layers)]
 
 
+@preset("step", "α_l = 0 for l < layer, else value (layer swap: the first layers stay the VLM)",
+        layer="layer", value="alpha")
 def step(num_layers: int, layer: int, value: float) -> list[float]:
     return [0.0 if l < layer else value for l in range(num_layers)]
 
 
+@preset("anchors", "mergekit's gradient through anchors s_0..s_{n−1}: x = l/(L−1)·(n−1), "
+        "α_l = (1 − f)·s_⌊x⌋ + f·s_min(n−1, ⌊x⌋+1), f = x − ⌊x⌋", values="alphas")
 def anchors(num_layers: int, values: list[float]) -> list[float]:
     n = len(values)
     alphas = []
@@ -61,22 +84,11 @@ def anchors(num_layers: int, values: list[float]) -> list[float]:
     return alphas
 
 
+@preset("custom", "α_l = values[l], drawn by hand; exactly L values", values="alphas")
 def custom(num_layers: int, values: list[float]) -> list[float]:
     if len(values) != num_layers:
         raise PlanError(f"custom curve has {len(values)} values but the model has {num_layers} decoder layers")
     return list(values)
-
-
-# preset name → (function, {parameter: kind}); kinds: "alpha" (a float in [0, 1]), "layer" (an int ≥ 0),
-# "alphas" (a non-empty list of floats in [0, 1])
-PRESETS: dict[str, tuple[Callable[..., list[float]], dict[str, str]]] = {
-    "constant": (constant, {"value": "alpha"}),
-    "linear": (linear, {"start": "alpha", "end": "alpha"}),
-    "loglinear": (loglinear, {"start": "alpha", "end": "alpha"}),
-    "step": (step, {"layer": "layer", "value": "alpha"}),
-    "anchors": (anchors, {"values": "alphas"}),
-    "custom": (custom, {"values": "alphas"}),
-}
 
 
 def check_alpha(value: object, where: str) -> float:
@@ -98,7 +110,7 @@ def normalize_curve(curve: object, where: str = "curve") -> dict:
     preset = curve.get("preset")
     if preset not in PRESETS:
         raise PlanError(f"{where}.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    _, kinds = PRESETS[preset]
+    kinds = PRESETS[preset].kinds
     allowed = set(kinds) | {"preset", "non_layer"}
     extra = sorted(set(curve) - allowed)
     if extra:
@@ -125,8 +137,8 @@ def normalize_curve(curve: object, where: str = "curve") -> dict:
 
 def layer_alphas(curve: dict, num_layers: int) -> list[float]:
     """α for each decoder layer of a normalized curve."""
-    fn, kinds = PRESETS[curve["preset"]]
-    return fn(num_layers, **{k: curve[k] for k in kinds})
+    spec = PRESETS[curve["preset"]]
+    return spec.fn(num_layers, **{k: curve[k] for k in spec.kinds})
 
 
 def non_layer_alpha(curve: dict, alphas: list[float]) -> float:

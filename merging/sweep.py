@@ -81,7 +81,7 @@ def parse_grid(text: str, path: str = "grid") -> tuple[list[Cell], GenerationSet
 def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
     if not isinstance(template, dict) or template.get("preset") not in PRESETS:
         raise MergescopeError(f"{where}: a curve template like {{preset: linear, start: 0.0}}, got {template!r}")
-    _, kinds = PRESETS[template["preset"]]
+    kinds = PRESETS[template["preset"]].kinds
     open_keys = [k for k, kind in kinds.items() if kind == "alpha" and k not in template]
     if len(open_keys) != 1:
         raise MergescopeError(f"{where}: the template must leave exactly one α parameter open for the sweep "

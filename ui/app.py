@@ -40,14 +40,7 @@ GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a
 CHEAP = {"concurrency_limit": None, "queue": False}      # UI bookkeeping: never queued behind it
 COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
                     ("Embeddings", ("embed_tokens",)), ("Final norm", ("norm",)), ("LM head", ("lm_head",))]
-PRESET_FORMULAS = {
-    "constant": "α_l = value",
-    "linear": "α_l = start + (end − start)·l/(L−1)",
-    "loglinear": "α_l = a·(b/a)^(l/(L−1)), a, b = start, end floored at max/100 — our reading of the blog's "
-                 "log-scale ramp (Method 3), which gives no formula",
-    "step": "α_l = 0 for l < layer, else value (layer swap)",
-    "anchors": "mergekit's gradient: piecewise-linear through evenly spaced anchor values",
-}
+DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
 DEFAULT_GRID = """settings:
   Setting 1: [all]
   Setting 2: [self_attn]
@@ -220,14 +213,14 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                     gr.Markdown("**α per layer** — drag across the bars, apply a preset, or edit the table.")
                     curve = curve_editor(L, start_alphas)
                     with gr.Row():
-                        preset = gr.Dropdown(list(PRESET_FORMULAS), value="loglinear", label="Preset",
+                        preset = gr.Dropdown(DRAWN_PRESETS, value="loglinear", label="Preset",
                                              elem_id="preset")
                         p_value = gr.Number(0.4, label="value", minimum=0, maximum=1)
                         p_start = gr.Number(0.05, label="start", minimum=0, maximum=1)
                         p_end = gr.Number(0.4, label="end", minimum=0, maximum=1)
                         p_layer = gr.Number(L // 2, label="layer", precision=0, minimum=0, maximum=L)
                         p_anchors = gr.Textbox("0, 0.3, 0.6", label="anchors")
-                    preset_formula = gr.Markdown(PRESET_FORMULAS["loglinear"], elem_id="preset-formula")
+                    preset_formula = gr.Markdown(curves.PRESETS["loglinear"].formula, elem_id="preset-formula")
                     apply_preset = gr.Button("Apply preset", elem_id="apply-preset")
                     table = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
                                          elem_id="alpha-table", row_count=L)
@@ -320,12 +313,12 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             try:
                 spec = {"preset": name, "value": value, "start": start, "end": end, "layer": int(layer or 0),
                         "values": [float(x) for x in str(anchor_text).replace(",", " ").split()]}
-                _, kinds = curves.PRESETS[name]
+                kinds = curves.PRESETS[name].kinds
                 curve_spec = curves.normalize_curve({"preset": name, **{k: spec[k] for k in kinds}}, name)
                 alphas = curves.layer_alphas(curve_spec, L)
             except (MergescopeError, ValueError) as exc:
                 return gr.update(), gr.update(), gr.update(), f"⚠️ {exc}"
-            return (alphas, *show_curve(alphas, pinned), f"Applied {name}: {PRESET_FORMULAS[name]}")
+            return (alphas, *show_curve(alphas, pinned), f"Applied {name}: {curves.PRESETS[name].formula}")
 
         def on_table(frame, pinned):
             try:
@@ -343,7 +336,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         setting1.click(lambda: all_roles, None, components, **CHEAP)
         setting2.click(lambda: attention, None, components, **CHEAP)
         method.change(on_method, method, [method_formula, *param_boxes], **CHEAP)
-        preset.change(lambda n: PRESET_FORMULAS[n], preset, preset_formula, **CHEAP)
+        preset.change(lambda n: curves.PRESETS[n].formula, preset, preset_formula, **CHEAP)
         apply_preset.click(on_preset_apply, [preset, p_value, p_start, p_end, p_layer, p_anchors, pinned_plan],
                            [curve, table, preview, status], **CHEAP)
         curve.change(show_curve, [curve, pinned_plan], [table, preview], **CHEAP)
