@@ -16,7 +16,7 @@ from merging.grams import gram_paths
 from merging.evaluate import load_eval_set
 from merging.known_pairs import KNOWN_PAIRS, resolve_models
 from merging.pair import resolve_model_dir
-from merging.service import Answerer
+from merging.answerer import Answerer
 
 PUBLIC_MAX_UPLOAD = "5mb"
 PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instead of piling up

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
 from merging.generate import GenerationSettings  # noqa: E402
-from merging.service import Answerer  # noqa: E402
+from merging.answerer import Answerer  # noqa: E402
 from toy.tiny import build_qwen_pair  # noqa: E402
 from ui.app import Explorer, build_app  # noqa: E402
 

@@ -62,12 +62,12 @@ def cmd_inspect(args) -> dict:
 def cmd_answer(args) -> dict:
     from cache import AnswerCache
 
-    from .generate import GenerationSettings, build_question, load_image
+    from .generate import GenerationSettings, check_question, load_image
     from .plan import MergePlan
-    from .service import Answerer
+    from .answerer import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = load_image(args.image) if args.image else None
-    build_question(args.question)  # a bad question fails before the model is loaded
+    check_question(args.question)  # a bad question fails before the model is loaded
     answerer = Answerer(_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     result = answerer.ask(plan, args.question, image, settings)
@@ -101,7 +101,7 @@ def cmd_sweep(args) -> dict:
     from cache import AnswerCache
 
     from .evaluate import load_eval_set
-    from .service import Answerer
+    from .answerer import Answerer
     from .sweep import load_grid, run_sweep, write_results
     cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)

@@ -12,7 +12,7 @@ import contextlib
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from PIL import Image
@@ -53,12 +53,12 @@ class GenerationSettings:
 def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
-            return check_image(img).convert("RGB")
+            return fit_image(img).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MergescopeError(f"{path}: not a readable image ({exc})") from exc
 
 
-def check_image(image: Image.Image) -> Image.Image:
+def fit_image(image: Image.Image) -> Image.Image:
     """Refuse huge images; downscale large ones (keeping the aspect ratio) to MAX_MODEL_PIXELS."""
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
@@ -70,7 +70,7 @@ def check_image(image: Image.Image) -> Image.Image:
     return image
 
 
-def build_question(question: str) -> str:
+def check_question(question: str) -> str:
     """The question stripped, or a clear error when it is empty or too long."""
     question = question.strip()
     if not question:
@@ -80,13 +80,9 @@ def build_question(question: str) -> str:
     return question
 
 
-def tokenizer_in(processor):
-    """The tokenizer of a processor (a causal LM's processor is its tokenizer)."""
+def text_tokenizer(processor: Any) -> Any:
+    """The text tokenizer of `processor` (a VLM's ProcessorMixin, or a causal LM's tokenizer itself)."""
     return getattr(processor, "tokenizer", processor)
-
-
-def tokenizer_of(pair: ModelPair):
-    return tokenizer_in(pair.processor)
 
 
 def chat_prompt(processor, question: str, with_image: bool) -> str:
@@ -103,11 +99,11 @@ def chat_prompt(processor, question: str, with_image: bool) -> str:
 def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, reference: str = "") -> dict:
     """Chat-template the question (with the image, if any) into model inputs; `reference` follows the
     assistant prompt (for scoring)."""
-    question = build_question(question)
+    question = check_question(question)
     if image is not None and not pair.is_multimodal:
         raise MergescopeError("this model reads text only; ask without an image")
     if image is not None:
-        image = check_image(image)
+        image = fit_image(image)
     prompt = chat_prompt(pair.processor, question, with_image=image is not None)
     if pair.is_multimodal:
         inputs = pair.processor(text=[prompt + reference], images=[image] if image is not None else None,
@@ -118,7 +114,7 @@ def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, refe
 
 
 def _generate_kwargs(pair: ModelPair, settings: GenerationSettings) -> dict:
-    tokenizer = tokenizer_of(pair)
+    tokenizer = text_tokenizer(pair.processor)
     kwargs = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
               "do_sample": settings.seed is not None}
     if settings.seed is not None:
@@ -145,7 +141,7 @@ def answer(pair: ModelPair, question: str, image: Image.Image | None = None,
     inputs = build_inputs(pair, question, image)
     output = pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings))
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    return _trim_stop(tokenizer_of(pair).decode(new_tokens, skip_special_tokens=True), settings.stop)
+    return _trim_stop(text_tokenizer(pair.processor).decode(new_tokens, skip_special_tokens=True), settings.stop)
 
 
 class _UntilSet(StoppingCriteria):
@@ -169,7 +165,7 @@ def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = No
     closed tab) stops generation at the next token, so the lock is given back at once.
     """
     inputs = build_inputs(pair, question, image)
-    streamer = TextIteratorStreamer(tokenizer_of(pair), skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(text_tokenizer(pair.processor), skip_prompt=True, skip_special_tokens=True)
     abandoned = threading.Event()
     errors: list[BaseException] = []
 
@@ -197,8 +193,9 @@ def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = No
 
 
 @torch.no_grad()
-def score(pair: ModelPair, question: str, reference: str, image: Image.Image | None = None) -> float:
-    """Mean log-probability per token of `reference` as the answer (teacher forcing)."""
+def reference_logprob(pair: ModelPair, question: str, reference: str, image: Image.Image | None = None) -> float:
+    """Mean natural-log probability per token (nats, ≤ 0) of `reference` as the answer, by teacher
+    forcing. Raises MergescopeError for an empty reference, question or a bad image."""
     prompt_len = build_inputs(pair, question, image)["input_ids"].shape[1]
     inputs = build_inputs(pair, question, image, reference=reference)
     logits = pair.vlm(**inputs).logits[0, prompt_len - 1:-1].float()

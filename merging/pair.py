@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint
 from .errors import CheckpointError, LayoutError, MergescopeError
 from .layout import Layout, build_layout
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a VLM needs to run; a donor or base needs only its weights and config.
 VLM_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -136,15 +136,15 @@ class ModelPair:
 
 
 def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torch.nn.Module, Any]:
-    if dtype not in DTYPES:
-        raise MergescopeError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    if dtype not in DTYPE_CHOICES:
+        raise MergescopeError(f"dtype {dtype!r}: choose one of {sorted(DTYPE_CHOICES)}")
     config = load_config(path)
     model_cls = model_class(config)
     multimodal = model_cls is AutoModelForImageTextToText
     device = pick_device(device)
     print(check_fits(config, config_dtype(config, dtype), str(device)), file=sys.stderr)  # before the load
     placement = {"device_map": "auto"} if device == "auto-multi" else {"device_map": device}
-    model = model_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
+    model = model_cls.from_pretrained(path, dtype=DTYPE_CHOICES[dtype], use_safetensors=True,
                                       trust_remote_code=False, **placement)
     model.eval().requires_grad_(False)
     processor = (AutoProcessor if multimodal else AutoTokenizer).from_pretrained(path, trust_remote_code=False)

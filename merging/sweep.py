@@ -33,7 +33,7 @@ from .errors import MergescopeError, PlanError
 from .evaluate import EvalItem, score
 from .generate import GenerationSettings
 from .plan import MergePlan
-from .service import Answerer
+from .answerer import Answerer
 
 BASELINE = ("base VLM", "-", None)
 

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from merging.errors import MergescopeError
-from merging.generate import (MAX_MODEL_PIXELS, GenerationSettings, answer, build_inputs, check_image, score,
+from merging.generate import (MAX_MODEL_PIXELS, GenerationSettings, answer, build_inputs, fit_image, reference_logprob,
                               stream_answer)
 
 IMAGE = Image.new("RGB", (56, 56), (250, 200, 0))
@@ -36,8 +36,8 @@ def test_text_only_question_and_stop_strings(qwen_pair):
 
 def test_image_limits():
     with pytest.raises(MergescopeError, match="the limit is 16.8 MP"):
-        check_image(Image.new("RGB", (5000, 4000)))
-    shrunk = check_image(Image.new("RGB", (2000, 1000)))
+        fit_image(Image.new("RGB", (5000, 4000)))
+    shrunk = fit_image(Image.new("RGB", (2000, 1000)))
     assert shrunk.size[0] * shrunk.size[1] <= MAX_MODEL_PIXELS and abs(shrunk.size[0] / shrunk.size[1] - 2) < 0.01
 
 
@@ -65,7 +65,7 @@ def test_score_is_the_mean_log_probability_of_the_reference_tokens(qwen_pair):
         logprobs = torch.log_softmax(qwen_pair.vlm(**full).logits[0].float(), dim=-1)
     targets = full["input_ids"][0, -n_ref:]
     expected = logprobs[-n_ref - 1:-1].gather(1, targets[:, None]).mean()
-    assert score(qwen_pair, "How many?", reference, IMAGE) == pytest.approx(float(expected), abs=1e-5)
+    assert reference_logprob(qwen_pair, "How many?", reference, IMAGE) == pytest.approx(float(expected), abs=1e-5)
     assert -20 < float(expected) < 0
     with pytest.raises(MergescopeError, match="reference answer is empty"):
-        score(qwen_pair, "How many?", "", IMAGE)
+        reference_logprob(qwen_pair, "How many?", "", IMAGE)

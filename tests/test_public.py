@@ -9,7 +9,7 @@ from gradio_client import Client
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.generate import GenerationSettings
-from merging.service import Answerer
+from merging.answerer import Answerer
 from ui.app import PUBLIC_MAX_NEW_TOKENS, Explorer, build_app
 
 

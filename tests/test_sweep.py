@@ -100,7 +100,7 @@ def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
     from merging import MergeEngine, load_pair
     from merging.checkpoint import Checkpoint
     from merging.evaluate import load_eval_set
-    from merging.service import Answerer
+    from merging.answerer import Answerer
     from merging.sweep import parse_grid, run_sweep
     from toy.tiny import build_qwen_pair
     other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])

@@ -15,7 +15,7 @@ from merging.checkpoint import Checkpoint
 from merging.evaluate import load_eval_set
 from merging.known_pairs import NO_SHARED_SEED, resolve_models
 from merging.generate import GenerationSettings
-from merging.service import Answerer
+from merging.answerer import Answerer
 from ui.app import Explorer, build_app
 
 CHROMIUM = "/usr/bin/chromium"

@@ -27,7 +27,7 @@ import torch
 
 from . import world
 from merging.evaluate import EvalItem, score
-from merging.generate import chat_prompt, tokenizer_in
+from merging.generate import chat_prompt, text_tokenizer
 
 MAX_NEW_TOKENS = 6
 SETTINGS = {"Setting 1": ["all"], "Setting 2": ["self_attn"]}
@@ -53,7 +53,7 @@ def generate_batch(model, processor, items: list[world.Item], max_new_tokens: in
     generate() derives positions from the attention mask (Qwen2.5-VL's 3D ones too), so padding does
     not change an answer beyond floating-point noise; a test checks equality with `answer()`.
     """
-    tokenizer = tokenizer_in(processor)
+    tokenizer = text_tokenizer(processor)
     prompts = [_prompt(processor, it) for it in items]
     answers: list[str] = [""] * len(items)
     side = tokenizer.padding_side

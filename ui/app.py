@@ -25,11 +25,11 @@ from merging.errors import MergescopeError
 from merging.evaluate import EvalItem, load_eval_set
 from merging.export import export_checkpoint
 from merging.mergekit_config import mergekit_yaml
-from merging.generate import GenerationSettings, build_question
+from merging.generate import GenerationSettings, check_question
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
 from merging.methods import REGISTRY, ParamDef
 from merging.plan import MergePlan
-from merging.service import Answerer
+from merging.answerer import Answerer
 from merging.sweep import parse_grid, run_sweep
 
 from .curve_editor import curve_editor
@@ -358,7 +358,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                        request: gr.Request = None):
             try:
                 explorer.admit(request)
-                q = build_question(q or "")
+                q = check_question(q or "")
                 if img is None and not text_only_q:
                     raise MergescopeError("this question needs an image: pick an example or upload one, "
                                           "or tick 'Text-only question'")

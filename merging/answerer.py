@@ -20,7 +20,7 @@ from cache import AnswerCache
 from .checkpoint import Checkpoint
 from .engine import MergeEngine
 from .errors import MergescopeError
-from .generate import GenerationSettings, answer, stream_answer, tokenizer_of
+from .generate import GenerationSettings, answer, stream_answer, text_tokenizer
 from .pair import ModelPair
 from .plan import MergePlan
 
@@ -128,6 +128,6 @@ class Answerer:
                 text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
         if self.cache is not None:
-            tokens = len(tokenizer_of(self.engine.pair).encode(text, add_special_tokens=False))
+            tokens = len(text_tokenizer(self.engine.pair.processor).encode(text, add_special_tokens=False))
             self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
         yield dict(result, answer=text, seconds=seconds, done=True)
