@@ -4,14 +4,13 @@ Builds a tiny Qwen2.5-VL + Qwen2 pair locally, then times `Answerer.ask` for a m
 image question: `miss_s` (apply + generate + store, median over fresh cache directories) and `hit_s`
 (served from the diskcache on disk, median of 20). Target: hit_s ≤ 0.02.
 
-Run: python benchmarks/cache.py    → one JSON object on stdout
+Run (after `pip install -e .`): python benchmarks/cache.py    → one JSON object on stdout
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,13 +18,11 @@ from pathlib import Path
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cache import AnswerCache  # noqa: E402
-from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
-from merging.generate import GenerationSettings  # noqa: E402
-from merging.answerer import Answerer  # noqa: E402
-from toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
+from cache import AnswerCache
+from merging import MergeEngine, MergePlan, load_pair
+from merging.generate import GenerationSettings
+from merging.answerer import Answerer
+from toy.tiny import DecoderShape, build_qwen_pair
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"],
                                        "curve": {"preset": "loglinear", "start": 0.05, "end": 0.4}}]})

@@ -6,7 +6,7 @@ so every answer is computed). Afterwards every answer is recomputed alone, one p
 cache: `contamination` counts answers that differ (a plan leaking into another's weights), `lost`
 counts requests that never came back. Prints one JSON object.
 
-Run: python benchmarks/load.py [--clients 8 --requests 4]
+Run (after `pip install -e .`): python benchmarks/load.py [--clients 8 --requests 4]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,14 +22,12 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cache import AnswerCache  # noqa: E402
-from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
-from merging.generate import GenerationSettings  # noqa: E402
-from merging.answerer import Answerer  # noqa: E402
-from toy.tiny import build_qwen_pair  # noqa: E402
-from ui.app import Explorer, build_app  # noqa: E402
+from cache import AnswerCache
+from merging import MergeEngine, MergePlan, load_pair
+from merging.generate import GenerationSettings
+from merging.answerer import Answerer
+from toy.tiny import build_qwen_pair
+from ui.app import Explorer, build_app
 
 QUESTION, TOKENS = "Which colour comes next?", 12
 
@@ -78,7 +75,8 @@ def main() -> None:
         alone = Answerer(engine, cache=None)
         settings = GenerationSettings(max_new_tokens=TOKENS)
         contamination = sum(1 for plan, result, _ in runs
-                            if result is not None and result["answer"] != alone.ask(plan, QUESTION, None, settings)["answer"])
+                            if result is not None
+                            and result["answer"] != alone.ask(plan, QUESTION, None, settings)["answer"])
         latencies = sorted(t for _, result, t in runs if result is not None)
         print(json.dumps({
             "clients": args.clients, "requests": len(runs), "answered": len(latencies),

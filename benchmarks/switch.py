@@ -21,7 +21,7 @@ loads them with `merging.load_pair`, and prints ONE JSON object to stdout (logs 
 - restore_bit_exact   after everything, every merged parameter equals the VLM file bit for bit
 - params, language_model_bytes, attention_bytes, torch_threads, device
 
-Run: python benchmarks/switch.py [--device cuda]
+Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import merging  # noqa: E402
-from toy.tiny import DecoderShape, build_qwen_pair  # noqa: E402
+import merging
+from toy.tiny import DecoderShape, build_qwen_pair
 
 SHAPE = DecoderShape(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16,
                      num_key_value_heads=4, intermediate_size=4096)

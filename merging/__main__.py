@@ -1,4 +1,6 @@
-"""Command line: python -m merging {inspect,answer,cache,sweep,grams,export} ... (add --json for one JSON object on stdout)."""
+"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,grams,export} ...
+
+Add --json for one JSON object on stdout."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def load_mathvista(path: Path) -> list[EvalItem]:
 
 
 def load_mathvision(path: Path) -> list[EvalItem]:
-    root = path.parent.parent if path.is_file() and path.parent.name == "data" else (path if path.is_dir() else path.parent)
+    in_data = path.is_file() and path.parent.name == "data"
+    root = path.parent.parent if in_data else (path if path.is_dir() else path.parent)
     items = []
     for rec in _read_records(path, "**/test*.parquet"):
         choices = tuple(rec.get("options") or ())

@@ -136,7 +136,8 @@ def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint)
         if rel != HEAD:
             return dprefix + rel if dprefix + rel in ckpt else None
         # a tied checkpoint stores no head: its embedding matrix is the head
-        return find_head_key(keys, dprefix) or (dprefix + "embed_tokens.weight" if dprefix + "embed_tokens.weight" in ckpt else None)
+        embed = dprefix + "embed_tokens.weight"
+        return find_head_key(keys, dprefix) or (embed if embed in ckpt else None)
 
     layout = Layout(num_layers=len(decoder.layers), slots=[])
     for rel, param in params.items():

@@ -180,7 +180,8 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
         for layer in range(layout.num_layers):
             p_vlm, p_donor, shared = _parameters(method, plan, layout, layer)
             sources = [{"model": vlm, "layer_range": [layer, layer + 1], **({"parameters": p_vlm} if p_vlm else {})},
-                       {"model": donor, "layer_range": [layer, layer + 1], **({"parameters": p_donor} if p_donor else {})}]
+                       {"model": donor, "layer_range": [layer, layer + 1],
+                        **({"parameters": p_donor} if p_donor else {})}]
             if base is not None:
                 sources.append({"model": base, "layer_range": [layer, layer + 1]})
             slices.append({"sources": sources, **({"parameters": shared} if shared else {})})

@@ -47,5 +47,6 @@ def sweep_lines(rows: list[dict]) -> go.Figure:
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     if base is not None:
         fig.add_hline(y=base, line_dash="dash", annotation_text="base VLM")
-    fig.update_layout(height=320, xaxis_title="α", yaxis_title="accuracy %", margin={"l": 40, "r": 10, "t": 20, "b": 40})
+    fig.update_layout(height=320, xaxis_title="α", yaxis_title="accuracy %",
+                      margin={"l": 40, "r": 10, "t": 20, "b": 40})
     return fig
