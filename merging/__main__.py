@@ -43,6 +43,7 @@ def _engine(args):
 
 
 def cmd_inspect(args) -> dict:
+    """Load the pair, print its layout, and the donor's distance from the VLM per layer and component."""
     from .distance import role_distances
     pair = _load(args)
     layout = pair.layout
@@ -62,6 +63,7 @@ def cmd_inspect(args) -> dict:
 
 
 def cmd_answer(args) -> dict:
+    """Answer one question with the base VLM and the merged plan (cached)."""
     from cache import AnswerCache
 
     from .generate import GenerationSettings, check_question, load_image
@@ -80,6 +82,7 @@ def cmd_answer(args) -> dict:
 
 
 def cmd_cache(args) -> dict:
+    """List, summarise or clear the answers cache."""
     from cache import AnswerCache
     store = AnswerCache(args.cache_dir)
     if args.action == "clear":
@@ -96,6 +99,7 @@ def cmd_cache(args) -> dict:
 
 
 def cmd_sweep(args) -> dict:
+    """Score a grid of plans on an eval set; write results.csv, results.json and heatmap.html."""
     from pathlib import Path
 
     from tqdm import tqdm
@@ -123,6 +127,7 @@ def cmd_sweep(args) -> dict:
 
 
 def cmd_grams(args) -> dict:
+    """Compute a model's Gram statistics on an eval set (for RegMean)."""
     from tqdm import tqdm
 
     from .grams import run_grams
@@ -140,6 +145,7 @@ def cmd_grams(args) -> dict:
 
 
 def cmd_export(args) -> dict:
+    """Write the merged checkpoint, its plan, model card and mergekit YAML."""
     from tqdm import tqdm
 
     from .export import export_checkpoint, parse_size
@@ -161,7 +167,8 @@ def cmd_export(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
+    """Run one command; returns the exit status (2 for an error the user can fix)."""
+    parser = argparse.ArgumentParser(prog="mergescope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="mapping report and per-layer VLM⇄donor distances")
     _pair_args(inspect)

@@ -91,6 +91,7 @@ class _SafetensorsFile:
         return _TensorEntry(self, dtype, shape, begin, end)
 
     def view(self, entry: _TensorEntry) -> torch.Tensor:
+        """A zero-copy CPU tensor over `entry`'s bytes in the memory map (shape and dtype from the header)."""
         count = math.prod(entry.shape)
         if count == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
@@ -165,18 +166,22 @@ class Checkpoint:
                               f"pickled .bin checkpoints are refused)")
 
     def keys(self) -> list[str]:
+        """Every tensor name in the checkpoint (all shards), in header order."""
         return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor `name` from the header (no data read); CheckpointError if absent."""
         return self._entry(name).shape
 
     def dtype(self, name: str) -> torch.dtype:
+        """The torch dtype of tensor `name` from the header; CheckpointError if absent."""
         return self._entry(name).dtype
 
     def nbytes(self, name: str) -> int:
+        """The size in bytes of tensor `name`'s data; CheckpointError if absent."""
         entry = self._entry(name)
         return entry.end - entry.begin
 
@@ -193,6 +198,7 @@ class Checkpoint:
 
     @property
     def metadata(self) -> dict[str, str]:
+        """The `__metadata__` string map of every shard, merged."""
         return {k: v for f in self._files for k, v in f.metadata.items()}
 
     def fingerprint(self) -> str:

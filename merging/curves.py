@@ -45,11 +45,13 @@ def _position(l: int, num_layers: int) -> float:
 
 @preset("constant", "α_l = value", value="alpha")
 def constant(num_layers: int, value: float) -> list[float]:
+    """[value] × L."""
     return [value] * num_layers
 
 
 @preset("linear", "α_l = start + (end − start)·l/(L−1)", start="alpha", end="alpha")
 def linear(num_layers: int, start: float, end: float) -> list[float]:
+    """Evenly spaced from `start` (layer 0) to `end` (layer L − 1)."""
     return [start + (end - start) * _position(l, num_layers) for l in range(num_layers)]
 
 
@@ -57,6 +59,7 @@ def linear(num_layers: int, start: float, end: float) -> list[float]:
         "from 0 works) — our reading of the blog's log-scale ramp (\"Method 3\"), which gives no formula",
         start="alpha", end="alpha")
 def loglinear(num_layers: int, start: float, end: float) -> list[float]:
+    """Geometrically spaced from `start` to `end`: early layers stay near the VLM, α rises late."""
     top = max(start, end)
     if top == 0:
         return [0.0] * num_layers
@@ -67,12 +70,14 @@ def loglinear(num_layers: int, start: float, end: float) -> list[float]:
 @preset("step", "α_l = 0 for l < layer, else value (layer swap: the first layers stay the VLM)",
         layer="layer", value="alpha")
 def step(num_layers: int, layer: int, value: float) -> list[float]:
+    """0 below `layer`, `value` from it on."""
     return [0.0 if l < layer else value for l in range(num_layers)]
 
 
 @preset("anchors", "mergekit's gradient through anchors s_0..s_{n−1}: x = l/(L−1)·(n−1), "
         "α_l = (1 − f)·s_⌊x⌋ + f·s_min(n−1, ⌊x⌋+1), f = x − ⌊x⌋", values="alphas")
 def anchors(num_layers: int, values: list[float]) -> list[float]:
+    """Piecewise-linear through evenly spaced anchors, evaluated as mergekit evaluates a gradient."""
     n = len(values)
     alphas = []
     for l in range(num_layers):
@@ -86,6 +91,7 @@ def anchors(num_layers: int, values: list[float]) -> list[float]:
 
 @preset("custom", "α_l = values[l], drawn by hand; exactly L values", values="alphas")
 def custom(num_layers: int, values: list[float]) -> list[float]:
+    """`values` as given; PlanError unless there is exactly one per layer."""
     if len(values) != num_layers:
         raise PlanError(f"custom curve has {len(values)} values but the model has {num_layers} decoder layers")
     return list(values)
@@ -142,4 +148,5 @@ def layer_alphas(curve: dict, num_layers: int) -> list[float]:
 
 
 def non_layer_alpha(curve: dict, alphas: list[float]) -> float:
+    """α of the tensors outside the layers (embeddings, final norm, head): `non_layer`, else α_0."""
     return curve.get("non_layer", alphas[0])

@@ -46,6 +46,7 @@ _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write m
 
 @dataclass
 class ApplyReport:
+    """What one `apply` did: which tensors it wrote or restored, bytes read and written, seconds taken."""
     plan_hash: str
     written: list[str] = field(default_factory=list)    # tensors set to a (new) merged value
     restored: list[str] = field(default_factory=list)   # tensors set back to the VLM's original

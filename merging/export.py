@@ -208,6 +208,7 @@ def _copy_side_files(pair, work: Path) -> None:
 
 # -- the model card --------------------------------------------------------------------------------
 def model_card(engine, plan: MergePlan, targets: dict[str, Target], out: Path, mergekit_reason: str | None) -> str:
+    """The exported checkpoint's README.md: sources (paths, fingerprints), plan, methods, per-layer α."""
     pair = engine.pair
     fps = pair.fingerprints()
     layout = pair.layout

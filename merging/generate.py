@@ -28,6 +28,9 @@ MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processo
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """How an answer is generated: greedy (seed None) or seeded sampling, a token limit and stop strings.
+
+    Raises MergescopeError for max_new_tokens outside [1, 4096] or sampling parameters out of range."""
     max_new_tokens: int = 32
     seed: int | None = None          # None: greedy. An int: sampling, reproducible with that seed
     temperature: float = 0.7
@@ -51,6 +54,7 @@ class GenerationSettings:
 
 
 def load_image(path: str | Path) -> Image.Image:
+    """An RGB image from a file, refused or downscaled as `fit_image` does; MergescopeError if unreadable."""
     try:
         with Image.open(path) as img:
             return fit_image(img).convert("RGB")

@@ -69,6 +69,7 @@ def decoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 
 def select_modules(names: Iterable[str], scope: str) -> list[str]:
+    """The linear layers of `names` in `scope` (all, or attention only); MergescopeError for another scope."""
     if scope not in SCOPES:
         raise MergescopeError(f"--modules {scope!r}: choose one of {list(SCOPES)}")
     names = list(names)
@@ -111,9 +112,11 @@ class GramAccumulator:
         return hook
 
     def end_sample(self) -> None:
+        """Forget the last hooked input: nothing is shared across samples."""
         self._last = None  # drop the held input: nothing survives between samples
 
     def remove(self) -> None:
+        """Remove the hooks from the model."""
         for handle in self._handles:
             handle.remove()
         self._last = None
@@ -245,6 +248,7 @@ class GramFile:
         return self.aliases.get(module, module) in self._ckpt
 
     def shape(self, module: str) -> tuple[int, ...]:
+        """The [in, in] shape of `module`'s Gram (aliases resolved), from the header."""
         return self._ckpt.shape(self.aliases.get(module, module))
 
     def get(self, module: str) -> torch.Tensor:

@@ -25,6 +25,8 @@ TOY_EVAL = TOY_DIR / "eval" / "toy_eval.jsonl"
 
 @dataclass(frozen=True)
 class KnownPair:
+    """A named pair: VLM, donor LLM and optional base (folders or hub ids), with the eval set and extra donors
+    it is served with."""
     vlm: str
     llm: str
     base: str | None
@@ -65,6 +67,7 @@ KNOWN_PAIRS: dict[str, KnownPair] = {
 
 
 def known_pair(name: str) -> KnownPair:
+    """The registered pair `name`; MergescopeError listing the names otherwise."""
     if name not in KNOWN_PAIRS:
         raise MergescopeError(f"unknown pair {name!r}; choose one of {sorted(KNOWN_PAIRS)}")
     return KNOWN_PAIRS[name]

@@ -43,11 +43,15 @@ class Slot:
     shared_rows: int | None = None  # vocab mismatch: only the first rows are merged
 
     def matches(self, component: str) -> bool:
+        """Whether a plan component (`all`, a group such as `mlp`, or a role such as `q_proj`) covers this slot."""
         return component in ("all", self.role, self.group)
 
 
 @dataclass
 class Layout:
+    """The mapping from the resident VLM's language-model parameters to the donor's tensors.
+
+    `slots` are what can merge; `unmatched`, `mismatched` and `notes` report what cannot and why."""
     num_layers: int
     slots: list[Slot]
     unmatched: list[str] = field(default_factory=list)                    # VLM params with no donor tensor
@@ -55,6 +59,7 @@ class Layout:
     notes: list[str] = field(default_factory=list)                        # e.g. vocab-size report
 
     def require_compatible(self) -> None:
+        """Raise LayoutError naming the tensors if the donor does not share the VLM's backbone."""
         if self.mismatched:
             listed = "; ".join(f"{n}: VLM {list(a)} vs donor {list(b)}" for n, a, b in self.mismatched[:8])
             more = f" (and {len(self.mismatched) - 8} more)" if len(self.mismatched) > 8 else ""
@@ -64,6 +69,7 @@ class Layout:
             raise LayoutError("no VLM language-model tensor has a counterpart in the donor checkpoint")
 
     def roles(self) -> list[str]:
+        """The roles present (q_proj, …, lm_head), in layout order."""
         return list(dict.fromkeys(s.role for s in self.slots))
 
 

@@ -47,6 +47,7 @@ def resolve_model_dir(name: str | Path, allow_patterns: list[str] = WEIGHT_FILES
 
 # -- memory: will the VLM fit? (checked before anything large is loaded) -----------------------
 def model_class(config: PretrainedConfig):
+    """The transformers auto class that loads `config`: image-text-to-text for a VLM, else causal LM."""
     multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     return AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
 
@@ -92,6 +93,7 @@ def check_fits(config: PretrainedConfig, dtype: torch.dtype, device: str, free: 
 
 
 def config_dtype(config: PretrainedConfig, dtype: str) -> torch.dtype:
+    """The torch dtype a load with `dtype` gives ("auto": the config's stored dtype, float32 if none)."""
     if dtype != "auto":
         return getattr(torch, dtype)
     text = getattr(config, "text_config", config)
@@ -100,11 +102,13 @@ def config_dtype(config: PretrainedConfig, dtype: str) -> torch.dtype:
 
 
 def load_config(path: str | Path) -> PretrainedConfig:
+    """The model's config from a local folder, with remote code off."""
     return AutoConfig.from_pretrained(path, trust_remote_code=False)
 
 
 
 def pick_device(device: str) -> torch.device | str:
+    """`device` resolved ("auto": cuda, else mps, else cpu); MergescopeError for CUDA where there is none."""
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -127,15 +131,20 @@ class ModelPair:
     base_keys: dict[str, str]       # slot name → key in the base checkpoint (empty without a base)
 
     def fingerprints(self) -> dict[str, str | None]:
+        """Short content hashes of the VLM's, donor's and base's safetensors (None without a base)."""
         return {"vlm": self.vlm_files.fingerprint(), "donor": self.donor.fingerprint(),
                 "base": self.base.fingerprint() if self.base else None}
 
     @property
     def is_multimodal(self) -> bool:
+        """Whether the resident model reads images (its processor has an image processor)."""
         return hasattr(self.processor, "image_processor")
 
 
 def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    """The VLM (eval mode, no grad) and its processor from a local folder, after a memory check.
+
+    Raises MergescopeError for an unknown dtype, a missing device, or a model that does not fit."""
     if dtype not in DTYPE_CHOICES:
         raise MergescopeError(f"dtype {dtype!r}: choose one of {sorted(DTYPE_CHOICES)}")
     config = load_config(path)

@@ -37,23 +37,30 @@ class Target:
 
 @dataclass(frozen=True)
 class Rule:
+    """One rule of a plan: which components, merged by which method, with which α curve and parameters."""
     components: tuple[str, ...]
     method: str
     curve: dict
     params: dict
 
     def to_dict(self) -> dict:
+        """The rule as plain data (the plan file's form)."""
         return {"components": list(self.components), "method": self.method,
                 "curve": dict(self.curve), "params": dict(self.params)}
 
 
 @dataclass(frozen=True)
 class MergePlan:
+    """A merge plan: rules tried in order; the first whose components match a tensor decides its merge.
+
+    Immutable; the empty plan is the base VLM. Built with `from_dict`, `from_text` or `load`, which raise
+    PlanError naming the bad place."""
     rules: tuple[Rule, ...] = ()
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: object) -> "MergePlan":
+        """A plan from parsed data ({rules: [...]}); PlanError naming the first bad place."""
         if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
             raise PlanError(f"a plan is a mapping with a 'rules' list, got {data!r}"[:300])
         extra = sorted(set(data) - {"rules"})
@@ -76,6 +83,7 @@ class MergePlan:
 
     @classmethod
     def load(cls, path: str | Path) -> "MergePlan":
+        """A plan from a YAML or JSON file; PlanError if unreadable or invalid."""
         try:
             text = Path(path).read_text()
         except OSError as exc:
@@ -87,12 +95,15 @@ class MergePlan:
         return {"rules": [r.to_dict() for r in self.rules]}
 
     def to_yaml(self) -> str:
+        """The plan as YAML, rules in order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def canonical_json(self) -> str:
+        """Sorted-key, compact JSON with every default filled in: equal plans give equal text."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     def hash(self) -> str:
+        """The first 16 hex digits of the SHA-256 of `canonical_json`: the plan's identity."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     # -- resolution against a model ----------------------------------------------------------

@@ -40,6 +40,7 @@ BASELINE = ("base VLM", "-", None)
 
 @dataclass(frozen=True)
 class Cell:
+    """One plan of a sweep grid: its setting (components), method (curve template) and α; the baseline has α None."""
     setting: str
     method: str
     alpha: float | None          # None for the baseline

@@ -75,6 +75,7 @@ class Method:
 
     @property
     def needs_grams(self) -> bool:
+        """Whether the method reads Gram matrices (RegMean): the engine then needs Gram files attached."""
         return "grams" in self.context
 
     def normalize_params(self, params: object, where: str) -> dict:
