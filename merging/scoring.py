@@ -74,7 +74,7 @@ def _key(text: str) -> str:
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _NUM_TOKEN = r"(?:\d+(?:\.\d+)?|\.\d+)"
-_UNIT = re.compile(r"\s*(?:[a-zA-Z]{1,6}(?:\^?\{?[23]\}?)?|units?|square units|cubic units|degrees?)\s*$")
+_UNIT = re.compile(r"(?<![a-zA-Z])\s*(?:(?!pi\b)[a-zA-Z]{1,6}(?:\^?\{?[23]\}?)?|units?|square units|cubic units|degrees?)\s*$")
 
 
 def _eval(node: ast.AST) -> float:
@@ -284,7 +284,7 @@ def _judge_text(response: str, item: EvalItem) -> Verdict:
         return Verdict(shown, False, "text")
     verdict = equivalent(item.answer, text if how else response)
     if verdict is None:
-        return Verdict(shown, False, "math-verify timeout")
+        return Verdict(shown, False, "math-verify: no verdict")
     return Verdict(shown, verdict, "math-verify")
 
 
@@ -294,8 +294,9 @@ def judge(response: str, item: EvalItem) -> Verdict:
     value maps to its letter; a bare response equal to an option's text is that option), integer and
     float (the value of the extracted answer, else the last number of the response, at the item's
     precision — 2 decimals when unset), list (element-wise), text (normalised text, else numbers, else
-    math-verify equivalence). Never raises on any response; raises ValueError if `item.answer` is not a
-    number for an integer/float/list item, KeyError for an unknown answer_type."""
+    math-verify equivalence, `merging.mathverify.equivalent`; "math-verify: no verdict" and wrong when it
+    timed out). Never raises on any response; raises ValueError when an integer/float item's answer is
+    not a number and KeyError for an answer_type outside `merging.evaluate.ANSWER_TYPES`."""
     judges = {"multi_choice": _judge_choice, "integer": _judge_number, "float": _judge_number,
               "list": _judge_list, "text": _judge_text}
     return judges[item.answer_type](response, item)
