@@ -1,25 +1,17 @@
-"""Eval sets and rule-based scoring (no external judge).
+"""Eval sets read from local files (judging the answers is `merging.scoring`'s job).
 
-Formats read from local files:
+Formats:
 - the project's JSONL: one object per line, {id, question, answer, answer_type, image?, choices?, precision?}
   with answer_type one of multi_choice, integer, float, text, list and `image` relative to the file;
 - MathVista testmini in its published layouts: the hub's parquet shards (`data/testmini-*.parquet`,
   images embedded in `decoded_image`) or a JSON file of {pid: record} with `image` paths;
 - MATH-Vision: the hub's parquet shards or the GitHub `data/test.jsonl` (+ `images/`).
-
-Scoring follows the benchmarks' own rules. The answer is extracted from the response — the last
-`\\boxed{...}`, else the text after the last "the answer is", else after "Answer:", else the whole
-response — then compared by type: a multiple-choice letter (or the option's text) against the gold
-option; integers exactly; floats rounded to the item's stated number of decimals (MathVista's
-`precision`); lists element-wise; free-form text as a number when both sides parse, else as
-normalised text (MATH-V's answers). Each scored item keeps its extracted answer.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +41,6 @@ class EvalItem:
             with Image.open(self.image_path) as img:
                 return img.convert("RGB")
         return None
-
-    def image_key(self) -> str | None:
-        return str(self.image_path) if self.image_path is not None else (self.id if self.image_bytes else None)
 
 
 # -- loaders ------------------------------------------------------------------------------------
@@ -141,92 +130,3 @@ def _with_choices(question: str, choices: tuple[str, ...]) -> str:
     if not choices:
         return question
     return question + "\nChoices:\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
-
-
-# -- extraction ---------------------------------------------------------------------------------
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
-def extract_answer(response: str) -> str:
-    """The final answer inside a free-form response (before type-specific normalisation)."""
-    boxed = _last_boxed(response)
-    if boxed is not None:
-        return boxed.strip()
-    for marker in (r"the (?:final |correct )?answer is", r"answer\s*:"):
-        found = list(re.finditer(marker, response, flags=re.IGNORECASE))
-        if found:
-            tail = response[found[-1].end():].strip()
-            return tail.split("\n")[0].strip().rstrip(".").strip(" :$*")
-    return response.strip()
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def _numbers(text: str) -> list[float]:
-    return [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
-
-
-def _normalise(text: str) -> str:
-    text = re.sub(r"\\(left|right|,|;|!|text\{([^}]*)\})", r"\2", text)
-    return re.sub(r"[\s$]", "", text).rstrip(".").lower()
-
-
-def _choice_letter(extracted: str, choices: tuple[str, ...]) -> str | None:
-    match = re.fullmatch(r"\(?([A-Za-z])\)?[.:)]?(?:\s.*)?", extracted.strip(), flags=re.DOTALL)
-    if match and LETTERS.index(match.group(1).upper()) < len(choices):
-        return match.group(1).upper()
-    norm = _normalise(extracted)
-    for i, choice in enumerate(choices):
-        if _normalise(choice) == norm:
-            return LETTERS[i]
-    mentioned = [i for i, c in enumerate(choices) if _normalise(c) and _normalise(c) in norm]
-    return LETTERS[mentioned[0]] if len(mentioned) == 1 else None
-
-
-def _gold_letter(item: EvalItem) -> str | None:
-    answer = item.answer.strip()
-    if len(answer) == 1 and answer.upper() in LETTERS[:len(item.choices)]:
-        return answer.upper()
-    for i, choice in enumerate(item.choices):
-        if _normalise(choice) == _normalise(answer):
-            return LETTERS[i]
-    return None
-
-
-def _same_number(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-
-
-def score(response: str, item: EvalItem) -> tuple[str, bool]:
-    """(extracted answer, correct) for a model response to `item`."""
-    extracted = extract_answer(response)
-    kind = item.answer_type
-    if kind == "multi_choice":
-        letter = _choice_letter(extracted, item.choices)
-        return (letter or extracted), letter is not None and letter == _gold_letter(item)
-    if kind in ("integer", "float"):
-        numbers = _numbers(extracted)
-        if not numbers:
-            return extracted, False
-        got, gold = numbers[0], float(item.answer)
-        if kind == "integer":
-            return str(int(round(got))), got == round(got) and int(got) == int(round(gold))
-        places = item.precision if item.precision is not None else 2
-        return str(round(got, places)), round(got, places) == round(gold, places)
-    if kind == "list":
-        got, gold = _numbers(extracted), _numbers(item.answer)
-        return str(got), len(got) == len(gold) and all(_same_number(a, b) for a, b in zip(got, gold))
-    got, gold = _numbers(extracted), _numbers(item.answer)
-    if len(got) == 1 and len(gold) == 1 and re.fullmatch(r"[-\d.,\s$]+", item.answer.strip()):
-        return extracted, _same_number(got[0], gold[0])
-    return extracted, _normalise(extracted) == _normalise(item.answer)

@@ -30,10 +30,11 @@ import yaml
 
 from .curves import PRESETS
 from .errors import MergescopeError, PlanError
-from .evaluate import EvalItem, score
+from .evaluate import EvalItem
 from .generate import GenerationSettings
 from .plan import MergePlan
 from .answerer import Answerer
+from .scoring import judge
 
 BASELINE = ("base VLM", "-", None)
 
@@ -100,7 +101,7 @@ def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], sett
         answers = []
         for item in items:
             result = answerer.ask(cell.plan, item.question, item.image(), settings, donor=donor)
-            extracted, ok = score(result["answer"], item)
+            extracted, ok = (verdict := judge(result["answer"], item)).extracted, verdict.correct
             correct += ok
             computed += not result["cached"]
             answers.append({"id": item.id, "answer": result["answer"], "extracted": extracted, "correct": ok})

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from merging import MergeEngine, MergePlan, load_pair
-from merging.evaluate import load_eval_set, score
+from merging.evaluate import load_eval_set
+from merging.scoring import judge
 from merging.generate import GenerationSettings, answer
 from toy import TOY_DIR, TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM, world
 from toy.evaluate_toy import as_eval_item, eval_items, generate_batch
@@ -37,7 +38,7 @@ def _sample(items, kinds, per_kind):
 
 
 def _accuracy(pair, items):
-    return sum(score(answer(pair, it.question, it.image(), SETTINGS), it)[1] for it in items) / len(items)
+    return sum(judge(answer(pair, it.question, it.image(), SETTINGS), it).correct for it in items) / len(items)
 
 
 def test_shipped_vlm_answers_perception_questions(toy_pair, shipped_items):
@@ -114,7 +115,7 @@ def test_export_is_readable_and_the_shipped_eval_set_is_in_sync(tmp_path, shippe
     path = world.export_jsonl(items, tmp_path)
     loaded = load_eval_set(path)
     assert [it.id for it in loaded] == [it.id for it in items]
-    assert all(score(it.answer, lit)[1] for it, lit in zip(items, loaded))
+    assert all(judge(it.answer, lit).correct for it, lit in zip(items, loaded))
     for it, lit in zip(items, loaded):
         assert (lit.image_path is None) == (it.scene is None)
         if it.scene is not None:

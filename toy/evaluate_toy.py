@@ -5,7 +5,7 @@
 
 Items are the world's held-out stream (`world.EVAL_SEED`, never used in training), N per question
 kind (default 200; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
-tokens, scored by `merging.evaluate.score` (the project's extraction: integers by value, words by
+tokens, judged by `merging.scoring.judge` (the project's extraction: integers by value, words by
 normalised text). Prompts are built exactly as `merging.generate.build_inputs` builds them, batched
 with left padding; a batched answer equals `merging.generate.answer`'s (a test checks it).
 
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from . import world
-from merging.evaluate import EvalItem, score
+from merging.evaluate import EvalItem
 from merging.generate import chat_prompt, text_tokenizer
+from merging.scoring import judge
 
 MAX_NEW_TOKENS = 6
 SETTINGS = {"Setting 1": ["all"], "Setting 2": ["self_attn"]}
@@ -87,7 +88,7 @@ def accuracy(model, processor, items: list[world.Item]) -> dict[str, float]:
     answers = generate_batch(model, processor, items)
     hits: dict[str, list[bool]] = defaultdict(list)
     for item, response in zip(items, answers):
-        hits[item.kind].append(score(response, as_eval_item(item))[1])
+        hits[item.kind].append(judge(response, as_eval_item(item)).correct)
     return {kind: round(sum(h) / len(h), 4) for kind, h in hits.items()}
 
 
@@ -105,7 +106,7 @@ def prior_table(n: int, kinds=world.KINDS) -> dict[str, float]:
     for kind in kinds:
         guess = world.answer_prior(kind)
         items = world.items(kind, n, seed=world.EVAL_SEED)
-        table[kind] = round(sum(score(guess, as_eval_item(it))[1] for it in items) / n, 4)
+        table[kind] = round(sum(judge(guess, as_eval_item(it)).correct for it in items) / n, 4)
     return table
 
 
