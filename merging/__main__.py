@@ -22,10 +22,14 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _load(args):
+def _models(args):
     from .known_pairs import resolve_models
+    return resolve_models(args.pair, args.vlm, args.llm, args.base)
+
+
+def _load(args):
     from .pair import load_pair
-    models = resolve_models(args.pair, args.vlm, args.llm, args.base)
+    models = _models(args)
     return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
 
 
@@ -106,24 +110,45 @@ def cmd_sweep(args) -> dict:
 
     from cache import AnswerCache
 
-    from .evaluate import load_eval_set
-    from .answerer import Answerer
+    from .evaluate import load_eval_set, sample_items
     from .sweep import load_grid, run_sweep, write_results
     cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)
+    if args.sample:
+        items = sample_items(items, args.sample, args.sample_seed)
     out = Path(args.out)
-    answerer = Answerer(_engine(args), AnswerCache(args.cache_dir or out / "cache"))
+    cache = AnswerCache(args.cache_dir or out / "cache")
     with tqdm(total=len(cells) * len(items), desc="sweep", unit="answer", file=sys.stderr) as bar:
-        rows = run_sweep(answerer, cells, items, settings, progress=lambda done, total: bar.update(1))
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+        if args.workers or args.ray:
+            rows = _sweep_on_ray(args, cells, items, settings, cache, progress)
+        else:
+            from .answerer import Answerer
+            rows = run_sweep(Answerer(_engine(args), cache, default_donor=_models(args).donor_label), cells,
+                             items, settings, progress=progress, batch_size=args.batch_size)
     write_results(rows, out)
-    summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed", "cached")} for r in rows]
+    summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "accuracy_low", "accuracy_high",
+                                  "computed", "cached")} for r in rows]
     if not args.json:
         for r in summary:
             alpha = "-" if r["alpha"] is None else f"{r['alpha']:g}"
-            print(f"{r['setting']:<12} {r['method']:<10} α={alpha:<5} accuracy {100 * r['accuracy']:5.1f} %"
+            print(f"{r['setting']:<12} {r['method']:<12} α={alpha:<5} accuracy {100 * r['accuracy']:5.1f} % "
+                  f"[{100 * r['accuracy_low']:.0f}–{100 * r['accuracy_high']:.0f}]"
                   f"  ({r['computed']} computed, {r['cached']} cached)")
         print(f"wrote {out / 'results.csv'}, results.json, heatmap.html")
-    return {"cells": summary, "out": str(out)}
+    return {"cells": summary, "items": len(items), "out": str(out)}
+
+
+def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
+    from .distributed import PairSpec, run_sweep_ray
+    from .grams import gram_paths
+    models = _models(args)
+    spec = PairSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
+                    args.device, gram_paths(args.grams_vlm, args.grams_donor))
+    report = run_sweep_ray(spec, cells, items, settings, cache, workers=args.workers, address=args.ray,
+                           batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
+    return report["rows"]
 
 
 def cmd_grams(args) -> dict:
@@ -193,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
     sweep.add_argument("--out", required=True, help="folder for results.csv, results.json, heatmap.html")
     sweep.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
+    sweep.add_argument("--sample", type=int, help="score a seeded sample of N items, stratified by category")
+    sweep.add_argument("--sample-seed", type=int, default=0, help="seed of --sample (default 0)")
+    sweep.add_argument("--batch-size", type=int, help="answers per generate call (default: 16 on CPU, "
+                                                     "memory-aware on CUDA)")
+    sweep.add_argument("--workers", type=int, help="run on N Ray workers of a local cluster (pip install ray)")
+    sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")

@@ -11,7 +11,7 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -20,7 +20,8 @@ from cache import AnswerCache
 from .checkpoint import Checkpoint
 from .engine import MergeEngine
 from .errors import MergescopeError
-from .generate import GenerationSettings, answer, stream_answer, text_tokenizer
+from .generate import (GenerationSettings, answer, answer_batch, default_batch_size, stream_answer,
+                       text_tokenizer)
 from .pair import ModelPair
 from .plan import MergePlan
 
@@ -28,6 +29,13 @@ DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is na
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
 ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
+
+
+ImageSource = Image.Image | None | Callable[[], Image.Image | None]  # an image, or a function that loads it
+
+
+def _load(image: ImageSource) -> Image.Image | None:
+    return image() if callable(image) else image
 
 
 def image_digest(image: Image.Image | None) -> str | None:
@@ -127,7 +135,44 @@ class Answerer:
             with self._merged(plan, donor):
                 text = answer(self.engine.pair, question, image, settings)
         seconds = time.perf_counter() - start
+        self._store(config, text, seconds)
+        yield dict(result, answer=text, seconds=seconds, done=True)
+
+    def ask_many(self, plan: MergePlan, requests: list[tuple[str, ImageSource]],
+                 settings: GenerationSettings = GenerationSettings(), donor: str | None = None,
+                 batch_size: int | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(index, result) for each of `requests` [(question, image)] under `plan`, as results
+        become available: cache hits first, then one batch of answers at a time (`answer_batch`), each
+        answer stored in the cache as its batch ends — so a run killed half-way resumes with what it
+        finished. `should_stop()` is asked between batches; when it says True, no more are started.
+        Results are as `ask`'s; `seconds` is the batch's time shared among its answers. An image may be
+        given as a function that loads it (an eval item's `image`), so a large eval set is never decoded
+        all at once. Greedy only (MergescopeError for a seeded `settings`).
+        """
+        configs = [self.config(plan, q, _load(image), settings, donor) for q, image in requests]
+        missing = []
+        for i, config in enumerate(configs):
+            hit = self.cache.get(config) if self.cache is not None else None
+            if hit is None:
+                missing.append(i)
+            else:
+                yield i, {"answer": hit["answer"], "cached": True, "seconds": 0.0, "plan_hash": plan.hash()}
+        batch_size = batch_size or default_batch_size(self.engine.pair)
+        for start in range(0, len(missing), batch_size):
+            if should_stop():
+                return
+            part = missing[start:start + batch_size]
+            begin = time.perf_counter()
+            with self._merged(plan, donor):
+                batch = [(requests[i][0], _load(requests[i][1])) for i in part]
+                texts = answer_batch(self.engine.pair, batch, settings, batch_size)
+            seconds = (time.perf_counter() - begin) / len(part)
+            for i, text in zip(part, texts):
+                self._store(configs[i], text, seconds)
+                yield i, {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}
+
+    def _store(self, config: dict, text: str, seconds: float) -> None:
         if self.cache is not None:
             tokens = len(text_tokenizer(self.engine.pair.processor).encode(text, add_special_tokens=False))
             self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
-        yield dict(result, answer=text, seconds=seconds, done=True)

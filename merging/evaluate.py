@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class EvalItem:
     precision: int | None = None  # decimals for float answers
     image_path: Path | None = None
     image_bytes: bytes | None = field(default=None, repr=False)
+    category: str | None = None   # for per-category accuracy: the toy's kind, MathVista's task, MATH-V's subject
 
     def image(self) -> Image.Image | None:
         if self.image_bytes is not None:
@@ -98,7 +100,8 @@ def load_jsonl(path: Path) -> list[EvalItem]:
             raise MergescopeError(f"{where}: answer_type {rec['answer_type']!r} is not one of {ANSWER_TYPES}")
         choices = tuple(rec.get("choices") or ())
         items.append(EvalItem(str(rec["id"]), _with_choices(rec["question"], choices), str(rec["answer"]),
-                              rec["answer_type"], choices, rec.get("precision"), **_image_fields(rec, path.parent)))
+                              rec["answer_type"], choices, rec.get("precision"), **_image_fields(rec, path.parent),
+                              category=rec.get("category") or rec.get("kind")))
     return items
 
 
@@ -111,7 +114,8 @@ def load_mathvista(path: Path) -> list[EvalItem]:
         precision = rec.get("precision")
         items.append(EvalItem(str(rec["pid"]), rec.get("query") or _with_choices(rec["question"], choices),
                               str(rec["answer"]), kind, choices,
-                              int(precision) if precision is not None else None, **_image_fields(rec, root)))
+                              int(precision) if precision is not None else None, **_image_fields(rec, root),
+                              category=(rec.get("metadata") or {}).get("task") or rec.get("question_type")))
     return items
 
 
@@ -122,7 +126,8 @@ def load_mathvision(path: Path) -> list[EvalItem]:
     for rec in _read_records(path, "**/test*.parquet"):
         choices = tuple(rec.get("options") or ())
         items.append(EvalItem(str(rec["id"]), _with_choices(rec["question"], choices), str(rec["answer"]),
-                              "multi_choice" if choices else "text", choices, **_image_fields(rec, root)))
+                              "multi_choice" if choices else "text", choices, **_image_fields(rec, root),
+                              category=rec.get("subject")))
     return items
 
 
@@ -130,3 +135,24 @@ def _with_choices(question: str, choices: tuple[str, ...]) -> str:
     if not choices:
         return question
     return question + "\nChoices:\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
+
+
+def sample_items(items: list[EvalItem], n: int, seed: int = 0) -> list[EvalItem]:
+    """A seeded sample of `n` items stratified by category: each category gets its share of `n` in
+    proportion to its size (largest remainders round), drawn with `random.Random(seed)`; the sample
+    keeps the eval set's order. All items when n ≥ len(items); MergescopeError for n < 1."""
+    if n < 1:
+        raise MergescopeError(f"--sample {n}: must be ≥ 1")
+    if n >= len(items):
+        return list(items)
+    groups: dict[str | None, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.category, []).append(i)
+    shares = {c: n * len(g) / len(items) for c, g in groups.items()}
+    counts = {c: int(share) for c, share in shares.items()}
+    by_remainder = sorted(groups, key=lambda c: (counts[c] - shares[c], str(c)))
+    for c in by_remainder[:n - sum(counts.values())]:
+        counts[c] += 1
+    rng = random.Random(seed)
+    chosen = sorted(i for c, g in groups.items() for i in rng.sample(g, counts[c]))
+    return [items[i] for i in chosen]

@@ -6,21 +6,23 @@ A grid file (YAML):
       Setting 1: [all]
       Setting 2: [self_attn]
     methods:                        # α-curve templates; α fills the preset's missing α parameter
-      Method 1: {preset: constant}               # value = α
-      Method 2: {preset: linear, start: 0.0}     # end = α: a linear ramp up to α at the last layer
-      Method 3: {preset: loglinear, start: 0.0}  # end = α: a log-scale ramp, early layers near the VLM
+      constant α: {preset: constant}               # value = α (the blog's "Method 1")
+      linear ramp: {preset: linear, start: 0.0}    # end = α: a linear ramp up to α at the last layer
+      log ramp: {preset: loglinear, start: 0.0}    # end = α: early layers near the VLM ("Method 3")
     alphas: [0.4, 0.5, 0.6]
     merge_method: linear            # optional (default linear), with optional params: {...}
     max_new_tokens: 64              # optional
 
 Every (cell, item) answer goes through the answers cache, so a sweep killed half-way resumes where it
-stopped, and cells computed by any earlier sweep or UI session come back at once. The base VLM (the
-empty plan) is always scored as the baseline row.
+stopped, and cells computed by any earlier sweep or UI session come back at once. Answers are
+generated in batches (`generate.answer_batch`). The base VLM (the empty plan) is always scored as the
+baseline row. `merging.distributed` runs the same sweep on Ray workers (GPUs, machines).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,33 +94,73 @@ def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
 
 
 def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
-              progress: Callable[[int, int], None] | None = None, donor: str | None = None) -> list[dict]:
-    """One result row per cell: accuracy, and how many answers were computed vs served from cache
-    (merging with the answerer's `donor`, by default its own)."""
+              progress: Callable[[int, int], None] | None = None, donor: str | None = None,
+              batch_size: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+    """One result row per cell (see `cell_row`), merging with the answerer's `donor` (default: its own).
+
+    Each cell's answers come from `Answerer.ask_many`: cached items are skipped, the rest generated
+    in batches of `batch_size` and cached as each batch ends, so a killed sweep resumes where it was.
+    `should_stop()` is asked between batches: once True, the sweep returns the rows it has, the last
+    one partial (`complete` False). `progress(done, total)` counts answers.
+    """
     rows, done, total = [], 0, len(cells) * len(items)
+    requests = [(item.question, item.image) for item in items]  # images load per batch, never all at once
     for cell in cells:
-        correct = computed = 0
-        answers = []
-        for item in items:
-            result = answerer.ask(cell.plan, item.question, item.image(), settings, donor=donor)
-            extracted, ok = (verdict := judge(result["answer"], item)).extracted, verdict.correct
-            correct += ok
-            computed += not result["cached"]
-            answers.append({"id": item.id, "answer": result["answer"], "extracted": extracted, "correct": ok})
+        results: dict[int, dict] = {}
+        for i, result in answerer.ask_many(cell.plan, requests, settings, donor, batch_size, should_stop):
+            results[i] = result
             done += 1
             if progress:
                 progress(done, total)
-        rows.append({"setting": cell.setting, "method": cell.method, "alpha": cell.alpha,
-                     "plan_hash": cell.plan.hash(), "accuracy": correct / len(items), "items": len(items),
-                     "computed": computed, "cached": len(items) - computed, "answers": answers})
+        rows.append(cell_row(cell, items, results, answerer.donor_name(donor)))
+        if len(results) < len(items) or should_stop():
+            break
     return rows
+
+
+def cell_row(cell: Cell, items: list[EvalItem], results: dict[int, dict], donor: str) -> dict:
+    """A sweep row: the cell, the donor, accuracy with its Wilson 95 % interval over the items answered
+    (all of them unless the sweep was stopped: `complete`), the same per category, and each answer."""
+    answers, correct, by_category = [], 0, {}
+    for i in sorted(results):
+        item, result = items[i], results[i]
+        verdict = judge(result["answer"], item)
+        correct += verdict.correct
+        counts = by_category.setdefault(item.category or "all", [0, 0])
+        counts[0] += verdict.correct
+        counts[1] += 1
+        answers.append({"id": item.id, "answer": result["answer"], "extracted": verdict.extracted,
+                        "correct": verdict.correct, "rule": verdict.rule, "cached": result["cached"]})
+    n = len(answers)
+    computed = sum(not a["cached"] for a in answers)
+    low, high = wilson_interval(correct, n)
+    return {"setting": cell.setting, "method": cell.method, "alpha": cell.alpha, "donor": donor,
+            "plan_hash": cell.plan.hash(), "accuracy": correct / n if n else 0.0, "accuracy_low": low,
+            "accuracy_high": high, "items": len(items), "answered": n, "complete": n == len(items),
+            "computed": computed, "cached": n - computed,
+            "by_category": {c: {"accuracy": k / m, "items": m, "low": wilson_interval(k, m)[0],
+                                "high": wilson_interval(k, m)[1]} for c, (k, m) in sorted(by_category.items())},
+            "answers": answers}
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (Wilson 1927) of an accuracy `correct / n`; (0, 1) for n = 0. Written here:
+    five lines, where statsmodels' proportion_confint would add a dependency for them."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def write_results(rows: list[dict], out: Path) -> None:
     """results.json (with per-item answers), results.csv and heatmap.html in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    fields = ["setting", "method", "alpha", "accuracy", "items", "computed", "cached", "plan_hash"]
+    fields = ["setting", "method", "alpha", "donor", "accuracy", "accuracy_low", "accuracy_high", "items",
+              "answered", "computed", "cached", "plan_hash"]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

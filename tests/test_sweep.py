@@ -21,7 +21,7 @@ def test_blog_grid_cells():
     cells, settings = load_grid(REPO / "examples" / "blog_grid.yaml")
     assert len(cells) == 1 + 2 * 3 * 3 and settings.max_new_tokens == 512 and settings.seed is None
     assert cells[0].alpha is None and cells[0].plan.rules == ()
-    cell = next(c for c in cells if (c.setting, c.method, c.alpha) == ("Setting 2", "Method 3", 0.4))
+    cell = next(c for c in cells if (c.setting, c.method, c.alpha) == ("Setting 2", "log ramp", 0.4))
     (rule,) = cell.plan.rules
     assert rule.components == ("self_attn",)
     assert rule.curve == {"preset": "loglinear", "start": 0.0, "end": 0.4}
@@ -67,7 +67,7 @@ def test_sweep_writes_results_and_reuses_the_cache(qwen_dirs, eval_set, tmp_path
     assert "sweep" in first.stderr  # the progress bar
     rows = json.loads((out / "results.json").read_text())
     assert all(len(r["answers"]) == 3 and "extracted" in r["answers"][0] for r in rows)
-    assert (out / "results.csv").read_text().splitlines()[0].startswith("setting,method,alpha,accuracy")
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("setting,method,alpha,donor,accuracy")
     assert "plotly" in (out / "heatmap.html").read_text()[:5_000_000].lower()
     second = subprocess.run(_sweep_cmd(qwen_dirs, grid, eval_set, out), capture_output=True, text=True, timeout=300)
     assert all(c["computed"] == 0 and c["cached"] == 3 for c in json.loads(second.stdout)["cells"])

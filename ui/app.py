@@ -45,8 +45,8 @@ DEFAULT_GRID = """settings:
   Setting 1: [all]
   Setting 2: [self_attn]
 methods:
-  Method 1: {preset: constant}
-  Method 3: {preset: loglinear, start: 0.0}
+  constant α: {preset: constant}
+  log ramp: {preset: loglinear, start: 0.0}
 alphas: [0.4, 0.6]
 max_new_tokens: 8
 """
