@@ -289,6 +289,13 @@ class Checkpoint:
             return dequantize_fp8_blocks(entry.file.view(entry), self.get(scale), self.quantization.block)
         return entry.file.view(entry)
 
+    def dtype_counts(self) -> dict[str, int]:
+        """How many tensors of each stored dtype code the checkpoint holds, e.g. {"BF16": 338, "U16": 1}."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            counts[entry.code] = counts.get(entry.code, 0) + 1
+        return dict(sorted(counts.items()))
+
     def check_unchanged(self) -> None:
         """CheckpointError if any file changed on disk since it was opened (see `_SafetensorsFile.check`)."""
         for file in self._files:
