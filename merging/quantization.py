@@ -89,13 +89,16 @@ def detect_quantization(config: dict | None, keys: list[str]) -> Quantization | 
                                  and all(isinstance(b, int) and b > 0 for b in block)):
             return Quantization(f"fp8 ({fmt}, weight_block_size {block!r})", "config.json quantization_config")
         return Quantization("fp8", "config.json quantization_config", (block[0], block[1]))
+    by_last: dict[str, str] = {}
     for key in keys:
-        last = key.rsplit(".", 1)[-1]
-        if last in QUANTIZED_NAMES or ".quant_state." in key:
-            return Quantization(QUANTIZED_NAMES.get(last, "bitsandbytes"), f"tensor {key!r}")
-        if last.endswith(SCALE_INV_SUFFIX):
-            # block scales without a config: the block size is unknown, so the scales are unusable
-            return Quantization("fp8 without quantization_config", f"tensor {key!r}")
+        last = "quant_state" if ".quant_state." in key else key.rsplit(".", 1)[-1]
+        by_last.setdefault(last, key)
+    for last, method in list(QUANTIZED_NAMES.items()) + [("quant_state", "bitsandbytes")]:  # in that order
+        if last in by_last:
+            return Quantization(method, f"tensor {by_last[last]!r}")
+    scale = next((k for k in keys if k.endswith(SCALE_INV_SUFFIX)), None)
+    if scale is not None:  # block scales without a config: the block size is unknown, the scales unusable
+        return Quantization("fp8 without quantization_config", f"tensor {scale!r}")
     return None
 
 
