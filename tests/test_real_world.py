@@ -162,6 +162,21 @@ def test_fp8_donor_merges_like_its_dequantized_weights(qwen_dirs, tmp_path, bloc
     assert q.abs().max() < 1  # not raw FP8 codes (up to 448)
 
 
+def test_inspect_reports_quantization_and_dtypes(qwen_dirs, tmp_path, capsys):
+    vlm, llm = qwen_dirs
+    fp8, _ = fp8_donor(llm, tmp_path, (128, 128))
+    assert main(["inspect", "--vlm", str(vlm), "--llm", str(fp8), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    donor = report["checkpoints"]["donor"]
+    assert donor["quantization"] == "fp8, 128×128 blocks, dequantized on read"
+    assert donor["dtypes"]["F8_E4M3"] == 28 and report["checkpoints"]["vlm"]["quantization"] is None
+    q0 = next(r for r in report["distances"] if r["layer"] == 0 and r["role"] == "q_proj")
+    assert q0["donor_dtype"] == "F32/F8_E4M3" and 0.1 < q0["rel_l2"] < 0.5  # weight FP8, bias F32
+    assert main(["inspect", "--vlm", str(vlm), "--llm", str(fp8)]) == 0
+    table = capsys.readouterr().out
+    assert "donor: fp8, 128×128 blocks, dequantized on read; dtypes F32×" in table and "F8_E4M3×28" in table
+
+
 def test_fp8_scale_of_the_wrong_shape_is_refused(qwen_dirs, tmp_path):
     fp8, _ = fp8_donor(qwen_dirs[1], tmp_path, (128, 128))
     config = json.loads((fp8 / "config.json").read_text())
@@ -347,6 +362,32 @@ TRUNCATION_SCRIPT = textwrap.dedent("""
         engine.apply(other)
         engine.apply(plan)
         print(role, "restored ok")
+
+    # truncated mid-apply, after the check before the first write: each read checks again, the engine
+    # cannot go back to `plan` (it needs the donor) and falls back to the pure VLM, a known plan
+    from merging.methods import linear, merge_method
+    donor_path = os.path.join(llm, "model.safetensors")
+    saved, calls = open(donor_path, "rb").read(), {"n": 0}
+
+    def truncating(out, vlm, donor, base, alpha):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.truncate(donor_path, len(saved) // 2)
+        linear(out, vlm, donor, base, alpha)
+
+    merge_method("truncating", formula="linear; truncates the donor file on its third tensor")(truncating)
+    pure = MergeEngine(load_pair(vlm, llm, base)).pair.vlm.named_parameters()
+    pure = {n: p.detach().clone() for n, p in pure}
+    try:
+        engine.apply(MergePlan.from_dict({"rules": [{"components": ["all"], "method": "truncating",
+                                                     "curve": {"preset": "constant", "value": 0.9}}]}))
+        print("mid-apply NOT REFUSED")
+    except CheckpointError as exc:
+        print("mid-apply refused:", exc)
+    assert engine.plan == MergePlan() and all(torch.equal(params[n], t) for n, t in pure.items())
+    open(donor_path, "wb").write(saved)
+    engine.apply(plan)
+    print("mid-apply restored ok")
 """)
 
 
@@ -361,7 +402,7 @@ def test_truncated_files_give_a_clear_error_and_restored_files_work(qwen_dirs, t
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]  # a signal (SIGBUS) would be negative
     lines = result.stdout.splitlines()
-    for role in ("donor", "base", "vlm"):
+    for role in ("donor", "base", "vlm", "mid-apply"):
         assert any(line.startswith(f"{role} refused:") and "changed on disk since it was opened" in line
                    for line in lines), result.stdout
         assert f"{role} restored ok" in lines
