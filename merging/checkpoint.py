@@ -33,8 +33,8 @@ from typing import Any, Callable
 import torch
 
 from .errors import CheckpointError
-from .quantization import (SCALE_INV_SUFFIX, Quantization, dequantize_fp8_blocks, detect_quantization,
-                           read_quantization_config)
+from .quantization import (SCALE_INV_SUFFIX, Quantization, block_scale_shape, dequantize_fp8_blocks,
+                           detect_quantization, read_quantization_config)
 
 # Bits per element of every dtype of the format (safetensors 0.8's `Dtype` enum, 22 codes).
 DTYPE_BITS: dict[str, int] = {
@@ -271,7 +271,12 @@ class Checkpoint:
         """Why tensor `name` cannot be merged as a float (its dtype, named), or None when it can."""
         entry = self._entry(name)
         fp8_checkpoint = self.quantization is not None and self.quantization.dequantized
-        if self._scale_key(name) is not None:
+        scale = self._scale_key(name)
+        if scale is not None:  # checked here from the headers, so a bad scale fails at load, not mid-merge
+            expected = block_scale_shape(entry.shape, self.quantization.block)
+            if expected != self.shape(scale):
+                return (f"tensor {name!r} (F8_E4M3 {list(entry.shape)}) has a {list(self.shape(scale))} block scale "
+                        f"where weight_block_size {list(self.quantization.block)} needs {list(expected or [])}")
             return None
         if entry.code not in FLOAT_CODES:
             return f"tensor {name!r} is {entry.code}, not a float dtype Mergescope can merge"

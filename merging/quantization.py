@@ -108,6 +108,14 @@ def refusal(path: Path, role: str, quant: Quantization) -> CheckpointError:
                            f"merges full-precision weights only — use the unquantized checkpoint")
 
 
+def block_scale_shape(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, int] | None:
+    """The scale_inv shape that tiles a 2-D weight `shape` with `block` (partial edge blocks), or None
+    for a weight that is not 2-D (block scaling is defined for matrices only)."""
+    if len(shape) != 2:
+        return None
+    return math.ceil(shape[0] / block[0]), math.ceil(shape[1] / block[1])
+
+
 def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """Block-wise FP8 dequantization: float32 [R, C] from F8_E4M3 `weight` [R, C] and float `scale_inv`
     [ceil(R/br), ceil(C/bc)], w[i, j] = float(weight[i, j]) · scale_inv[i // br, j // bc]; edge blocks
@@ -115,11 +123,11 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
     FineGrainedFP8 (`weight_scale_inv` is the inverse of the quantization scale: a multiplier).
 
     Raises CheckpointError when `scale_inv`'s shape does not tile `weight` with `block`."""
-    rows, cols = weight.shape if weight.dim() == 2 else (None, None)
+    expected = block_scale_shape(tuple(weight.shape), block)
     br, bc = block
-    expected = (math.ceil(rows / br), math.ceil(cols / bc)) if rows is not None else None
     if expected is None or tuple(scale_inv.shape) != expected:
         raise CheckpointError(f"FP8 tensor {list(weight.shape)} with scale_inv {list(scale_inv.shape)} does not "
                               f"match weight_block_size [{br}, {bc}] (expected scale_inv {list(expected or [])})")
+    rows, cols = weight.shape
     scale = scale_inv.float().repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
     return weight.float() * scale

@@ -184,6 +184,9 @@ def test_fp8_scale_of_the_wrong_shape_is_refused(qwen_dirs, tmp_path):
     (fp8 / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"does not match weight_block_size \[32, 32\]"):
         Checkpoint(fp8).get("model.layers.0.self_attn.q_proj.weight")
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.self_attn\.q_proj\.weight' \(F8_E4M3 \[64, 64\]\) "
+                                              r"has a \[1, 1\] block scale where weight_block_size \[32, 32\] needs \[2, 2\]"):
+        load_pair(qwen_dirs[0], fp8)  # at load, before any merge
 
 
 def gptq_like(state):
