@@ -19,6 +19,9 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="optional common base model (for methods that need one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="merge a donor that lacks some of the VLM's language-model tensors (they keep the "
+                             "VLM's values; reported as 'N of M'); refused without it")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -30,7 +33,16 @@ def _models(args):
 def _load(args):
     from .pair import load_pair
     models = _models(args)
-    return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
+    return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device,
+                     allow_partial=args.allow_partial)
+
+
+def _checkpoint_report(pair) -> dict:
+    """Per model (vlm, donor, base): quantization (None or a description) and stored dtype counts."""
+    models = {"vlm": pair.vlm_files, "donor": pair.donor, "base": pair.base}
+    return {role: None if ckpt is None else
+            {"quantization": ckpt.quantization.describe() if ckpt.quantization else None,
+             "dtypes": ckpt.dtype_counts()} for role, ckpt in models.items()}
 
 
 def _gram_args(parser: argparse.ArgumentParser) -> None:
@@ -47,22 +59,36 @@ def _engine(args):
 
 
 def cmd_inspect(args) -> dict:
-    """Load the pair, print its layout, and the donor's distance from the VLM per layer and component."""
+    """Load the pair, print its layout (coverage, quantization, dtypes), and the donor's distance from
+    the VLM per layer and component."""
     from .distance import role_distances
     pair = _load(args)
     layout = pair.layout
-    report = {"num_layers": layout.num_layers, "matched": len(layout.slots), "unmatched": layout.unmatched,
+    checkpoints = _checkpoint_report(pair)
+    donor_dtypes: dict[tuple, set] = {}
+    for slot in layout.slots:
+        donor_dtypes.setdefault((slot.layer, slot.role), set()).add(pair.donor.dtype_code(slot.donor_key))
+    distances = role_distances(pair)
+    for row in distances:
+        row["donor_dtype"] = "/".join(sorted(donor_dtypes[(row["layer"], row["role"])]))
+    report = {"num_layers": layout.num_layers, "matched": len(layout.slots), "lm_tensors": layout.total,
+              "coverage": layout.coverage(), "unmatched": layout.unmatched,
               "mismatched": [{"name": n, "vlm": list(a), "donor": list(b)} for n, a, b in layout.mismatched],
-              "notes": layout.notes, "fingerprints": pair.fingerprints(), "distances": role_distances(pair)}
+              "notes": layout.notes, "checkpoints": checkpoints, "fingerprints": pair.fingerprints(),
+              "distances": distances}
     if not args.json:
-        print(f"{layout.num_layers} decoder layers; {len(layout.slots)} tensors matched, "
-              f"{len(layout.unmatched)} without a donor tensor")
+        print(f"{layout.num_layers} decoder layers; {len(layout.slots)} tensors matched (of {layout.total} "
+              f"language-model tensors), {len(layout.unmatched)} without a donor tensor")
+        for role, info in checkpoints.items():
+            if info is not None:
+                dtypes = ", ".join(f"{code}×{n}" for code, n in info["dtypes"].items())
+                print(f"{role}: {info['quantization'] or 'not quantized'}; dtypes {dtypes}")
         for note in layout.notes:
             print("note:", note)
-        print(f"{'layer':>5}  {'role':<26} {'rel_l2':>8} {'cosine':>8}")
-        for row in report["distances"]:
+        print(f"{'layer':>5}  {'role':<26} {'donor':>8} {'rel_l2':>8} {'cosine':>8}")
+        for row in distances:
             layer = "-" if row["layer"] is None else row["layer"]
-            print(f"{layer:>5}  {row['role']:<26} {row['rel_l2']:8.4f} {row['cosine']:8.4f}")
+            print(f"{layer:>5}  {row['role']:<26} {row['donor_dtype']:>8} {row['rel_l2']:8.4f} {row['cosine']:8.4f}")
     return report
 
 
@@ -145,7 +171,7 @@ def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
     from .grams import gram_paths
     models = _models(args)
     spec = PairSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
-                    args.device, gram_paths(args.grams_vlm, args.grams_donor))
+                    args.device, gram_paths(args.grams_vlm, args.grams_donor), args.allow_partial)
     report = run_sweep_ray(spec, cells, items, settings, cache, workers=args.workers, address=args.ray,
                            batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
     return report["rows"]

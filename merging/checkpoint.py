@@ -6,6 +6,15 @@ bytes. We memory-map each file and hand out `torch.frombuffer` views, so reading
 copy and no resident memory beyond the OS page cache — unlike `safe_open(...).get_tensor`, which
 copies every tensor it returns. Every header is validated up front, so a corrupt file fails with a
 clear `CheckpointError` at open time, not halfway through a merge.
+
+Every dtype of the format is accepted in a header (an unused U16 or F4 tensor is no reason to refuse
+a file); a tensor whose dtype we cannot compute with is refused only when it is read as a float
+(`float_problem`), by name. A mapped file that is truncated under us would kill the process with
+SIGBUS on the next read, so every read first checks that the file still has the size and identity
+(st_size, st_ino, st_mtime_ns, st_dev) it had at open; a changed file is re-opened if it holds the
+same checkpoint (a restored copy), refused with a CheckpointError otherwise. Block-scaled FP8 weights
+are dequantized on read (`merging.quantization`); other quantizations are recorded in `quantization`
+for the caller to refuse.
 """
 
 from __future__ import annotations
@@ -24,25 +33,42 @@ from typing import Any, Callable
 import torch
 
 from .errors import CheckpointError
+from .quantization import (SCALE_INV_SUFFIX, Quantization, block_scale_shape, dequantize_fp8_blocks,
+                           detect_quantization, read_quantization_config)
 
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {  # the format's dtype codes
+# Bits per element of every dtype of the format (safetensors 0.8's `Dtype` enum, 22 codes).
+DTYPE_BITS: dict[str, int] = {
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+# The codes torch has an element type for (F4/F6 are sub-byte: no per-element torch dtype).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz, "C64": torch.complex64,
 }
 SAFETENSORS_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+# What we merge: real floats, and plain FP8 (its values are the weights; scaled FP8 is dequantized first).
+FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors spec's own limit
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 
 class _TensorEntry:
-    __slots__ = ("file", "dtype", "shape", "begin", "end")
+    __slots__ = ("file", "code", "dtype", "shape", "begin", "end")
 
-    def __init__(self, file: "_SafetensorsFile", dtype: torch.dtype, shape: tuple[int, ...],
-                 begin: int, end: int):
-        self.file, self.dtype, self.shape, self.begin, self.end = file, dtype, shape, begin, end
+    def __init__(self, file: "_SafetensorsFile", code: str, shape: tuple[int, ...], begin: int, end: int):
+        self.file, self.code, self.shape, self.begin, self.end = file, code, shape, begin, end
+        self.dtype = SAFETENSORS_DTYPES.get(code)  # None: no torch element type (F4, F6_*)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_dev
 
 
 class _SafetensorsFile:
@@ -51,7 +77,8 @@ class _SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
         try:
-            size = path.stat().st_size
+            stat = path.stat()
+            size, self.identity = stat.st_size, _identity(stat)
             with open(path, "rb") as f:
                 prefix = f.read(8)
                 if len(prefix) < 8:
@@ -73,25 +100,64 @@ class _SafetensorsFile:
         self.size, self.data_start = size, 8 + header_len
         self.metadata = header.pop("__metadata__", None) or {}
         self.entries = {name: self._entry(name, info) for name, info in header.items()}
+        self.content = self._content_hash()  # what a re-opened file must match
 
     def _entry(self, name: str, info: object) -> _TensorEntry:
         try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            code = info["dtype"]
+            bits = DTYPE_BITS[code]
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry "
                                   f"{info!r}") from exc
-        nbytes = math.prod(shape) * dtype.itemsize
-        if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0 \
+        nbits = math.prod(shape) * bits  # sub-byte dtypes pack whole bytes (the format refuses the rest)
+        if min(shape, default=0) < 0 or nbits % 8 or end - begin != nbits // 8 or begin < 0 \
                 or self.data_start + end > self.size:
-            raise CheckpointError(f"{self.path}: tensor {name!r} ({info['dtype']}{list(shape)}) "
+            raise CheckpointError(f"{self.path}: tensor {name!r} ({code}{list(shape)}) "
                                   f"claims bytes {begin}..{end} but the file has "
                                   f"{self.size - self.data_start} data bytes (truncated or corrupt)")
-        return _TensorEntry(self, dtype, shape, begin, end)
+        return _TensorEntry(self, code, shape, begin, end)
+
+    def _content_hash(self) -> bytes:
+        hasher = hashlib.sha256()
+        self.digest(hasher)
+        return hasher.digest()
+
+    def check(self) -> None:
+        """Refuse to read a file that changed since it was opened; re-map one that was restored.
+
+        Reading a mapped page past a truncated end is SIGBUS, which no `except` catches, so the file's
+        (st_size, st_ino, st_mtime_ns, st_dev) are compared before every read (one stat call). A file
+        that changed but holds the same header and sampled bytes (a restored copy) is mapped afresh.
+        A truncation between this check and the read itself is not caught (no portable way to).
+        """
+        try:
+            now = _identity(os.stat(self.path))
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: gone since it was opened ({exc.strerror}); restore it "
+                                  f"or load the model again") from exc
+        if now == self.identity:
+            return
+        change = f"size {self.size} → {now[0]} bytes" if now[0] != self.size else "modified or replaced"
+        try:
+            fresh = _SafetensorsFile(self.path)
+        except CheckpointError:
+            fresh = None
+        if fresh is None or fresh.header_bytes != self.header_bytes or fresh.content != self.content:
+            raise CheckpointError(f"{self.path}: changed on disk since it was opened ({change}); restore it "
+                                  f"or load the model again")
+        # the old map may still back live views: drop it, never close it under them
+        self.mmap, self.identity, self.size = fresh.mmap, fresh.identity, fresh.size
 
     def view(self, entry: _TensorEntry) -> torch.Tensor:
-        """A zero-copy CPU tensor over `entry`'s bytes in the memory map (shape and dtype from the header)."""
+        """A zero-copy CPU tensor over `entry`'s bytes in the memory map (shape and dtype from the header).
+
+        Checks the file first (`check`); CheckpointError for a dtype torch has no element type for."""
+        self.check()
+        if entry.dtype is None:
+            raise CheckpointError(f"{self.path}: tensor of dtype {entry.code} {list(entry.shape)} cannot be "
+                                  f"read (no torch element type)")
         count = math.prod(entry.shape)
         if count == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
@@ -122,11 +188,13 @@ class Checkpoint:
     """All safetensors tensors of one model folder, opened lazily.
 
     Accepts a folder holding `model.safetensors`, or a sharded folder with
-    `model.safetensors.index.json`, or a path to a single `.safetensors` file.
+    `model.safetensors.index.json`, or a path to a single `.safetensors` file. `quantization` says how
+    the checkpoint is quantized (None: it is not); block-scaled FP8 weights read dequantized (float32).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.index_only: list[str] = []  # names a (stale) index lists that no shard holds
         files = self._find_files(self.path)
         self._files = [_SafetensorsFile(f) for f in files]
         self._entries: dict[str, _TensorEntry] = {}
@@ -136,10 +204,12 @@ class Checkpoint:
                     raise CheckpointError(f"{self.path}: tensor {name!r} appears in two shards "
                                           f"({self._entries[name].file.path.name}, {file.path.name})")
                 self._entries[name] = entry
+        self.index_only = [n for n in self.index_only if n not in self._entries]
         self._fingerprint: str | None = None
+        folder = self.path if self.path.is_dir() else self.path.parent
+        self.quantization: Quantization | None = detect_quantization(read_quantization_config(folder), self.keys())
 
-    @staticmethod
-    def _find_files(path: Path) -> list[Path]:
+    def _find_files(self, path: Path) -> list[Path]:
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise CheckpointError(f"{path}: only .safetensors files are loaded (no pickles)")
@@ -156,6 +226,7 @@ class Checkpoint:
             missing = [s for s in shards if not (path / s).is_file()]
             if missing:
                 raise CheckpointError(f"{index}: shards listed but missing: {missing}")
+            self.index_only = list(weight_map)
             return [path / s for s in shards]
         if (path / SINGLE_NAME).is_file():
             return [path / SINGLE_NAME]
@@ -176,19 +247,71 @@ class Checkpoint:
         """The shape of tensor `name` from the header (no data read); CheckpointError if absent."""
         return self._entry(name).shape
 
+    def dtype_code(self, name: str) -> str:
+        """The safetensors dtype code of tensor `name` as stored (e.g. "BF16", "F8_E4M3", "U16")."""
+        return self._entry(name).code
+
     def dtype(self, name: str) -> torch.dtype:
-        """The torch dtype of tensor `name` from the header; CheckpointError if absent."""
-        return self._entry(name).dtype
+        """The torch dtype `get(name)` returns (float32 for dequantized FP8); CheckpointError if absent
+        or if torch has no element type for it (F4, F6_*)."""
+        entry = self._entry(name)
+        if self._scale_key(name) is not None:
+            return torch.float32
+        if entry.dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is {entry.code}, which torch cannot hold")
+        return entry.dtype
 
     def nbytes(self, name: str) -> int:
-        """The size in bytes of tensor `name`'s data; CheckpointError if absent."""
+        """The size in bytes of tensor `name`'s stored data (its FP8 scale included); CheckpointError if absent."""
         entry = self._entry(name)
-        return entry.end - entry.begin
+        scale = self._scale_key(name)
+        return entry.end - entry.begin + (self.nbytes(scale) if scale else 0)
+
+    def float_problem(self, name: str) -> str | None:
+        """Why tensor `name` cannot be merged as a float (its dtype, named), or None when it can."""
+        entry = self._entry(name)
+        fp8_checkpoint = self.quantization is not None and self.quantization.dequantized
+        scale = self._scale_key(name)
+        if scale is not None:  # checked here from the headers, so a bad scale fails at load, not mid-merge
+            expected = block_scale_shape(entry.shape, self.quantization.block)
+            if expected != self.shape(scale):
+                return (f"tensor {name!r} (F8_E4M3 {list(entry.shape)}) has a {list(self.shape(scale))} block scale "
+                        f"where weight_block_size {list(self.quantization.block)} needs {list(expected or [])}")
+            return None
+        if entry.code not in FLOAT_CODES:
+            return f"tensor {name!r} is {entry.code}, not a float dtype Mergescope can merge"
+        if fp8_checkpoint and entry.code.startswith("F8_"):
+            return f"tensor {name!r} is {entry.code} without its {name + SCALE_INV_SUFFIX!r} block scale"
+        return None
 
     def get(self, name: str) -> torch.Tensor:
-        """A zero-copy CPU view of tensor `name` (read-only by convention: never write to it)."""
+        """A zero-copy CPU view of tensor `name` (read-only by convention: never write to it); a block-
+        scaled FP8 weight is returned dequantized (a new float32 tensor). CheckpointError if the file
+        changed since it was opened."""
         entry = self._entry(name)
+        scale = self._scale_key(name)
+        if scale is not None:
+            return dequantize_fp8_blocks(entry.file.view(entry), self.get(scale), self.quantization.block)
         return entry.file.view(entry)
+
+    def dtype_counts(self) -> dict[str, int]:
+        """How many tensors of each stored dtype code the checkpoint holds, e.g. {"BF16": 338, "U16": 1}."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            counts[entry.code] = counts.get(entry.code, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def check_unchanged(self) -> None:
+        """CheckpointError if any file changed on disk since it was opened (see `_SafetensorsFile.check`)."""
+        for file in self._files:
+            file.check()
+
+    def _scale_key(self, name: str) -> str | None:
+        """The block-scale tensor of an FP8 weight in an FP8-quantized checkpoint, else None."""
+        if self.quantization is None or not self.quantization.dequantized:
+            return None
+        scale = name + SCALE_INV_SUFFIX
+        return scale if scale in self._entries and self._entries[name].code == "F8_E4M3" else None
 
     def _entry(self, name: str) -> _TensorEntry:
         try:

@@ -33,7 +33,8 @@ WORKER_NAME = "mergescope-worker-{}"
 
 @dataclass(frozen=True)
 class PairSpec:
-    """What a worker loads: the models (folders or hub ids), dtype, device and Gram files."""
+    """What a worker loads: the models (folders or hub ids), dtype, device, Gram files, and whether a
+    donor lacking some of the VLM's tensors is merged where it can be (`load_pair`'s allow_partial)."""
 
     vlm: str
     llm: str
@@ -41,6 +42,7 @@ class PairSpec:
     dtype: str = "auto"
     device: str = "cpu"
     grams: dict[str, str] | None = None
+    allow_partial: bool = False
 
 
 class SweepWorker:
@@ -52,7 +54,8 @@ class SweepWorker:
         from .pair import load_pair
         spec = PairSpec(**spec)
         device = "cuda" if spec.device == "auto-gpu" else spec.device  # Ray sets CUDA_VISIBLE_DEVICES
-        pair = load_pair(spec.vlm, spec.llm, spec.base, dtype=spec.dtype, device=device)
+        pair = load_pair(spec.vlm, spec.llm, spec.base, dtype=spec.dtype, device=device,
+                         allow_partial=spec.allow_partial)
         self.answerer = Answerer(MergeEngine(pair, grams=spec.grams))  # no cache: the driver keeps it
 
     def configs(self, plan: dict, items: list[EvalItem], settings: dict) -> list[dict]:

@@ -149,6 +149,7 @@ class MergeEngine:
         """The mapping to another donor checkpoint; refuses one that would not merge the same tensors."""
         layout = build_layout(self.pair.vlm, self.pair.vlm_files, donor)
         layout.require_compatible()
+        layout.check_coverage(self.pair.allow_partial, donor.path)
         if [s.name for s in layout.slots] != list(self._slots):
             raise LayoutError(f"{donor.path}: does not map onto the same VLM tensors as the current donor "
                               f"({len(layout.slots)} vs {len(self._slots)}); pick a donor of the same architecture")
@@ -176,6 +177,9 @@ class MergeEngine:
         """Make the resident weights equal `plan`'s merge, touching only tensors that change."""
         with self.lock, torch.no_grad():
             targets = self._targets(plan)  # under the lock: it reads the attached Gram files
+            # a file truncated under us fails here, before the first write (CheckpointError), so the
+            # weights keep the current plan; each read checks again (see Checkpoint.get)
+            self.pair.check_files()
             start = time.perf_counter()
             report = ApplyReport(plan.hash())
             previous = self._plan

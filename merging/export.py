@@ -81,8 +81,9 @@ class _Entry:
 
 def _entries(engine) -> list[_Entry]:
     pair = engine.pair
-    params = dict(pair.vlm.named_parameters())
+    params = dict(pair.vlm.named_parameters(remove_duplicate=False))  # tied names too (lm_head → embedding)
     by_key = {s.vlm_key: s for s in pair.layout.slots}
+    slot_of = {id(params[s.name]): s.name for s in pair.layout.slots}
     entries = []
     for key in sorted(pair.vlm_files.keys()):
         slot = by_key.get(key)
@@ -91,11 +92,16 @@ def _entries(engine) -> list[_Entry]:
             entries.append(_Entry(key, param.dtype, tuple(param.shape), slot.name))
             continue
         shape, dtype = pair.vlm_files.shape(key), pair.vlm_files.dtype(key)
-        # the resident dtype of the same tensor (file `visual.x` is `model.visual.x` in memory): what
-        # the loader cast it to, so the export reloads into the same model
-        same = [p for n, p in params.items() if (n == key or n.endswith("." + key)) and tuple(p.shape) == shape]
+        # the resident tensor of the same name (file `visual.x` is `model.visual.x` in memory)
+        same = list({id(p): p for n, p in params.items()
+                     if (n == key or n.endswith("." + key)) and tuple(p.shape) == shape}.values())
+        if len(same) == 1 and id(same[0]) in slot_of:
+            # a tied model whose file also stores its head: the head IS the (merged) embedding, so
+            # write that; the file's stale copy would make the reload untie and differ
+            entries.append(_Entry(key, same[0].dtype, shape, slot_of[id(same[0])]))
+            continue
         if len(same) == 1 and dtype.is_floating_point:
-            dtype = same[0].dtype
+            dtype = same[0].dtype  # what the loader cast it to, so the export reloads into the same model
         entries.append(_Entry(key, dtype, shape, None))
     return entries
 
@@ -142,6 +148,7 @@ def export_checkpoint(engine, plan: MergePlan, out: str | Path, *, max_shard_byt
     pair = engine.pair
     out = Path(out)
     targets = engine.resolve(plan)            # PlanError here: nothing written
+    pair.check_files()                        # CheckpointError here for a file changed on disk
     max_shard_bytes = parse_size(max_shard_bytes)
     _check_out(out, pair, overwrite)
     try:
@@ -189,6 +196,7 @@ def export_checkpoint(engine, plan: MergePlan, out: str | Path, *, max_shard_byt
         shutil.rmtree(work, ignore_errors=True)
         raise
     return {"out": str(out), "shards": len(shards), "tensors": len(entries), "merged": len(targets),
+            "lm_tensors": pair.layout.total, "unmatched": list(pair.layout.unmatched),
             "bytes": total, "mergekit": MERGEKIT_NAME if mergekit_text is not None else None,
             "mergekit_reason": mergekit_reason, "plan_hash": plan.hash(),
             "seconds": round(time.perf_counter() - start, 3)}
@@ -228,8 +236,9 @@ def model_card(engine, plan: MergePlan, targets: dict[str, Target], out: Path, m
             lines.append(f"| Gram statistics ({role}) | `{gram.path}` | `{gram.fingerprint()}` |")
     lines += ["", f"## Plan (hash `{plan.hash()}`, also in `{PLAN_NAME}`)", "", "```yaml",
               plan.to_yaml().rstrip() if plan.rules else "rules: []", "```", "",
-              f"{len(targets)} of {len(layout.slots)} language-model tensors merged; the others keep the "
-              f"VLM's values."]
+              f"{len(targets)} of {layout.total} language-model tensors merged; the others keep the "
+              f"VLM's values" + (f" ({len(layout.unmatched)} of them because the donor lacks them: "
+                                 f"a partial donor)." if layout.unmatched else ".")]
     for note in layout.notes:
         lines.append(f"Note: {note}")
     if used:

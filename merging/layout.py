@@ -10,12 +10,14 @@ checkpoint by detecting that checkpoint's decoder prefix — no per-family strin
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .checkpoint import Checkpoint
-from .errors import LayoutError
+from .errors import CheckpointError, LayoutError
+from .quantization import refusal
 
 ATTENTION_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_ROLES = ("gate_proj", "up_proj", "down_proj")
@@ -57,6 +59,35 @@ class Layout:
     unmatched: list[str] = field(default_factory=list)                    # VLM params with no donor tensor
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, vlm shape, donor shape)
     notes: list[str] = field(default_factory=list)                        # e.g. vocab-size report
+    missing_in_index: list[str] = field(default_factory=list)  # unmatched names a stale index still lists
+
+    @property
+    def total(self) -> int:
+        """How many VLM language-model tensors there are: mergeable, without a donor tensor, or mismatched."""
+        return len(self.slots) + len(self.unmatched) + len(self.mismatched)
+
+    def coverage(self) -> str:
+        """'51 of 51' or '44 of 51': language-model tensors the donor can merge, of all of them."""
+        return f"{len(self.slots)} of {self.total}"
+
+    def check_coverage(self, allow_partial: bool, path: object = "the donor") -> None:
+        """Refuse a donor that lacks tensors the VLM's layout maps (LayoutError naming them), unless
+        `allow_partial`: then note, in `notes` (shown by the CLI, the card and the UI), what keeps the VLM's values."""
+        if not self.unmatched:
+            return
+        more = len(self.unmatched) - 6
+        listed = ", ".join(self.unmatched[:6]) + (f" (and {more} more)" if more > 0 else "")
+        stale = (f"; {len(self.missing_in_index)} of them are listed in its index but in no shard (stale index)"
+                 if self.missing_in_index else "")
+        if not allow_partial:
+            raise LayoutError(f"{path}: partial checkpoint — {len(self.unmatched)} of the VLM's {self.total} "
+                              f"language-model tensors have no donor tensor: {listed}{stale}; use the complete "
+                              f"checkpoint, or pass --allow-partial (allow_partial=True) to merge the rest")
+        note = (f"partial donor: {self.coverage()} language-model tensors can merge; {len(self.unmatched)} have no "
+                f"donor tensor and keep the VLM's values: {listed}{stale}")
+        if note not in self.notes:
+            self.notes.append(note)
+            warnings.warn(note, stacklevel=2)
 
     def require_compatible(self) -> None:
         """Raise LayoutError naming the tensors if the donor does not share the VLM's backbone."""
@@ -116,8 +147,13 @@ def _named_decoder(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     raise LayoutError(f"{type(model).__name__}: get_decoder() is not a submodule")
 
 
-def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint) -> Layout:
-    """Pair each VLM decoder (+ head) parameter with the donor tensor of the same relative name."""
+def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint, role: str = "donor") -> Layout:
+    """Pair each VLM decoder (+ head) parameter with the donor tensor of the same relative name.
+
+    `donor` is the donor or (`role="base"`) the base. Raises CheckpointError for a quantization we do
+    not read (naming the method) or a mapped tensor of a dtype we cannot merge (naming it), LayoutError
+    when the VLM's own files lack an original. Donor tensors that are absent are listed in `unmatched`
+    (see `Layout.check_coverage`)."""
     decoder_name, decoder = _named_decoder(vlm)
     params = {rel: p for rel, p in decoder.named_parameters()}
     prefix = decoder_name + "." if decoder_name else ""
@@ -128,6 +164,11 @@ def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint)
         params[HEAD], names[HEAD] = head.weight, head_name
 
     rels = [r for r in params if r != HEAD]
+    # `donor` may be any object with keys/__contains__/shape (e.g. shapes from a meta model): the
+    # checks that need a real Checkpoint are skipped for those
+    quant = getattr(donor, "quantization", None)
+    if quant is not None and not quant.dequantized:
+        raise refusal(donor.path, role, quant)  # before the name search, whose "found none" would mislead
     donor_keys, vlm_keys = donor.keys(), vlm_files.keys()
     donor_prefix = find_decoder_prefix(donor_keys, rels)
     vlm_prefix = find_decoder_prefix(vlm_keys, rels)
@@ -154,7 +195,13 @@ def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint)
                               f"{vlm_prefix + rel!r}); the folder's weights do not match the loaded model")
         if donor_key is None:
             layout.unmatched.append(names[rel])
+            if donor_prefix + rel in getattr(donor, "index_only", ()):
+                layout.missing_in_index.append(names[rel])
             continue
+        for ckpt, key in ((donor, donor_key), (vlm_files, vlm_key)):
+            problem = ckpt.float_problem(key) if hasattr(ckpt, "float_problem") else None
+            if problem:
+                raise CheckpointError(f"{ckpt.path}: {problem} (VLM parameter {names[rel]})")
         vlm_shape, donor_shape = tuple(param.shape), donor.shape(donor_key)
         role, group, layer = classify(rel)
         shared_rows = None

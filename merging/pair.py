@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, LayoutError, MergescopeError
 from .layout import Layout, build_layout
+from .quantization import refusal
 
 DTYPE_CHOICES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a VLM needs to run; a donor or base needs only its weights and config.
@@ -129,6 +131,14 @@ class ModelPair:
     base: Checkpoint | None
     layout: Layout
     base_keys: dict[str, str]       # slot name → key in the base checkpoint (empty without a base)
+    allow_partial: bool = False     # donors lacking some mapped tensors merge the rest (else refused)
+
+    def check_files(self) -> None:
+        """CheckpointError if the VLM's, donor's or base's files changed on disk since they were opened
+        (before a merge writes anything: a truncated mapped file would otherwise be SIGBUS mid-write)."""
+        for ckpt in (self.vlm_files, self.donor, self.base):
+            if ckpt is not None:
+                ckpt.check_unchanged()
 
     def fingerprints(self) -> dict[str, str | None]:
         """Short content hashes of the VLM's, donor's and base's safetensors (None without a base)."""
@@ -156,8 +166,45 @@ def load_vlm(path: Path, dtype: str = "auto", device: str = "cpu") -> tuple[torc
     model = model_cls.from_pretrained(path, dtype=DTYPE_CHOICES[dtype], use_safetensors=True,
                                       trust_remote_code=False, **placement)
     model.eval().requires_grad_(False)
+    own_memory(model)
     processor = (AutoProcessor if multimodal else AutoTokenizer).from_pretrained(path, trust_remote_code=False)
     return model, processor
+
+
+def _mapped_safetensors() -> list[tuple[int, int]] | None:
+    """Address ranges of this process's memory-mapped .safetensors files, or None where /proc is absent."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and ".safetensors" in fields[5]:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def own_memory(model: torch.nn.Module) -> int:
+    """Copy every CPU parameter and buffer that still reads from a memory-mapped safetensors file into
+    the process's own memory; returns the bytes copied.
+
+    transformers 5 leaves CPU weights whose dtype matches the file as views of the file's mapping, so
+    truncating the VLM's file under a running app killed it with SIGBUS on the next generation. The
+    copy costs the weights' size in anonymous memory instead of reclaimable page cache (the same
+    resident size while the model is in use). Without /proc (not Linux) every CPU tensor is copied.
+    """
+    ranges = _mapped_safetensors()
+    copied = 0
+    for tensor in chain(model.parameters(), model.buffers()):
+        if tensor.device.type != "cpu" or tensor.numel() == 0:
+            continue
+        pointer = tensor.data_ptr()
+        if ranges is None or any(start <= pointer < end for start, end in ranges):
+            tensor.data = tensor.data.clone()
+            copied += tensor.numel() * tensor.element_size()
+    return copied
 
 
 def check_base_covers(layout: Layout, base: Checkpoint, base_keys: dict[str, str]) -> None:
@@ -170,23 +217,31 @@ def check_base_covers(layout: Layout, base: Checkpoint, base_keys: dict[str, str
 
 
 def load_pair(vlm: str | Path, llm: str | Path, base: str | Path | None = None, *,
-              dtype: str = "auto", device: str = "cpu") -> ModelPair:
+              dtype: str = "auto", device: str = "cpu", allow_partial: bool = False) -> ModelPair:
     """Load the VLM, open donor (and base) weights lazily, and map their tensors.
 
     `device` is cpu, cuda[:i], mps, auto (the best single device) or auto-multi (transformers'
-    device_map="auto", for a VLM larger than one GPU). Refuses a donor whose shapes do not match.
+    device_map="auto", for a VLM larger than one GPU). Refuses a donor whose shapes do not match, a
+    quantized VLM, a donor or base quantized other than block-scaled FP8 (CheckpointError naming the
+    method), and a donor lacking tensors the VLM maps unless `allow_partial` (LayoutError naming them).
     """
     vlm_dir = resolve_model_dir(vlm, VLM_FILES)
     vlm_files = Checkpoint(vlm_dir)  # validate the files before spending time on loading
+    if vlm_files.quantization is not None:  # merged values are written into it in its own dtype
+        raise refusal(vlm_files.path, "VLM", vlm_files.quantization)
     donor = Checkpoint(resolve_model_dir(llm))
     base_files = Checkpoint(resolve_model_dir(base)) if base is not None else None
+    for role, ckpt in (("donor", donor), ("base", base_files)):  # fail before the slow VLM load
+        if ckpt is not None and ckpt.quantization is not None and not ckpt.quantization.dequantized:
+            raise refusal(ckpt.path, role, ckpt.quantization)
     model, processor = load_vlm(vlm_dir, dtype, device)
     layout = build_layout(model, vlm_files, donor)
     layout.require_compatible()
+    layout.check_coverage(allow_partial, donor.path)
     base_keys = {}
     if base_files is not None:
-        base_layout = build_layout(model, vlm_files, base_files)
+        base_layout = build_layout(model, vlm_files, base_files, role="base")
         base_layout.require_compatible()
         base_keys = {s.name: s.donor_key for s in base_layout.slots}
         check_base_covers(layout, base_files, base_keys)
-    return ModelPair(model, processor, vlm_files, donor, base_files, layout, base_keys)
+    return ModelPair(model, processor, vlm_files, donor, base_files, layout, base_keys, allow_partial)
