@@ -86,7 +86,7 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
     (spec.device "auto-gpu", or "cuda") or on the CPU; `address` joins a running cluster instead of
     starting a local one. `on_dispatch(worker_name, cell_index)` is told when a cell is sent out;
     `donor_label` names the donor in the rows (as the single-process sweep's answerer does).
-    Raises MergescopeError when Ray is not installed or no worker could be started.
+    Raises MergescopeError when Ray is not installed.
     """
     try:
         import ray
@@ -95,70 +95,93 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else max(2, workers or 2), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
     on_gpu = spec.device in ("auto-gpu", "cuda") or spec.device.startswith("cuda:")
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    sweep = _RaySweep(ray, spec, on_gpu, cells, items, _settings_dict(settings), cache, batch_size)
     count = workers or (gpus if on_gpu and gpus else 2)
-    actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=0)(SweepWorker)
-    spec_dict = asdict(spec)
-    names = iter(range(1 << 30))
-
-    def start() -> tuple[str, Any]:
-        name = WORKER_NAME.format(next(names))
-        return name, actor_class.options(name=name).remote(spec_dict)
-
-    idle = deque(start() for _ in range(count))
-    queue, pending = deque(range(len(cells))), {}
-    results: dict[int, dict[int, dict]] = {c: {} for c in range(len(cells))}
-    settings_dict = _settings_dict(settings)
-    done, total, requeued = 0, len(cells) * len(items), 0
-    while queue or pending:
-        while queue and idle:
+    sweep.idle.extend(sweep.start() for _ in range(count))
+    queue = deque(range(len(cells)))
+    while queue or sweep.pending:
+        while queue and sweep.idle:
             c = queue.popleft()
-            name, actor = idle.popleft()
-            plan = cells[c].plan.to_dict()
-            try:
-                configs = ray.get(actor.configs.remote(plan, items, settings_dict))
-            except ray.exceptions.RayActorError:
-                queue.appendleft(c)
-                idle.append(start())
-                requeued += 1
-                continue
-            missing = []
-            for i, config in enumerate(configs):
-                hit = cache.get(config)
-                if hit is None:
-                    missing.append(i)
-                else:
-                    results[c][i] = {"answer": hit["answer"], "cached": True}
-            done += len(items) - len(missing)
-            if not missing:
-                idle.append((name, actor))
-                continue
-            ref = actor.answer.remote(plan, [items[i] for i in missing], settings_dict, batch_size)
-            pending[ref] = (c, name, actor, missing, configs)
-            if on_dispatch:
+            name = sweep.dispatch(c)
+            if name is None:
+                queue.appendleft(c)  # its worker died before taking it
+            elif on_dispatch and sweep.pending:
                 on_dispatch(name, c)
-        if not pending:
-            continue
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        c, name, actor, missing, configs = pending.pop(ref)
-        try:
-            answers = ray.get(ref)
-        except ray.exceptions.RayActorError:  # the worker died: its cell goes back to the queue
-            results[c] = {i: r for i, r in results[c].items() if r["cached"]}
-            done -= len(items) - len(missing)
-            queue.appendleft(c)
-            idle.append(start())
-            requeued += 1
-            continue
-        for i, result in zip(missing, answers):
-            cache.put(configs[i], {"answer": result["answer"], "seconds": result["seconds"]})
-            results[c][i] = {"answer": result["answer"], "cached": False}
-        done += len(missing)
-        if progress:
-            progress(done, total)
-        idle.append((name, actor))
-    for _, actor in idle:
+        if sweep.pending:
+            died = sweep.collect()
+            if died is not None:
+                queue.appendleft(died)
+            elif progress:
+                progress(sweep.done, len(cells) * len(items))
+    for _, actor in sweep.idle:
         ray.kill(actor)
-    rows = [cell_row(cell, items, results[c], donor_label) for c, cell in enumerate(cells)]
-    return {"rows": rows, "workers": count, "requeued": requeued}
+    rows = [cell_row(cell, items, sweep.results[c], donor_label) for c, cell in enumerate(cells)]
+    return {"rows": rows, "workers": count, "requeued": sweep.requeued}
+
+
+class _RaySweep:
+    """The driver's state: idle workers, cells out on workers, answers so far (cached or computed)."""
+
+    def __init__(self, ray, spec: PairSpec, on_gpu: bool, cells: list[Cell], items: list[EvalItem],
+                 settings: dict, cache: AnswerCache, batch_size: int | None):
+        self.ray, self.spec, self.cells, self.items = ray, asdict(spec), cells, items
+        self.settings, self.cache, self.batch_size = settings, cache, batch_size
+        self.actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=0)(SweepWorker)
+        self.idle: deque = deque()
+        self.pending: dict = {}  # object ref → (cell, worker name, actor, missing item indices, configs)
+        self.results: dict[int, dict[int, dict]] = {c: {} for c in range(len(cells))}
+        self.done = self.requeued = self.started = 0
+
+    def start(self) -> tuple[str, Any]:
+        name = WORKER_NAME.format(self.started)
+        self.started += 1
+        return name, self.actor_class.options(name=name).remote(self.spec)
+
+    def dispatch(self, c: int) -> str | None:
+        """Serve cell `c` from the cache, sending what is missing to an idle worker; the worker's name,
+        or None if it died (it is replaced)."""
+        name, actor = self.idle.popleft()
+        plan = self.cells[c].plan.to_dict()
+        try:
+            configs = self.ray.get(actor.configs.remote(plan, self.items, self.settings))
+        except self.ray.exceptions.RayActorError:
+            self._replace()
+            return None
+        missing = []
+        for i, config in enumerate(configs):
+            hit = self.cache.get(config)
+            if hit is None:
+                missing.append(i)
+            else:
+                self.results[c][i] = {"answer": hit["answer"], "cached": True}
+        self.done += len(self.items) - len(missing)
+        if not missing:
+            self.idle.append((name, actor))
+            return name
+        ref = actor.answer.remote(plan, [self.items[i] for i in missing], self.settings, self.batch_size)
+        self.pending[ref] = (c, name, actor, missing, configs)
+        return name
+
+    def collect(self) -> int | None:
+        """Wait for one cell's answers and cache them; the cell's index if its worker died instead."""
+        (ref,), _ = self.ray.wait(list(self.pending), num_returns=1)
+        c, name, actor, missing, configs = self.pending.pop(ref)
+        try:
+            answers = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:  # the worker died: its cell goes back to the queue
+            self.done -= len(self.items) - len(missing)
+            self.results[c] = {}
+            self._replace()
+            return c
+        for i, result in zip(missing, answers):
+            self.cache.put(configs[i], {"answer": result["answer"], "seconds": result["seconds"]})
+            self.results[c][i] = {"answer": result["answer"], "cached": False}
+        self.done += len(missing)
+        self.idle.append((name, actor))
+        return None
+
+    def _replace(self) -> None:
+        self.idle.append(self.start())
+        self.requeued += 1
