@@ -98,8 +98,12 @@ def method_notes(method: str, plan, partial: bool) -> list[str]:
     if method == "slerp":
         return ["slerp: the VLM is base_model, so t = α (t = 0 → the VLM). Equal up to fp32 rounding."]
     if spec.weights == "none":
-        notes = [f"{method}: mergekit takes no per-model weights; every tensor of this plan has α = 1, where",
-                 "Mergescope's merge is mergekit's" + (" (the VLM is base_model)." if spec.base == "vlm" else ".")]
+        notes = [f"{method}: mergekit takes no per-model weights; every merged tensor of this plan has α = 1,",
+                 "where Mergescope's merge is mergekit's"
+                 + (" (the VLM is base_model)." if spec.base == "vlm" else ".")]
+        if partial:
+            keep = ", ".join(f"{k} = {v}" for k, v in spec.keep)
+            notes += [f"Tensors no rule matches get {keep}, which keeps the VLM exactly."]
         if method == "arcee_fusion":
             notes += ["arcee_fusion: mergekit estimates the importance quartiles from 10⁶ random samples for",
                       "tensors larger than that; Mergescope computes them exactly."]
@@ -120,10 +124,10 @@ def method_notes(method: str, plan, partial: bool) -> list[str]:
                   "Mergescope also keeps entries tied with the band's ends: identical with distinct magnitudes."]
     if method.startswith(("dare", "della")):
         seeds = sorted({r.params.get("seed", 0) for r in plan.rules if r.method == method})
-        scale = "1/density" if method.startswith("dare") else "1/p (each entry's keep probability)"
+        scale = "1/density" if method.startswith("dare") else "1/p (p: the entry's keep probability)"
         who = method.split("_")[0].upper()
         notes += [f"{who}: mergekit draws its masks from torch's global generator (mergekit-yaml",
                   f"--random-seed; the plan's seed {', '.join(map(str, seeds))} does not carry over) and rescales",
-                  f"kept entries to the task vector's L1 norm (rescale: true); Mergescope scales by {scale}",
-                  "with per-tensor seeded masks. Equal in expectation, not per element."]
+                  "kept entries to the task vector's L1 norm (rescale: true); Mergescope scales them by",
+                  f"{scale}, with per-tensor seeded masks. Equal in expectation, not per element."]
     return notes
