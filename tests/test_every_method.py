@@ -115,3 +115,45 @@ def test_ramplus_tl_writes_rho_max_under_mergekits_name(triple):
                                            "params": {"rho_max": 0.3}}]})
     config = yaml.safe_load(mergekit_yaml(plan, pair))
     assert config["parameters"]["alpha"] == 0.3 and "rho_max" not in json.dumps(config)
+
+
+def _inputs(dtype):
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn(37, 53, generator=gen)
+    vlm, donor = (base + 0.1 * torch.randn(37, 53, generator=gen) for _ in range(2))
+    return [t.to(dtype) for t in (vlm, donor, base)]
+
+
+def _call(method, vlm, donor, base, alpha):
+    m = REGISTRY[method]
+    before = [t.clone() for t in (vlm, donor, base)]
+    out = torch.full_like(vlm, float("nan"))
+    m.fn(out, vlm, donor, base if m.needs_base else None, alpha, **params_for(method),
+         **({"name": "layers.0.mlp.up_proj.weight"} if "name" in m.context else {}))
+    assert all(torch.equal(t, b) for t, b in zip((vlm, donor, base), before)), f"{method} modified its inputs"
+    assert torch.isfinite(out).all(), method
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", [m for m in REGISTRY if m != "regmean"])
+def test_pure_and_independent_of_the_chunk_size(monkeypatch, method, dtype):
+    """Same inputs, same bits, whatever the chunk size (257 elements cuts rows of 53 anywhere); the
+    inputs are left alone. Random methods draw their masks chunk by chunk, so only a fixed chunk size
+    gives fixed masks: for them the check is that repeated calls agree."""
+    from merging.methods import registry
+    inputs = _inputs(dtype)
+    first = _call(method, *inputs, 0.35)
+    assert torch.equal(first, _call(method, *inputs, 0.35))
+    if "seed" not in {p.name for p in REGISTRY[method].params}:
+        monkeypatch.setattr(registry, "CHUNK_ELEMENTS", 257)
+        assert torch.equal(first, _call(method, *inputs, 0.35)), method
+
+
+@pytest.mark.parametrize("method", [m for m in REGISTRY if m in MERGEKIT and MERGEKIT[m].base != "common"
+                                    or m in MERGEKIT and MERGEKIT[m].weights == "none"])
+def test_alpha_zero_keeps_the_vlm_exactly(method):
+    """Where α is a blend from the VLM (weightless methods) or a model weight without a base, α = 0
+    is the VLM bit for bit."""
+    vlm, donor, base = _inputs(torch.bfloat16)
+    assert torch.equal(_call(method, vlm, donor, base, 0.0), vlm)

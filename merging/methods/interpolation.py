@@ -72,3 +72,15 @@ def toward(out: Tensor, vlm: Tensor, alpha: float, merge: Callable[[], Tensor]) 
         out.copy_(vlm)
         return
     linear(out, vlm, merge(), None, alpha)
+
+
+def toward_chunks(out: Tensor, vlm: Tensor, alpha: float, merge: Callable[..., Tensor], *inputs: Tensor) -> None:
+    """`toward` for an elementwise merge: M = merge(θ_V, *inputs) (fp32 chunks in, a fresh fp32 chunk
+    out) computed and blended chunk by chunk, with `linear`'s arithmetic: no full-size temporaries."""
+    if alpha == 0:
+        out.copy_(vlm)
+        return
+    for o, v, *xs in chunks(out, vlm, *inputs):
+        v32 = v.to(torch.float32)
+        merged = merge(v32, *(x.to(torch.float32) for x in xs))
+        o.copy_(merged if alpha == 1 else merged.sub_(v32).mul_(alpha).add_(v32))

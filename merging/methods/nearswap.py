@@ -7,23 +7,19 @@ from typing import Optional
 
 import torch
 
-from .interpolation import toward
-from .registry import ParamDef, Tensor, chunks, merge_method
+from .interpolation import toward_chunks
+from .registry import ParamDef, Tensor, merge_method
 
 T = ParamDef("t", float, 1e-4, 0.0, 10.0,
              "distance scale: entries with |θ_L − θ_V| ≤ t take θ_L, farther ones move t/|θ_L − θ_V| of the way "
              "(mergekit requires t; 1e-4 as in its reference merge)")
 
 
-def nearswap_merge(vlm: Tensor, donor: Tensor, t: float) -> Tensor:
-    """mergekit's nearswap with the VLM as its base: w = clamp(t/max(|θ_V − θ_L|, 1e-6), 0, 1),
-    w·θ_L + (1 − w)·θ_V, elementwise in fp32 chunks (one full-size fp32 result)."""
-    merged = torch.empty(vlm.shape, dtype=torch.float32, device=vlm.device)
-    for m, v, d in chunks(merged, vlm, donor):
-        a, b = v.to(torch.float32), d.to(torch.float32)
-        weight = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
-        m.copy_(weight * b + (1 - weight) * a)
-    return merged
+def nearswap_chunk(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """mergekit's nearswap with the VLM as its base, on fp32 chunks of θ_V (a) and θ_L (b):
+    w = clamp(t/max(|a − b|, 1e-6), 0, 1), w·b + (1 − w)·a."""
+    weight = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
+    return weight * b + (1 - weight) * a
 
 
 @merge_method("nearswap", formula="w = clamp(t/|θ_L − θ_V|, 0, 1); M = w·θ_L + (1 − w)·θ_V; "
@@ -33,4 +29,4 @@ def nearswap_merge(vlm: Tensor, donor: Tensor, t: float) -> Tensor:
               params=(T,))
 def nearswap(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """NearSwap with the VLM in mergekit's base role; α moves from θ_V to the NearSwap merge."""
-    toward(out, vlm, alpha, lambda: nearswap_merge(vlm, donor, params["t"]))
+    toward_chunks(out, vlm, alpha, lambda a, b: nearswap_chunk(a, b, params["t"]), donor)
