@@ -10,7 +10,9 @@ exact per-layer list. mergekit evaluates a gradient at x = (l/(L−1))·(L−1),
 for some l and L (e.g. L = 24, l = 13); the generator simulates mergekit's parameter resolution for
 every tensor and, where a per-layer list would not reproduce α exactly, writes one single-layer slice
 per layer with scalar values instead. Plans mergekit cannot express get a clear reason instead of a
-file (`MergekitUnsupported`).
+file (`MergekitUnsupported`). How each method maps onto mergekit's (base model, weights, parameter
+names) is `merging.mergekit_methods.MERGEKIT`; mergekit's weightless methods (model_stock, sce, ram,
+karcher, nearswap, …) are written only where every tensor has α = 1.
 """
 
 from __future__ import annotations
@@ -22,20 +24,11 @@ import torch
 import yaml
 
 from . import curves
-from .errors import MergescopeError
-from .methods import get_method
+from .mergekit_methods import (MERGEKIT, MERGEKIT_METHODS, MergekitUnsupported, check_weightless, fallback,
+                               method_notes, mk_value)
 from .plan import PLAN_NAME, MergePlan, Target
 
 MERGEKIT_NAME = "mergekit.yaml"
-
-
-class MergekitUnsupported(MergescopeError):
-    """A plan mergekit cannot express; the message says why."""
-
-
-# -- mergekit --------------------------------------------------------------------------------------
-MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-_TASK_VECTOR = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
 @dataclass(frozen=True)
@@ -93,8 +86,10 @@ def _setting(items: list[tuple[str | None, Any]], fallback: Any):
 
 def _parameters(method: str, plan: MergePlan, layout, layer: int | None) -> tuple[dict, dict, dict]:
     """(VLM's, donor's, shared) mergekit parameters; `layer` set: scalars for that layer's slice."""
+    spec = MERGEKIT[method]
     L = layout.num_layers
-    alpha_items, density_items, lambda_items, normalize_items = [], [], [], []
+    alpha_items: list = []
+    items: dict[str, list] = {name: [] for name in spec.per_model + spec.shared}
     for rule in plan.rules:
         alphas = curves.layer_alphas(rule.curve, L)
         for component in rule.components:
@@ -102,27 +97,21 @@ def _parameters(method: str, plan: MergePlan, layout, layer: int | None) -> tupl
                 value = (_layer_value(rule.curve, alphas, per_layer=layer is not None, layer=layer) if f.layer
                          else curves.non_layer_alpha(rule.curve, alphas))
                 alpha_items.append((f.text, value))
-                if "density" in rule.params:
-                    density_items.append((f.text, rule.params["density"]))
-                lambda_items.append((f.text, rule.params.get("lambda", 1.0)))
-                if "normalize" in rule.params:
-                    normalize_items.append((f.text, bool(rule.params["normalize"])))
-    if method == "slerp":
-        return {}, {}, {"t": _setting(alpha_items, 0.0)}
-    vlm = {"weight": _setting([(f, _complement(v)) for f, v in alpha_items], 1.0)}
-    donor = {"weight": _setting(alpha_items, 0.0)}
+                for name in items:
+                    items[name].append((f.text, mk_value(method, name, rule.params[name])))
+    vlm: dict[str, Any] = {}
+    donor: dict[str, Any] = {}
     shared: dict[str, Any] = {}
-    if method == "linear":
-        shared["normalize"] = False
-        return vlm, donor, shared
-    if density_items:
-        vlm["density"] = donor["density"] = _setting(density_items, 1.0)
-    shared["lambda"] = _setting(lambda_items, 1.0)
-    if normalize_items:
-        defaults = {p.name: p.default for p in get_method(method).params}
-        shared["normalize"] = _setting(normalize_items, defaults.get("normalize") == 1)
-    if method.startswith("dare"):
-        shared["rescale"] = True
+    if spec.weights == "t":
+        shared["t"] = _setting(alpha_items, 0.0)
+    elif spec.weights == "models":
+        vlm["weight"] = _setting([(f, _complement(v)) for f, v in alpha_items], 1.0)
+        donor["weight"] = _setting(alpha_items, 0.0)
+    for name in spec.per_model:
+        vlm[spec.mk(name)] = donor[spec.mk(name)] = _setting(items[name], fallback(method, name))
+    for name in spec.shared:
+        shared[spec.mk(name)] = _setting(items[name], fallback(method, name))
+    shared.update(spec.fixed)
     return vlm, donor, shared
 
 
@@ -150,6 +139,7 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
     if method not in MERGEKIT_METHODS:
         what = "RegMean" if method == "regmean" else repr(method)
         raise MergekitUnsupported(f"mergekit has no {what} merge method")
+    check_weightless(method, layout, targets)
     shared_rows = [s.rel for s in layout.slots if s.shared_rows is not None and s.name in targets]
     if shared_rows:
         raise MergekitUnsupported(f"the vocabularies differ ({', '.join(shared_rows)}): Mergescope merges the shared "
@@ -157,12 +147,12 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
     live_rules = used[method]
     plan = MergePlan(tuple(r for i, r in enumerate(plan.rules) if i in live_rules))  # drop unreachable rules
     vlm, donor = _model_path(pair.vlm_files), _model_path(pair.donor)
-    base = _model_path(pair.base) if method in _TASK_VECTOR else None
+    base = _model_path(pair.base) if MERGEKIT[method].base == "common" else None
     dtype = dict(pair.vlm.named_parameters())[layout.slots[0].name].dtype
     out_dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "float32")
     head: dict[str, Any] = {"merge_method": method}
-    if method == "slerp":
-        head["base_model"] = vlm
+    if MERGEKIT[method].base == "vlm":
+        head["base_model"] = vlm  # the VLM's entry below doubles as mergekit's base
     elif base is not None:
         head["base_model"] = base
 
@@ -249,18 +239,16 @@ def _mismatches(config: dict, method: str, plan: MergePlan, pair, targets: dict[
 
         target = targets.get(slot.name)
         alpha = target.alpha if target is not None else 0.0
-        params = dict(target.params) if target is not None else {}
+        spec = MERGEKIT[method]
         want: list[tuple[str, int | None, Any, float]] = []  # (param, model, value, tolerance)
-        if method == "slerp":
+        if spec.weights == "t":
             want.append(("t", None, alpha, 0.0))
-        else:
+        elif spec.weights == "models":
             want += [("weight", 1, alpha, 0.0), ("weight", 0, 1.0 - alpha, 1e-12)]
-            if method != "linear":
-                want.append(("lambda", None, params.get("lambda", 1.0), 0.0))
-                if any(p.name == "density" for p in get_method(method).params):
-                    want += [("density", m, params.get("density", 1.0), 0.0) for m in (0, 1)]
-                if target is not None and "normalize" in params:
-                    want.append(("normalize", None, bool(params["normalize"]), 0.0))
+        for name in spec.per_model + spec.shared:
+            value = (mk_value(method, name, dict(target.params)[name]) if target is not None
+                     else fallback(method, name))
+            want += [(spec.mk(name), m, value, 0.0) for m in ((0, 1) if name in spec.per_model else (None,))]
         for param, model, value, tol in want:
             got = get(param, model)
             if got is None or abs(float(got) - float(value)) > tol:
@@ -287,26 +275,7 @@ def mergekit_yaml(plan: MergePlan, pair) -> str:
     notes = [f"mergekit configuration of Mergescope plan {plan.hash()} ({PLAN_NAME}); α = the donor's weight.",
              "Components are substring filters, first match wins; the last entry (no filter) is for tensors",
              "no rule matches, which keep the VLM."]
-    if method == "linear":
-        notes += ["linear: weights (1−α, α), normalize false → (1−α)·θ_V + α·θ_L. Mergescope computes",
-                  "θ_V + α·(θ_L − θ_V) (bf16: one fused lerp): equal up to fp32 rounding, which can move",
-                  "a rare element by one bf16 step."]
-    elif method == "slerp":
-        notes += ["slerp: the VLM is base_model, so t = α (t = 0 → the VLM). Equal up to fp32 rounding."]
-    else:
-        notes += [f"{method}: weights (1−α, α) on the task vectors θ_i − θ_B, base_model = the common base."]
-        if partial:
-            notes += ["Tensors outside every rule get weights (1, 0) and density 1: θ_B + (θ_V − θ_B), equal to",
-                      "θ_V up to one fp32 rounding (Mergescope keeps θ_V exactly)."]
-        if method == "ties":
-            notes += ["ties: mergekit keeps the int(density·n) largest |τ| (Mergescope: ⌈density·n⌉, and every",
-                      "entry tied with the threshold); identical when density·n is whole and magnitudes distinct."]
-        if method.startswith("dare"):
-            seeds = sorted({r.params.get("seed", 0) for r in plan.rules if r.method == method})
-            notes += ["DARE: mergekit draws its masks from torch's global generator (mergekit-yaml",
-                      f"--random-seed; the plan's seed {', '.join(map(str, seeds))} does not carry over) and rescales",
-                      "kept entries to the task vector's L1 norm (rescale: true); Mergescope scales by 1/density",
-                      "with per-tensor seeded masks. Equal in expectation, not per element."]
+    notes += method_notes(method, plan, partial)
     if "slices" in config:
         notes += ["One single-layer slice per layer: a per-layer gradient list would not reproduce every α",
                   "exactly at this depth (mergekit evaluates it at (l/(L−1))·(L−1), which is not always l)."]

@@ -38,6 +38,17 @@ PLANS = {
                                "curve": {"preset": "constant", "value": 0.4}, "params": {"density": 0.6, "seed": 7}}]},
     "dare-ties": {"rules": [{"components": ["all"], "method": "dare_ties",
                              "curve": {"preset": "constant", "value": 0.5}, "params": {"density": 0.5}}]},
+    # issue 15: the new methods built from elementwise operations, order statistics and CPU generators
+    "breadcrumbs-ties": {"rules": [{"components": ["all"], "method": "breadcrumbs_ties",
+                                    "curve": {"preset": "linear", "start": 0.2, "end": 0.7},
+                                    "params": {"density": 0.7, "gamma": 0.05}}]},
+    "della-linear": {"rules": [{"components": ["self_attn", "mlp"], "method": "della_linear",
+                                "curve": {"preset": "constant", "value": 0.4}, "params": {"density": 0.5, "seed": 7}}]},
+    "ramplus-tl-and-nearswap": {"rules": [
+        {"components": ["mlp"], "method": "ramplus_tl", "curve": {"preset": "constant", "value": 0.6},
+         "params": {"epsilon": 1e-3, "r": 0.5}},
+        {"components": ["self_attn"], "method": "nearswap", "curve": {"preset": "loglinear", "start": 0.1, "end": 1.0},
+         "params": {"t": 1e-3}}]},
 }
 EXPECTED = {
     "linear-constant-all": "56f2a6302496e1f85a4a7e947440d809a40407ba2b3e14bd12c33c15e79ded48",
@@ -47,6 +58,9 @@ EXPECTED = {
     "ties": "3ac2371659f954fc16331298299d76b07bde6d9ef581e370737eece909d5ef72",
     "dare-linear": "4a55c20a3a7cf31688c57b07f834eb5f5a55e5fd6b121a1354b261be0e53418a",
     "dare-ties": "b904743670a60cc14cb8c2690ad938a4a80a600c36e5e91e1811981ed5f446b6",
+    "breadcrumbs-ties": "920503de1ffe6b071bb64f00c77b84707ae77e85f9b27d66b5713c6ccc0e2e06",
+    "della-linear": "38a1116b1c6609f1109d45b6f24cdfa7073de926fb86f4aa4309a5343da93863",
+    "ramplus-tl-and-nearswap": "0d19240a1d3de054de6b8d2019e7b9b8ac75f7d6a554ea6ee2bb493fceb1ecd3",
 }
 
 

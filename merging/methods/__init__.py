@@ -10,7 +10,17 @@ from .interpolation import linear, slerp
 from .task_arithmetic import task_arithmetic
 from .ties import ties
 from .dare import dare_linear, dare_ties
+from .breadcrumbs import breadcrumbs, breadcrumbs_ties
+from .della import della, della_linear
+from .model_stock import model_stock
+from .sce import sce
+from .ram import ram, ramplus_tl
+from .spherical import karcher, multislerp, nuslerp
+from .nearswap import nearswap
+from .arcee_fusion import arcee_fusion
 from .regmean import regmean, regmean_solve
 
-__all__ = ["CHUNK_ELEMENTS", "REGISTRY", "Method", "ParamDef", "dare_linear", "dare_ties", "get_method", "linear",
-           "merge_method", "methods_table", "regmean", "regmean_solve", "slerp", "task_arithmetic", "ties"]
+__all__ = ["CHUNK_ELEMENTS", "REGISTRY", "Method", "ParamDef", "arcee_fusion", "breadcrumbs", "breadcrumbs_ties",
+           "dare_linear", "dare_ties", "della", "della_linear", "get_method", "karcher", "linear", "merge_method",
+           "methods_table", "model_stock", "multislerp", "nearswap", "nuslerp", "ram", "ramplus_tl", "regmean",
+           "regmean_solve", "sce", "slerp", "task_arithmetic", "ties"]

@@ -52,6 +52,16 @@ def stream_seed(seed: int, shape: tuple[int, ...], stream: int, name: Optional[s
     return h
 
 
+def stream_generators(seed: int, like: Tensor, name: Optional[str] = None) -> list[torch.Generator]:
+    """One torch.Generator per task vector (VLM's, donor's), on `like`'s device, seeded by `stream_seed`."""
+    generators = []
+    for stream in (0, 1):
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(stream_seed(seed, tuple(like.shape), stream, name))
+        generators.append(gen)
+    return generators
+
+
 def random_drop(density: float, seed: int, like: Tensor, name: Optional[str] = None) -> Optional[Sparsify]:
     """Keep each entry with probability `density`, scale kept ones ×1/density (None when density ≥ 1).
 
@@ -62,11 +72,7 @@ def random_drop(density: float, seed: int, like: Tensor, name: Optional[str] = N
     """
     if density >= 1:
         return None
-    generators = []
-    for stream in (0, 1):
-        gen = torch.Generator(device=like.device)
-        gen.manual_seed(stream_seed(seed, tuple(like.shape), stream, name))
-        generators.append(gen)
+    generators = stream_generators(seed, like, name)
 
     def drop(i: int, tau: Tensor) -> Tensor:
         keep = torch.rand(tau.shape, generator=generators[i], device=tau.device) < density

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -62,3 +62,25 @@ def slerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha
     for o, v, d in chunks(out, vlm, donor):
         # .to() may alias the read-only originals: torch.mul makes the one fresh temporary
         o.copy_(torch.mul(d.to(torch.float32), c_l).add_(v.to(torch.float32), alpha=c_v))
+
+
+def toward(out: Tensor, vlm: Tensor, alpha: float, merge: Callable[[], Tensor]) -> None:
+    """θ = θ_V + α·(M − θ_V) for a method whose own merge M (here `merge()`, fp32, computed only when
+    α > 0) takes no per-model weights: α = 0 keeps θ_V, α = 1 writes M (rounded once to out's dtype),
+    in between `linear` from θ_V towards M. The reading of α for mergekit's weightless methods."""
+    if alpha == 0:
+        out.copy_(vlm)
+        return
+    linear(out, vlm, merge(), None, alpha)
+
+
+def toward_chunks(out: Tensor, vlm: Tensor, alpha: float, merge: Callable[..., Tensor], *inputs: Tensor) -> None:
+    """`toward` for an elementwise merge: M = merge(θ_V, *inputs) (fp32 chunks in, a fresh fp32 chunk
+    out) computed and blended chunk by chunk, with `linear`'s arithmetic: no full-size temporaries."""
+    if alpha == 0:
+        out.copy_(vlm)
+        return
+    for o, v, *xs in chunks(out, vlm, *inputs):
+        v32 = v.to(torch.float32)
+        merged = merge(v32, *(x.to(torch.float32) for x in xs))
+        o.copy_(merged if alpha == 1 else merged.sub_(v32).mul_(alpha).add_(v32))

@@ -67,6 +67,7 @@ class Method:
     params: tuple[ParamDef, ...] = field(default=())
     needs_base: bool = False
     context: tuple[str, ...] = ()   # subset of CONTEXT the engine passes as keywords
+    check: Optional[Callable[[dict], Optional[str]]] = None  # filled params -> what is wrong with them, or None
 
     def __post_init__(self):
         unknown = sorted(set(self.context) - set(CONTEXT))
@@ -89,15 +90,23 @@ class Method:
         if extra:
             raise PlanError(f"{where}: method {self.name!r} has no parameter(s) {extra}; "
                             f"it takes {sorted(known) or 'none'}")
-        return {name: p.check(params.get(name, p.default), f"{where}.{name}") for name, p in known.items()}
+        filled = {name: p.check(params.get(name, p.default), f"{where}.{name}") for name, p in known.items()}
+        problem = self.check(filled) if self.check is not None else None
+        if problem:
+            raise PlanError(f"{where}: {problem}")
+        return filled
 
 
 REGISTRY: dict[str, Method] = {}
 
 
 def merge_method(name: str, *, formula: str, source: str = "", params: tuple[ParamDef, ...] = (),
-                 needs_base: bool = False, context: tuple[str, ...] = ()) -> Callable:
+                 needs_base: bool = False, context: tuple[str, ...] = (),
+                 check: Optional[Callable[[dict], Optional[str]]] = None) -> Callable:
     """Register the decorated function as merge method `name` (as mergekit's `@merge_method` does).
+
+    `check`, if given, receives a rule's filled-in parameters and returns what is wrong with them
+    together (e.g. DELLA's density ± epsilon outside (0, 1)), or None: plan validation raises it.
 
     The returned function fills in the declared parameters' defaults and refuses undeclared ones
     (TypeError), so a method body reads `params["density"]`; a method that needs a base gets a
@@ -117,9 +126,13 @@ def merge_method(name: str, *, formula: str, source: str = "", params: tuple[Par
                 raise TypeError(f"{name}: unexpected parameter(s) {unknown}; expected {sorted(declared)}")
             if needs_base and base is None:
                 raise PlanError(f"method {name!r} needs a base model (the common ancestor of VLM and donor)")
-            fn(out, vlm, donor, base, alpha, **{**declared, **kwargs}, **context)
+            filled = {**declared, **kwargs}
+            problem = check(filled) if check is not None else None
+            if problem:
+                raise PlanError(f"method {name!r}: {problem}")
+            fn(out, vlm, donor, base, alpha, **filled, **context)
 
-        REGISTRY[name] = Method(name, method, formula, source, params, needs_base, context)
+        REGISTRY[name] = Method(name, method, formula, source, params, needs_base, context, check)
         return method
 
     return register

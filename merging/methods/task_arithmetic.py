@@ -40,8 +40,7 @@ def task_vector_merge(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alp
 
 def disjoint_merge(weighted: list[Tensor], weights: tuple[float, ...], normalize: bool) -> Tensor:
     """TIES' elect-sign and disjoint merge of weighted task-vector chunks (consumes them)."""
-    positive = torch.stack(weighted).sum(dim=0) >= 0
-    agree = [torch.where(positive, x > 0, x < 0) for x in weighted]  # zero entries never agree
+    agree = sign_agreement(weighted)
     merged = weighted[0].mul_(agree[0])
     for x, a in zip(weighted[1:], agree[1:]):
         merged.add_(x.mul_(a))
@@ -49,6 +48,12 @@ def disjoint_merge(weighted: list[Tensor], weights: tuple[float, ...], normalize
         divisor = sum(a.to(torch.float32) * w for a, w in zip(agree, weights))
         merged.div_(divisor.masked_fill_(divisor == 0, 1.0))
     return merged
+
+
+def sign_agreement(vectors: list[Tensor]) -> list[Tensor]:
+    """TIES' elected sign s = sgn Σ x_i (+ where the sum is 0); per vector, where it is nonzero with sign s."""
+    positive = torch.stack(vectors).sum(dim=0) >= 0
+    return [torch.where(positive, x > 0, x < 0) for x in vectors]  # zero entries never agree
 
 
 @merge_method("task_arithmetic", formula="θ = θ_B + λ·[(1−α)·(θ_V − θ_B) + α·(θ_L − θ_B)]",

@@ -29,10 +29,15 @@ def magnitude_threshold(x: Tensor, base: Tensor, density: float) -> float:
     k = keep_count(density, n)
     if k >= n:
         return 0.0
-    mags = torch.empty(n, dtype=torch.float32, device=x.device)
+    return task_magnitudes(x, base).kthvalue(n - k + 1).values.item()
+
+
+def task_magnitudes(x: Tensor, base: Tensor) -> Tensor:
+    """|x − θ_B| as one flat full-size fp32 tensor, computed chunk by chunk with τ's arithmetic."""
+    mags = torch.empty(x.numel(), dtype=torch.float32, device=x.device)
     for m, xc, bc in chunks(mags, x.reshape(-1), base.reshape(-1)):
         torch.sub(xc.to(torch.float32), bc.to(torch.float32), out=m).abs_()  # same arithmetic as τ
-    return mags.kthvalue(n - k + 1).values.item()
+    return mags
 
 
 @merge_method("ties", formula="τ̂_i = top-density |θ_i − θ_B|; s = sgn Σ w_i·τ̂_i; "
