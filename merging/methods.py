@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import PlanError
+from .limits import brief
 
 Tensor = torch.Tensor
 CHUNK_ELEMENTS = 1 << 20  # fp32 temporaries stay ≤ 4 MiB each: cache-sized, never model-sized
@@ -58,8 +59,8 @@ class ParamDef:
 
     def check(self, value: object, where: str) -> float | int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (self.kind is int and not float(value).is_integer()):
-            raise PlanError(f"{where}: {self.name} must be {self.kind.__name__}, got {value!r}")
+                (self.kind is int and isinstance(value, float) and not value.is_integer()):
+            raise PlanError(f"{where}: {self.name} must be {self.kind.__name__}, got {brief(value)}")
         value = self.kind(value)
         below = value <= self.low if self.low_open else value < self.low
         if not math.isfinite(value) or below or value > self.high:
@@ -93,7 +94,7 @@ class Method:
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            raise PlanError(f"{where}: params must be a mapping, got {params!r}")
+            raise PlanError(f"{where}: params must be a mapping, got {brief(params)}")
         known = {p.name: p for p in self.params}
         extra = sorted(set(params) - set(known))
         if extra:
@@ -111,8 +112,9 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: object, where: str = "method") -> Method:
-    if name not in REGISTRY:
-        raise PlanError(f"{where}: unknown merge method {name!r}; choose one of {sorted(REGISTRY)}")
+    """The registered method called `name`; raises PlanError (one line) for anything else."""
+    if not isinstance(name, str) or name not in REGISTRY:  # a list here is unhashable: check the type first
+        raise PlanError(f"{where}: unknown merge method {brief(name)}; choose one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
