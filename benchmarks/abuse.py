@@ -166,6 +166,10 @@ def main() -> None:
             ("144 MP PNG", image("bomb.png"), "MP; upload a smaller one"),
             ("truncated PNG", image("truncated.png"), "not a readable image"),
             ("text file as PNG", image("notes.png"), "not a readable image"),
+            ("α curve of text", lambda c: c.submit(handle_file(str(TOY_IMAGE)), "Hi?", False, 8,
+                                                   "LLM from the shared seed", ["q_proj"], "abc", "linear", 1.0,
+                                                   0.2, 1, 0, 0.9, api_name="/on_compare").result()[0],
+             "α curve must be a list of numbers"),
             ("100 KB anchors", lambda c: c.predict("anchors", 0.4, 0.05, 0.4, 4, "0.1 " * 25_000,
                                                    api_name="/on_preset_apply")[3], "the limit is 4 KiB"),
         ]

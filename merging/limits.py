@@ -187,6 +187,15 @@ def bounded_int(value: object, what: str, low: int, high: int) -> int:
     return number
 
 
+def as_text(value: object, what: str) -> str:
+    """`value` if it is text (None: empty); raises LimitError naming `what` for anything else."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise LimitError(f"{what} must be text, got {type(value).__name__}")
+    return value
+
+
 def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an uploaded image file, check its size from the header, and only then decode it (RGB).
 

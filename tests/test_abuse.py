@@ -297,10 +297,12 @@ def test_history_is_capped_per_visitor():
 
 # -- 4. images decoded before they are checked -------------------------------------------------------
 
-def _compare(client: Client, path: Path, question: str = COLOUR_Q) -> list:
+def _compare(client: Client, path: Path, question: object = COLOUR_Q, tokens: object = 8,
+             alphas: object = (0.0,) * 8) -> list:
     """/on_compare's outputs as the page would show them at the end (each stream step updates some)."""
-    job = client.submit(handle_file(str(path)), question, False, 8, "LLM from the shared seed", ["q_proj"],
-                        [0.0] * 8, "linear", 1.0, 0.2, 1, 0, 0.9, api_name="/on_compare")
+    job = client.submit(handle_file(str(path)), question, False, tokens, "LLM from the shared seed", ["q_proj"],
+                        list(alphas) if isinstance(alphas, tuple) else alphas, "linear", 1.0, 0.2, 1, 0, 0.9,
+                        api_name="/on_compare")
     job.result()
     shown: list = [None] * 8
     for step in job.outputs():
@@ -329,6 +331,17 @@ def test_images_are_measured_before_decoding_and_bad_files_are_one_line(server, 
     assert rss_mb(server.proc.pid) - before < 100  # 144 MP would be +400 MB decoded
     outputs = _compare(client, TOY_IMAGE)
     assert outputs[1] == expected(reference, COLOUR_Q, image=TOY_IMAGE)
+
+
+def test_crafted_panel_values_are_one_line(server, reference):
+    """What the browser never sends but a script can: the same handler answers with one line."""
+    client = server.client("10.4.0.2")
+    for kwargs, says in (({"alphas": "abc"}, "the α curve must be a list of numbers"),
+                         ({"alphas": [0.1] * 5000}, "the α curve must be a list of numbers"),
+                         ({"alphas": [0.1] * 7}, "custom curve has 7 values but the model has 8")):
+        status = _compare(client, TOY_IMAGE, **kwargs)[0]
+        assert says in status and status.startswith("⚠️") and "\n" not in status
+    assert _compare(client, TOY_IMAGE)[1] == expected(reference, COLOUR_Q, image=TOY_IMAGE)
 
 
 def test_read_image_refuses_from_the_header(tmp_path):

@@ -21,11 +21,11 @@ from cache import config_key
 from merging import curves
 from merging.distance import role_distances
 from merging.engine import MergeEngine
-from merging.errors import MergescopeError
+from merging.errors import MergescopeError, PlanError
 from merging.evaluate import EvalItem, load_eval_set
 from merging.export import export_checkpoint, mergekit_yaml
 from merging.generate import GenerationSettings, build_question
-from merging.limits import bounded_int, brief, check_size, read_image
+from merging.limits import MAX_LIST, as_text, bounded_int, brief, check_size, read_image
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
 from merging.methods import REGISTRY, ParamDef
 from merging.plan import MergePlan
@@ -134,11 +134,17 @@ def _method_params() -> list[ParamDef]:
 
 
 def plan_from_ui(components: list[str], method: str, alphas: list[float], params: dict) -> MergePlan:
-    """The plan the merge panel shows: one rule, the drawn curve as exact per-layer values."""
+    """The plan the merge panel shows: one rule, the drawn curve as exact per-layer values.
+
+    Raises PlanError (one line) for anything the panel cannot send, e.g. a crafted API call whose
+    curve is not a list of numbers."""
     if not components:
         return MergePlan()
-    known = {p.name for p in REGISTRY[method].params} if method in REGISTRY else set()
-    rule = {"components": list(components), "method": method,
+    if not isinstance(alphas, list) or len(alphas) > MAX_LIST or \
+            not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
+        raise PlanError(f"the α curve must be a list of numbers, one per layer; got {brief(alphas)}")
+    known = {p.name for p in REGISTRY[method].params} if isinstance(method, str) and method in REGISTRY else set()
+    rule = {"components": list(components) if isinstance(components, list) else components, "method": method,
             "curve": {"preset": "custom", "values": [float(a) for a in alphas]},
             "params": {k: v for k, v in params.items() if k in known and v is not None}}
     return MergePlan.from_dict({"rules": [rule]})
@@ -368,7 +374,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                        request: gr.Request = None):
             try:
                 explorer.admit(request)
-                q = build_question(q if isinstance(q, str) else "")
+                q = build_question(as_text(q, "the question"))
                 if img is None and not text_only_q:
                     raise MergescopeError("this question needs an image: pick an example or upload one, "
                                           "or tick 'Text-only question'")
@@ -454,6 +460,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
 
         def on_history_select(configs, evt: gr.SelectData):
+            if not isinstance(evt.index, (list, tuple)) or not isinstance(evt.index[0], int) \
+                    or not 0 <= evt.index[0] < len(configs):  # a stale table, or a crafted call
+                return [gr.update()] * 6 + ["⚠️ that row is gone: press Refresh"] + [gr.update()] * (1 + len(param_defs))
             config = configs[evt.index[0]]
             plan = MergePlan.from_dict(config["plan"])
             comps, method_name, params, alphas = _editor_state(plan, layout, all_roles)
@@ -504,7 +513,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             try:
                 explorer.admit(request)
                 plan = MergePlan.from_text(plan_yaml_text or "")
-                question = build_question(question_text if isinstance(question_text, str) else "")
+                question = build_question(as_text(question_text, "the question"))
                 # the public cap clips a large request (as before); only nonsense is refused
                 tokens = min(bounded_int(max_tokens, "max_new_tokens", 1, 4096), explorer.max_new_tokens)
                 settings = GenerationSettings(max_new_tokens=tokens)
