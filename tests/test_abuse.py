@@ -341,6 +341,9 @@ def test_crafted_panel_values_are_one_line(server, reference):
                          ({"alphas": [0.1] * 7}, "custom curve has 7 values but the model has 8")):
         status = _compare(client, TOY_IMAGE, **kwargs)[0]
         assert says in status and status.startswith("⚠️") and "\n" not in status
+    # refused by the slider itself, before the handler: still one line, not Gradio's generic error
+    assert "Max new tokens: 'lots' is not a value this field takes" in refused(_compare, client, TOY_IMAGE,
+                                                                               tokens="lots")
     assert _compare(client, TOY_IMAGE)[1] == expected(reference, COLOUR_Q, image=TOY_IMAGE)
 
 

@@ -34,7 +34,7 @@ from merging.sweep import parse_grid, run_sweep
 
 from .curve_editor import curve_editor
 from .figures import alpha_figure, distance_figure, sweep_heatmap, sweep_lines
-from .guard import History, RateLimiter, UploadedImage, client_id
+from .guard import History, RateLimiter, UploadedImage, client_id, explain_bad_inputs
 
 log = logging.getLogger("mergescope.ui")
 
@@ -524,6 +524,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
 
         gr.api(api_answer, api_name="answer", **GPU)
         app.load(on_method, method, [method_formula, *param_boxes], **CHEAP)
+    explain_bad_inputs(app)  # a value the page would never send: one line, not Gradio's generic error
     return app
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 from merging.errors import MergescopeError
+from merging.limits import brief
 
 log = logging.getLogger("mergescope.guard")
 
@@ -201,3 +202,30 @@ class UploadedImage(gr.Image):
             raise gr.Error("the image upload is missing its file; upload it again")
         return str(payload.path)
 
+
+
+def explain_bad_inputs(app: gr.Blocks) -> None:
+    """Make every input component of `app` answer a value it cannot read with one line (gr.Error).
+
+    Gradio turns an exception in a component's preprocessing (text where a slider's number goes,
+    something a script sent that the page never would) into its generic "upstream Gradio app has
+    raised an exception"; a gr.Error's message is shown instead. Only the message changes: the value
+    is still refused before any handler runs.
+    """
+    for block in app.blocks.values():
+        if not isinstance(block, gr.components.Component) or getattr(block, "_explains_bad_inputs", False):
+            continue
+        original = block.preprocess
+        name = str(block.label or block.elem_id or type(block).__name__.lower())[:40]
+
+        def preprocess(payload, _original=original, _name=name):
+            try:
+                return _original(payload)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 — any reader's failure is a bad value from the client
+                raise gr.Error(f"{_name}: {brief(payload, 60)} is not a value this field takes "
+                               f"({type(exc).__name__}); send what the page sends") from None
+
+        block.preprocess = preprocess
+        block._explains_bad_inputs = True
