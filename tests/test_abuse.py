@@ -246,7 +246,7 @@ def test_rate_limit_is_per_address_not_per_session(server, reference):
         url_answers += 1
     message = refused(server.client("198.51.100.7, 10.2.0.1").predict, "rules: []", "What is 3 plus 1?", 4,
                       api_name="/answer")
-    assert f"rate limit: at most {RATE_LIMIT} model requests per 60 s from one address" in message
+    assert f"rate limit: at most {RATE_LIMIT} model requests per 60 s from one address (10.2.0.1)" in message
     answers_correctly(server.client("10.2.0.2"), reference, "What is 3 plus 3?")  # another address is served
 
 
@@ -277,8 +277,10 @@ def test_history_shows_a_visitor_only_their_own_questions(server, reference):
     alice, bob = server.client("10.3.0.1"), server.client("10.3.0.2")
     alice.predict("rules: []", "Alice asks: what is 4 plus 1?", 4, api_name="/answer")
     bob.predict("rules: []", "Bob asks: what is 4 plus 2?", 4, api_name="/answer")
+    _compare(alice, TOY_IMAGE, "Alice asks: what colour is it?")  # base and merged: two configurations
     seen = [row[1] for row in alice.predict(api_name="/on_refresh")["data"]]
-    assert seen == ["Alice asks: what is 4 plus 1?"]
+    assert sorted(seen) == ["Alice asks: what colour is it?"] * 2 + ["Alice asks: what is 4 plus 1?"]
+    assert [row[1] for row in bob.predict(api_name="/on_refresh")["data"]] == ["Bob asks: what is 4 plus 2?"]
     assert [row[1] for row in server.client("10.3.0.3").predict(api_name="/on_refresh")["data"]] == []
     answers_correctly(alice, reference, "What is 4 plus 4?")
 

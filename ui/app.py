@@ -9,7 +9,6 @@ traceback.
 from __future__ import annotations
 
 import difflib
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,7 @@ from merging.sweep import parse_grid, run_sweep
 
 from .curve_editor import curve_editor
 from .figures import alpha_figure, distance_figure, sweep_heatmap, sweep_lines
-from .guard import History, RateLimiter, UploadedImage, client_id, explain_bad_inputs
-
-log = logging.getLogger("mergescope.ui")
+from .guard import History, RateLimiter, client_id, explain_bad_inputs, uploaded_image
 
 PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS = 64, 64
 PUBLIC_DELETE_CACHE = (300, 1800)  # Gradio's temp files (uploads): checked every 5 min, deleted after 30 min
@@ -244,7 +241,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 with gr.Column(scale=4):
                     gr.Markdown("### Ask")
                     # a path, opened by read_image: size from the header before any pixel is decoded
-                    image = UploadedImage(label="Image", elem_id="image", height=240)
+                    image = uploaded_image(label="Image", elem_id="image", height=240)
                     question = gr.Textbox(label="Question", elem_id="question", lines=2)
                     text_only = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
                     max_new_tokens = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
@@ -370,8 +367,10 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         pin.click(on_pin, [components, curve, *param_inputs], [pinned_plan, preview, status], **CHEAP)
 
         # -- model events -----------------------------------------------------------------------
-        def on_compare(img, q, text_only_q, tokens, pinned, donor_name, comps, alphas, *param_values,
-                       request: gr.Request = None):
+        # `request` first: Gradio injects it only among positional parameters, never after *param_values
+        # (as a keyword it stayed None, and every visitor shared one rate limit)
+        def on_compare(request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name, comps, alphas,
+                       *param_values):
             try:
                 explorer.admit(request)
                 q = build_question(as_text(q, "the question"))

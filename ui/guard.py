@@ -73,7 +73,7 @@ class RateLimiter:
             if len(calls) >= self.limit:
                 wait = self.window - (now - calls[0])
                 raise MergescopeError(f"rate limit: at most {self.limit} model requests per {self.window:.0f} s "
-                                      f"from one address; try again in {wait:.0f} s")
+                                      f"from one address ({client[:40]}); try again in {wait:.0f} s")
             if len(self._all) >= self.global_limit:
                 wait = self.window - (now - self._all[0])
                 raise MergescopeError(f"this demo is busy: at most {self.global_limit} model requests per "
@@ -179,21 +179,17 @@ def start_janitor(folder: Path, max_bytes: int, max_age_s: float, every_s: float
     return thread
 
 
-class UploadedImage(gr.Image):
-    """gr.Image that hands the handler the uploaded file's path without opening it.
+def uploaded_image(**kwargs) -> gr.Image:
+    """A gr.Image that hands the handler the uploaded file's path without opening it.
 
     gr.Image(type="filepath") still calls PIL.Image.open in preprocessing, so a non-image or a
     declared-huge image failed there, with Gradio's generic error; here the handler gets the path and
-    checks it itself (merging.limits.read_image: header first, one-line refusals).
+    checks it itself (merging.limits.read_image: header first, one-line refusals). An instance, not a
+    subclass: Gradio writes a .pyi stub next to the source of every component class.
     """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
 
-    is_template = True  # the browser renders it as gr.Image
-
-    def __init__(self, *args, **kwargs):
-        kwargs.update(type="filepath", image_mode=None)
-        super().__init__(*args, **kwargs)
-
-    def preprocess(self, payload) -> str | None:
+    def preprocess(payload) -> str | None:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
@@ -202,6 +198,8 @@ class UploadedImage(gr.Image):
             raise gr.Error("the image upload is missing its file; upload it again")
         return str(payload.path)
 
+    image.preprocess = preprocess
+    return image
 
 
 def explain_bad_inputs(app: gr.Blocks) -> None:
