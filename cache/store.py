@@ -1,7 +1,8 @@
 """AnswerCache: every evaluated (models, plan, image, question, settings) remembered across restarts.
 
 Backed by `diskcache` with `SafeJSONDisk` (cache/disk.py), so keys and values are JSON on disk — never
-pickles, which would run code on load — and no row can point at a file outside the cache folder. The key is the SHA-256 of the configuration's canonical JSON; the entry
+pickles, which would run code on load — and no row can point at a file outside the cache folder. The
+key is the SHA-256 of the configuration's canonical JSON; the entry
 stores the configuration itself beside the result, so the history view can list what was asked and
 re-open its plan. An entry that cannot be decoded, or that is not one of ours, reads as a miss (and
 is dropped), never as a crash. The cache is best-effort: a write that fails (full disk, bad page) is
@@ -108,7 +109,9 @@ class AnswerCache:
     def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Readable entries, newest first: {key, config, result, created_at}; at most `limit` of them
         (the newest stored). An unreadable cache lists nothing (with a warning), never raises."""
-        query = "SELECT key, raw FROM Cache ORDER BY store_time DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+        query = "SELECT key, raw FROM Cache ORDER BY store_time DESC"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
         try:
             rows = self._cache._sql(query).fetchall()  # newest stored first, without reading every value
         except (sqlite3.Error, OSError) as exc:

@@ -103,7 +103,7 @@ def normalize_curve(curve: object, where: str = "curve") -> dict:
     allowed = set(kinds) | {"preset", "non_layer"}
     extra = sorted(set(curve) - allowed)
     if extra:
-        raise PlanError(f"{where}: unknown key(s) {extra} for preset {preset!r}; expected {sorted(kinds)}")
+        raise PlanError(f"{where}: unknown key(s) {brief(extra)} for preset {preset!r}; expected {sorted(kinds)}")
     out: dict = {"preset": preset}
     for key, kind in kinds.items():
         if key not in curve:

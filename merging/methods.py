@@ -98,7 +98,7 @@ class Method:
         known = {p.name: p for p in self.params}
         extra = sorted(set(params) - set(known))
         if extra:
-            raise PlanError(f"{where}: method {self.name!r} has no parameter(s) {extra}; "
+            raise PlanError(f"{where}: method {self.name!r} has no parameter(s) {brief(extra)}; "
                             f"it takes {sorted(known) or 'none'}")
         return {name: p.check(params.get(name, p.default), f"{where}.{name}") for name, p in known.items()}
 

@@ -61,7 +61,7 @@ class MergePlan:
             raise PlanError(f"plan: {len(data['rules'])} rules; the limit is {MAX_RULES}")
         extra = sorted(set(data) - {"rules"})
         if extra:
-            raise PlanError(f"plan: unknown top-level key(s) {extra}; a plan has only 'rules'")
+            raise PlanError(f"plan: unknown top-level key(s) {brief(extra)}; a plan has only 'rules'")
         return cls(tuple(_parse_rule(r, f"rules[{i}]") for i, r in enumerate(data.get("rules", []))))
 
     @classmethod
@@ -133,7 +133,7 @@ def _parse_rule(rule: object, where: str) -> Rule:
         raise PlanError(f"{where}: a rule is a mapping with components, method, curve, params; got {brief(rule)}")
     extra = sorted(set(rule) - {"components", "method", "curve", "params"})
     if extra:
-        raise PlanError(f"{where}: unknown key(s) {extra}")
+        raise PlanError(f"{where}: unknown key(s) {brief(extra)}")
     components = rule.get("components")
     if isinstance(components, str):
         components = [components]
@@ -141,7 +141,7 @@ def _parse_rule(rule: object, where: str) -> Rule:
         raise PlanError(f"{where}.components: a non-empty list of component names, got {brief(components)}")
     unknown = sorted(set(components) - KNOWN_COMPONENTS)
     if unknown:
-        raise PlanError(f"{where}.components: unknown component(s) {unknown}; "
+        raise PlanError(f"{where}.components: unknown component(s) {brief(unknown)}; "
                         f"known: {sorted(KNOWN_COMPONENTS)}")
     method = get_method(rule.get("method", "linear"), f"{where}.method")
     if "curve" not in rule:

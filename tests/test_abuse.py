@@ -204,6 +204,20 @@ def test_wrong_types_in_a_plan_are_one_line(text, says):
     assert says in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
+@pytest.mark.parametrize("rule", [
+    {"components": [f"{'x' * 150}{i}" for i in range(4000)], "curve": {"preset": "constant", "value": 0.1}},
+    {"components": ["all"],
+     "curve": {"preset": "constant", "value": 0.1, **{f"k{'y' * 150}{i}": 1 for i in range(4000)}}},
+    {"components": ["all"], "method": "ties", "params": {f"p{'z' * 150}{i}": 1 for i in range(4000)},
+     "curve": {"preset": "constant", "value": 0.1}},
+])
+def test_messages_about_large_values_stay_short(rule):
+    with pytest.raises(PlanError) as info:
+        MergePlan.from_dict({"rules": [rule]})
+    message = str(info.value)
+    assert len(message) < 500 and ("unknown" in message or "no parameter" in message)
+
+
 def test_cli_exits_2_with_one_line(tmp_path, capsys):
     from merging.__main__ import main
     plan = tmp_path / "bomb.yaml"

@@ -156,7 +156,7 @@ def parse_table(table: pd.DataFrame, num_layers: int) -> list[float]:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise MergescopeError(f"layer {layer}: {value!r} is not a number between 0 and 1") from None
+            raise MergescopeError(f"layer {layer}: {brief(value, 40)} is not a number between 0 and 1") from None
         alphas.append(curves.check_alpha(number, f"layer {layer}"))
     return alphas
 
@@ -461,7 +461,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         def on_history_select(configs, evt: gr.SelectData):
             if not isinstance(evt.index, (list, tuple)) or not isinstance(evt.index[0], int) \
                     or not 0 <= evt.index[0] < len(configs):  # a stale table, or a crafted call
-                return [gr.update()] * 6 + ["⚠️ that row is gone: press Refresh"] + [gr.update()] * (1 + len(param_defs))
+                gone = "⚠️ that row is gone: press Refresh"
+                return [gr.update()] * 6 + [gone] + [gr.update()] * (1 + len(param_defs))
             config = configs[evt.index[0]]
             plan = MergePlan.from_dict(config["plan"])
             comps, method_name, params, alphas = _editor_state(plan, layout, all_roles)
@@ -496,8 +497,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 except MergescopeError as exc:
                     return gr.update(), f"⚠️ {exc}"
                 except OSError as exc:  # a full disk, a read-only folder: say so, and where
-                    return gr.update(), (f"⚠️ export failed: {exc.strerror or exc} ({brief(str(exc.filename or ''))}); "
-                                         f"free space there or start the app with another --export-dir")
+                    where = brief(str(exc.filename or ""))
+                    return gr.update(), (f"⚠️ export failed: {exc.strerror or exc} ({where}); free space there "
+                                         f"or start the app with another --export-dir")
                 return str(path), f"Saved {path}"
             return run
 
