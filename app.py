@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +22,18 @@ from merging.answerer import Answerer
 
 PUBLIC_MAX_UPLOAD = "5mb"
 PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instead of piling up
+PUBLIC_UPLOAD_FOLDER_BYTES = 512 * 2**20  # the janitor keeps Gradio's upload folder below this
+PUBLIC_UPLOAD_AGE_S = 1800
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,15 +54,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--public", action="store_true",
                         help="public demo: fixed pair and eval set, capped answers and sweeps, export off, "
-                             "5 MB uploads, a per-session rate limit")
+                             "5 MB uploads, a per-address rate limit")
+    parser.add_argument("--i-know-this-is-open", action="store_true",
+                        help="serve a non-loopback --host without --public (no limits: anyone who reaches it can "
+                             "load the server, write exports and read every visitor's history)")
+    parser.add_argument("--rate-limit", type=int, default=12, help="public: model requests per minute per address")
+    parser.add_argument("--global-rate-limit", type=int, default=120, help="public: model requests per minute in all")
+    parser.add_argument("--proxy-hops", type=int, default=int(os.environ.get("MERGESCOPE_PROXY_HOPS", 0)),
+                        help="trusted reverse proxies in front (1 on Spaces): the client address is the "
+                             "X-Forwarded-For entry the outermost one appended (default 0: the peer address)")
     return parser.parse_args(argv)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raises MergescopeError (one line) if `host:port` cannot be listened on now (busy, or not ours)."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
+            probe.bind((host, port))
+    except OSError as exc:
+        raise MergescopeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port "
+                              f"(or GRADIO_SERVER_PORT), or stop what uses it") from None
+
+
+def check_exposure(args: argparse.Namespace) -> None:
+    """Refuse to serve a non-loopback host without --public unless told --i-know-this-is-open.
+
+    Raises MergescopeError (one line that says what to add)."""
+    if not is_loopback(args.host) and not args.public and not args.i_know_this_is_open:
+        raise MergescopeError(f"--host {args.host} is reachable from other machines: add --public (limits for a "
+                              f"public demo) or --i-know-this-is-open (no limits), or use --host 127.0.0.1")
 
 
 def main(argv: list[str] | None = None) -> None:
     from ui.app import Explorer, build_app
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # warnings: one line each
     try:
+        check_exposure(args)
+        check_port(args.host, args.port)  # before minutes of model loading, not after
         models = resolve_models(args.pair, args.vlm, args.llm, args.base)
         grams = gram_paths(args.grams_vlm, args.grams_donor)
         eval_spec = args.eval_set or models.eval_set
@@ -59,10 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
     explorer = Explorer(answerer, items, eval_spec or "",
-                        Path(args.export_dir) if args.export_dir else None, public=args.public)
-    build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None).launch(
-        server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-        max_file_size=PUBLIC_MAX_UPLOAD if args.public else None)
+                        Path(args.export_dir) if args.export_dir else None, public=args.public,
+                        rate_limit=args.rate_limit, global_rate_limit=args.global_rate_limit,
+                        proxy_hops=args.proxy_hops)
+    if args.public:
+        from ui.guard import start_janitor, upload_folder
+        start_janitor(upload_folder(), PUBLIC_UPLOAD_FOLDER_BYTES, PUBLIC_UPLOAD_AGE_S)
+    app = build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                   max_file_size=PUBLIC_MAX_UPLOAD if args.public else None)
+    except OSError:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        sys.exit(f"error: cannot listen on {args.host}:{args.port} (busy, or not an address of this machine): "
+                 f"pick another --port (or GRADIO_SERVER_PORT), or stop what uses it")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """AnswerCache: every evaluated (models, plan, image, question, settings) remembered across restarts.
 
-Backed by `diskcache` with `JSONDisk`, so keys and values are JSON on disk — never pickles, which
-would run code on load. The key is the SHA-256 of the configuration's canonical JSON; the entry
+Backed by `diskcache` with `SafeJSONDisk` (cache/disk.py), so keys and values are JSON on disk — never
+pickles, which would run code on load — and no row can point at a file outside the cache folder. The
+key is the SHA-256 of the configuration's canonical JSON; the entry
 stores the configuration itself beside the result, so the history view can list what was asked and
 re-open its plan. An entry that cannot be decoded, or that is not one of ours, reads as a miss (and
-is dropped), never as a crash.
+is dropped), never as a crash. The cache is best-effort: a write that fails (full disk, bad page) is
+a logged warning, never a failed answer; a cache.db that cannot be opened at start is moved aside
+(`<dir>.corrupt-<time>`) and a fresh cache is built, with a one-line warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 import time
 import zlib
@@ -19,6 +24,9 @@ from typing import Any
 
 import diskcache
 
+from .disk import SafeJSONDisk
+
+log = logging.getLogger("mergescope.cache")
 SCHEMA = "mergescope.answer.v1"
 DEFAULT_SIZE_LIMIT = 1 << 30  # 1 GiB; diskcache evicts least-recently-stored entries beyond it
 _DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, zlib.error, TypeError, ValueError, sqlite3.Error)
@@ -32,16 +40,41 @@ def config_key(config: dict[str, Any]) -> str:
 
 class AnswerCache:
     def __init__(self, directory: str | Path, size_limit: int = DEFAULT_SIZE_LIMIT):
+        """Open (or create) the cache in `directory`; an unreadable one is moved aside and rebuilt.
+
+        Raises OSError only if the folder itself cannot be created or moved (a read-only disk).
+        """
         self.directory = Path(directory)
-        self._cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk, size_limit=size_limit,
-                                      eviction_policy="least-recently-stored")
+        self._size_limit = size_limit
+        try:
+            self._cache = self._open()
+        except sqlite3.DatabaseError as exc:  # not a database, malformed pages: the data is lost anyway
+            aside = self.directory.with_name(f"{self.directory.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+                                             f"-{os.getpid()}")
+            os.replace(self.directory, aside)
+            log.warning("cache: %s is unreadable (%s); moved it to %s and started an empty cache",
+                        self.directory / "cache.db", " ".join(str(exc).split())[:120], aside)
+            self._cache = self._open()
+
+    def _open(self) -> diskcache.Cache:
+        cache = diskcache.Cache(str(self.directory), disk=SafeJSONDisk, size_limit=self._size_limit,
+                                eviction_policy="least-recently-stored")
+        try:
+            # diskcache reads only its settings on open; a quick check finds bad pages now, not mid-answer
+            (verdict,) = cache._sql("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+        except sqlite3.DatabaseError:
+            cache.close()
+            raise
+        return cache
 
     def get(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """The stored result for `config`, or None on a miss (including unreadable or foreign entries)."""
         key = config_key(config)
         try:
             entry = self._cache.get(key)
-        except _DECODE_ERRORS:
+        except _DECODE_ERRORS + (OSError,):
             entry = None
             self._discard(key)
         if entry is None:
@@ -52,21 +85,47 @@ class AnswerCache:
         return entry["result"]
 
     def put(self, config: dict[str, Any], result: dict[str, Any]) -> str:
-        """Store `result` (JSON-serialisable) for `config`; returns the key."""
+        """Store `result` (JSON-serialisable) for `config`; returns the key.
+
+        Best-effort: a failed write (full disk, bad page, read-only folder) logs one warning line and
+        returns; the answer it was meant to remember has been computed and is still served.
+        """
         key = config_key(config)
-        self._cache.set(key, {"schema": SCHEMA, "config": config, "result": result, "created_at": time.time()})
+        try:
+            self._cache.set(key, {"schema": SCHEMA, "config": config, "result": result, "created_at": time.time()})
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("cache: could not store an answer (%s); answering without caching it",
+                        " ".join(str(exc).split())[:160])
         return key
 
-    def entries(self) -> list[dict[str, Any]]:
-        """All readable entries, newest first: {key, config, result, created_at}."""
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The readable entry stored under `key` ({key, config, result, created_at}), or None."""
+        try:
+            entry = self._cache.get(key)
+        except _DECODE_ERRORS + (OSError,):
+            return None
+        return {"key": key, **{k: entry[k] for k in ("config", "result", "created_at")}} if _is_ours(entry) else None
+
+    def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Readable entries, newest first: {key, config, result, created_at}; at most `limit` of them
+        (the newest stored). An unreadable cache lists nothing (with a warning), never raises."""
+        query = "SELECT key, raw FROM Cache ORDER BY store_time DESC"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        try:
+            rows = self._cache._sql(query).fetchall()  # newest stored first, without reading every value
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("cache: cannot list entries (%s)", " ".join(str(exc).split())[:160])
+            return []
         found = []
-        for key in list(self._cache.iterkeys()):
+        for db_key, raw in rows:
             try:
-                entry = self._cache.get(key)
-            except _DECODE_ERRORS:
+                key = self._cache.disk.get(db_key, raw)
+            except _DECODE_ERRORS:  # a hand-edited row (e.g. a pickled key, refused by SafeJSONDisk)
                 continue
-            if _is_ours(entry):
-                found.append({"key": key, **{k: entry[k] for k in ("config", "result", "created_at")}})
+            entry = self.entry(key) if isinstance(key, str) else None
+            if entry is not None:
+                found.append(entry)
         return sorted(found, key=lambda e: e["created_at"], reverse=True)
 
     def stats(self) -> dict[str, Any]:
@@ -82,7 +141,7 @@ class AnswerCache:
     def _discard(self, key: str) -> None:
         try:
             self._cache.delete(key)
-        except _DECODE_ERRORS:
+        except _DECODE_ERRORS + (OSError,):
             pass
 
 

@@ -276,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a read-only folder while writing: the user can fix it, say where
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; free space there or choose another folder", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     return 0

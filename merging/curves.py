@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import PlanError
+from .limits import brief
 
 KINDS = ("alpha", "layer", "alphas")  # a float in [0, 1]; an int ≥ 0; a non-empty list of floats in [0, 1]
 
@@ -100,7 +101,7 @@ def custom(num_layers: int, values: list[float]) -> list[float]:
 def check_alpha(value: object, where: str) -> float:
     """A finite float in [0, 1], or a PlanError that says where the bad value is."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PlanError(f"{where}: α must be a number, got {value!r}")
+        raise PlanError(f"{where}: α must be a number, got {brief(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise PlanError(f"{where}: α must be finite, got {value}")
@@ -112,15 +113,15 @@ def check_alpha(value: object, where: str) -> float:
 def normalize_curve(curve: object, where: str = "curve") -> dict:
     """Validate a curve spec and return its canonical form (floats, only the preset's keys)."""
     if not isinstance(curve, dict):
-        raise PlanError(f"{where}: must be a mapping like {{preset: constant, value: 0.4}}, got {curve!r}")
+        raise PlanError(f"{where}: must be a mapping like {{preset: constant, value: 0.4}}, got {brief(curve)}")
     preset = curve.get("preset")
     if preset not in PRESETS:
-        raise PlanError(f"{where}.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise PlanError(f"{where}.preset: unknown preset {brief(preset)}; choose one of {sorted(PRESETS)}")
     kinds = PRESETS[preset].kinds
     allowed = set(kinds) | {"preset", "non_layer"}
     extra = sorted(set(curve) - allowed)
     if extra:
-        raise PlanError(f"{where}: unknown key(s) {extra} for preset {preset!r}; expected {sorted(kinds)}")
+        raise PlanError(f"{where}: unknown key(s) {brief(extra)} for preset {preset!r}; expected {sorted(kinds)}")
     out: dict = {"preset": preset}
     for key, kind in kinds.items():
         if key not in curve:
@@ -130,11 +131,11 @@ def normalize_curve(curve: object, where: str = "curve") -> dict:
             out[key] = check_alpha(value, at)
         elif kind == "layer":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise PlanError(f"{at}: must be a layer index ≥ 0, got {value!r}")
+                raise PlanError(f"{at}: must be a layer index ≥ 0, got {brief(value)}")
             out[key] = value
         else:
             if not isinstance(value, (list, tuple)) or not value:
-                raise PlanError(f"{at}: must be a non-empty list of α values, got {value!r}")
+                raise PlanError(f"{at}: must be a non-empty list of α values, got {brief(value)}")
             out[key] = [check_alpha(v, f"{at}[{i}]") for i, v in enumerate(value)]
     if "non_layer" in curve:
         out["non_layer"] = check_alpha(curve["non_layer"], f"{where}.non_layer")

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from . import curves
-from .errors import PlanError
+from .errors import MergescopeError, PlanError
 from .layout import KNOWN_COMPONENTS, Layout, Slot
+from .limits import MAX_RULES, brief, check_tree, parse_document
 from .methods import get_method
 
 PLAN_NAME = "mergescope_plan.yaml"  # the file a plan is saved as beside an exported checkpoint
@@ -60,25 +61,32 @@ class MergePlan:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: object) -> "MergePlan":
-        """A plan from parsed data ({rules: [...]}); PlanError naming the first bad place."""
+        """A plan from parsed data ({rules: [...]}); PlanError (or its LimitError kin, merging.limits) with one
+        line naming the first bad place and what to change."""
         if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
-            raise PlanError(f"a plan is a mapping with a 'rules' list, got {data!r}"[:300])
+            raise PlanError(f"a plan is a mapping with a 'rules' list, got {brief(data)}")
+        try:  # string keys, bounded lists and numbers: checked before anything is built
+            check_tree(data, "plan")
+        except MergescopeError as exc:
+            raise PlanError(str(exc)) from None
+        if len(data.get("rules", [])) > MAX_RULES:
+            raise PlanError(f"plan: {len(data['rules'])} rules; the limit is {MAX_RULES}")
         extra = sorted(set(data) - {"rules"})
         if extra:
-            raise PlanError(f"plan: unknown top-level key(s) {extra}; a plan has only 'rules'")
+            raise PlanError(f"plan: unknown top-level key(s) {brief(extra)}; a plan has only 'rules'")
         return cls(tuple(_parse_rule(r, f"rules[{i}]") for i, r in enumerate(data.get("rules", []))))
 
     @classmethod
     def from_text(cls, text: str) -> "MergePlan":
         """Parse JSON or YAML. JSON goes to the JSON parser first: PyYAML reads YAML 1.1, where a JSON
-        number such as 1e-30 (no dot) is a string, not a float."""
+        number such as 1e-30 (no dot) is a string, not a float. Sizes are checked before parsing
+        and YAML aliases are refused (merging.limits); raises PlanError."""
         try:
-            data = json.loads(text)
-        except ValueError:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise PlanError(f"plan is not valid YAML/JSON: {exc}") from exc
+            data = parse_document(text, "plan", json_first=True)
+        except PlanError:
+            raise
+        except MergescopeError as exc:  # limits speak MergescopeError; plans speak PlanError
+            raise PlanError(str(exc)) from None
         return cls.from_dict({"rules": []} if data is None else data)
 
     @classmethod
@@ -138,18 +146,18 @@ def _slot_alpha(slot: Slot, rule: Rule, alphas: list[float]) -> float:
 
 def _parse_rule(rule: object, where: str) -> Rule:
     if not isinstance(rule, dict):
-        raise PlanError(f"{where}: a rule is a mapping with components, method, curve, params; got {rule!r}")
+        raise PlanError(f"{where}: a rule is a mapping with components, method, curve, params; got {brief(rule)}")
     extra = sorted(set(rule) - {"components", "method", "curve", "params"})
     if extra:
-        raise PlanError(f"{where}: unknown key(s) {extra}")
+        raise PlanError(f"{where}: unknown key(s) {brief(extra)}")
     components = rule.get("components")
     if isinstance(components, str):
         components = [components]
     if not isinstance(components, list) or not components or not all(isinstance(c, str) for c in components):
-        raise PlanError(f"{where}.components: a non-empty list of component names, got {components!r}")
+        raise PlanError(f"{where}.components: a non-empty list of component names, got {brief(components)}")
     unknown = sorted(set(components) - KNOWN_COMPONENTS)
     if unknown:
-        raise PlanError(f"{where}.components: unknown component(s) {unknown}; "
+        raise PlanError(f"{where}.components: unknown component(s) {brief(unknown)}; "
                         f"known: {sorted(KNOWN_COMPONENTS)}")
     method = get_method(rule.get("method", "linear"), f"{where}.method")
     if "curve" not in rule:

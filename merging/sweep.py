@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from .curves import PRESETS
 from .errors import MergescopeError, PlanError
 from .evaluate import EvalItem
 from .generate import GenerationSettings
+from .limits import LimitError, bounded_int, brief, parse_document
 from .plan import MergePlan
 from .answerer import Answerer
 from .scoring import judge
 
 BASELINE = ("base VLM", "-", None)
+MAX_GRID_CELLS = 10_000  # the CLI's bound; the public demo passes its own, much smaller one
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,24 @@ def load_grid(path: str | Path) -> tuple[list[Cell], GenerationSettings]:
     return parse_grid(text, str(path))
 
 
-def parse_grid(text: str, path: str = "grid") -> tuple[list[Cell], GenerationSettings]:
-    """Cells and generation settings of a grid given as YAML text (`path` names it in errors)."""
-    try:
-        grid = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MergescopeError(f"{path}: not valid YAML ({exc})") from exc
+def parse_grid(text: str, path: str = "grid", max_cells: int = MAX_GRID_CELLS) -> tuple[list[Cell], GenerationSettings]:
+    """Cells and generation settings of a grid given as YAML text (`path` names it in errors).
+
+    The cell count is checked from the axes' lengths before any cell is built, against `max_cells`
+    (the baseline included). Raises MergescopeError (LimitError for size, aliases, cells), one line.
+    """
+    grid = parse_document(text, path)
     if not isinstance(grid, dict) or not all(k in grid for k in ("settings", "methods", "alphas")):
         raise MergescopeError(f"{path}: a grid needs 'settings', 'methods' and 'alphas'")
+    for key, kind, example in (("settings", dict, "{Setting 1: [all]}"), ("methods", dict, "{Method 1: {preset: "
+                               "constant}}"), ("alphas", list, "[0.4, 0.6]")):
+        if not isinstance(grid[key], kind) or not grid[key]:
+            raise MergescopeError(f"{path}: '{key}' must be a non-empty {'mapping' if kind is dict else 'list'} "
+                                  f"like {example}, got {brief(grid[key])}")
+    count = 1 + len(grid["settings"]) * len(grid["methods"]) * len(grid["alphas"])
+    if count > max_cells:
+        raise LimitError(f"{path}: {len(grid['settings'])} settings × {len(grid['methods'])} methods × "
+                         f"{len(grid['alphas'])} alphas (+ baseline) = {count} cells; the limit is {max_cells}")
     cells = [Cell(*BASELINE, MergePlan())]
     for setting, components in grid["settings"].items():
         for method, template in grid["methods"].items():
@@ -77,14 +87,15 @@ def parse_grid(text: str, path: str = "grid") -> tuple[list[Cell], GenerationSet
                 try:
                     plan = MergePlan.from_dict({"rules": [rule]})
                 except PlanError as exc:
-                    raise MergescopeError(f"{path}: {setting} × {method} × α={alpha}: {exc}") from None
+                    raise MergescopeError(f"{path}: {setting} × {method} × α={brief(alpha, 40)}: {exc}") from None
                 cells.append(Cell(setting, method, float(alpha), plan))
-    return cells, GenerationSettings(max_new_tokens=int(grid.get("max_new_tokens", 64)))
+    tokens = bounded_int(grid.get("max_new_tokens", 64), f"{path}: max_new_tokens", 1, 4096)
+    return cells, GenerationSettings(max_new_tokens=tokens)
 
 
 def _fill_alpha(template: dict, alpha: float, where: str) -> dict:
     if not isinstance(template, dict) or template.get("preset") not in PRESETS:
-        raise MergescopeError(f"{where}: a curve template like {{preset: linear, start: 0.0}}, got {template!r}")
+        raise MergescopeError(f"{where}: a curve template like {{preset: linear, start: 0.0}}, got {brief(template)}")
     kinds = PRESETS[template["preset"]].kinds
     open_keys = [k for k, kind in kinds.items() if kind == "alpha" and k not in template]
     if len(open_keys) != 1:

@@ -17,7 +17,7 @@ from ui.app import PUBLIC_MAX_NEW_TOKENS, Explorer, build_app
 def public_server(qwen_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("public")
     explorer = Explorer(Answerer(MergeEngine(load_pair(*qwen_dirs)), AnswerCache(root / "cache")),
-                        export_dir=root / "exports", public=True, rate_limit=3)
+                        export_dir=root / "exports", public=True, rate_limit=3, proxy_hops=1)
     app = build_app(explorer).queue(default_concurrency_limit=1, max_size=8)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,14 +37,17 @@ def test_public_mode_turns_export_off_and_fixes_the_eval_set(public_server):
 
 def test_rate_limit_and_question_limit_messages(public_server):
     url, _, _ = public_server
-    client = Client(url, verbose=False)
+    client = Client(url, headers={"X-Forwarded-For": "192.0.2.1"}, verbose=False)
     with pytest.raises(Exception, match="the limit is 2000"):
         client.predict("rules: []", "x" * 2001, 4, api_name="/answer")
     for _ in range(2):  # the first call above counted too: 3 per minute in all
         assert client.predict("rules: []", "Hello?", 4, api_name="/answer")["answer"] is not None
     with pytest.raises(Exception, match="rate limit: at most 3 model requests"):
         client.predict("rules: []", "Hello?", 4, api_name="/answer")
-    other = Client(url, verbose=False)  # another session has its own allowance
+    same = Client(url, headers={"X-Forwarded-For": "192.0.2.1"}, verbose=False)  # a new session, same address
+    with pytest.raises(Exception, match="rate limit: at most 3 model requests"):
+        same.predict("rules: []", "Hello?", 4, api_name="/answer")
+    other = Client(url, headers={"X-Forwarded-For": "192.0.2.2"}, verbose=False)  # another address: its own
     assert other.predict("rules: []", "Hello again?", 4, api_name="/answer")["cached"] is False
 
 

@@ -9,23 +9,23 @@ traceback.
 from __future__ import annotations
 
 import difflib
-import threading
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from cache import config_key
 from merging import curves
 from merging.distance import role_distances
 from merging.engine import MergeEngine
-from merging.errors import MergescopeError
+from merging.errors import MergescopeError, PlanError
 from merging.evaluate import EvalItem, load_eval_set
 from merging.export import export_checkpoint
-from merging.mergekit_config import mergekit_yaml
 from merging.generate import GenerationSettings, check_question
+from merging.limits import MAX_LIST, as_text, bounded_int, brief, check_size, read_image
+from merging.mergekit_config import mergekit_yaml
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
 from merging.methods import REGISTRY, ParamDef
 from merging.plan import MergePlan
@@ -34,8 +34,11 @@ from merging.sweep import parse_grid, run_sweep
 
 from .curve_editor import curve_editor
 from .figures import alpha_figure, distance_figure, sweep_heatmap, sweep_lines
+from .guard import History, RateLimiter, client_id, explain_bad_inputs, uploaded_image
 
 PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS = 64, 64
+PUBLIC_DELETE_CACHE = (300, 1800)  # Gradio's temp files (uploads): checked every 5 min, deleted after 30 min
+HISTORY_LIMIT = 200                # rows the History tab lists (private mode; public: HISTORY_PER_CLIENT)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a time
 CHEAP = {"concurrency_limit": None, "queue": False}      # UI bookkeeping: never queued behind it
 COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
@@ -52,33 +55,14 @@ max_new_tokens: 8
 """
 
 
-class RateLimiter:
-    """At most `limit` model requests per `window` seconds per browser session (public mode)."""
-
-    def __init__(self, limit: int, window: float = 60.0):
-        self.limit, self.window = limit, window
-        self._calls: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def check(self, session: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            calls = self._calls[session]
-            while calls and now - calls[0] > self.window:
-                calls.popleft()
-            if len(calls) >= self.limit:
-                wait = self.window - (now - calls[0])
-                raise MergescopeError(f"rate limit: at most {self.limit} model requests per "
-                                      f"{self.window:.0f} s in this session; try again in {wait:.0f} s")
-            calls.append(now)
-
-
 @dataclass
 class Explorer:
     """What the UI needs: the engine behind an answerer, examples, and where files may be written.
 
     `public` (a demo anyone can reach): the eval set is fixed, answers and sweeps are capped, export is
-    off, and each session gets at most `rate_limit` model requests a minute.
+    off, each client address gets at most `rate_limit` model requests a minute (all of them together
+    `global_rate_limit`), and History shows a visitor only what they asked. `proxy_hops`: how many
+    trusted reverse proxies stand in front (1 on Spaces), to read the address (ui/guard.py).
     """
 
     answerer: Answerer
@@ -87,18 +71,30 @@ class Explorer:
     export_dir: Path | None = None
     public: bool = False
     rate_limit: int = 12
+    global_rate_limit: int | None = None   # default: 10 × rate_limit
+    proxy_hops: int = 0
     _distances: dict[str, list[dict]] = field(default_factory=dict)  # per donor
     _limiter: RateLimiter | None = None
+    history: History = field(default_factory=History)
 
     def __post_init__(self):
         if self.public:
             self.export_dir = None
-            self._limiter = RateLimiter(self.rate_limit)
+            self._limiter = RateLimiter(self.rate_limit, global_limit=self.global_rate_limit)
+
+    def client(self, request: gr.Request | None) -> str:
+        """Who is asking: the client's address (never the client-chosen session hash)."""
+        return client_id(request, self.proxy_hops)
 
     def admit(self, request: gr.Request | None) -> None:
-        """Count a model request against the session's rate limit (public mode only)."""
+        """Count a model request against the client's and the global rate limit (public mode only);
+        raises MergescopeError (one line) when over either."""
         if self._limiter is not None:
-            self._limiter.check(getattr(request, "session_hash", None) or "anonymous")
+            self._limiter.check(self.client(request))
+
+    def remember(self, request: gr.Request | None, config: dict) -> None:
+        """Note that this client asked about `config` (its History in public mode)."""
+        self.history.add(self.client(request), config_key(config))
 
     @property
     def max_new_tokens(self) -> int:
@@ -129,11 +125,17 @@ def _method_params() -> list[ParamDef]:
 
 
 def plan_from_ui(components: list[str], method: str, alphas: list[float], params: dict) -> MergePlan:
-    """The plan the merge panel shows: one rule, the drawn curve as exact per-layer values."""
+    """The plan the merge panel shows: one rule, the drawn curve as exact per-layer values.
+
+    Raises PlanError (one line) for anything the panel cannot send, e.g. a crafted API call whose
+    curve is not a list of numbers."""
     if not components:
         return MergePlan()
-    known = {p.name for p in REGISTRY[method].params} if method in REGISTRY else set()
-    rule = {"components": list(components), "method": method,
+    if not isinstance(alphas, list) or len(alphas) > MAX_LIST or \
+            not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
+        raise PlanError(f"the α curve must be a list of numbers, one per layer; got {brief(alphas)}")
+    known = {p.name for p in REGISTRY[method].params} if isinstance(method, str) and method in REGISTRY else set()
+    rule = {"components": list(components) if isinstance(components, list) else components, "method": method,
             "curve": {"preset": "custom", "values": [float(a) for a in alphas]},
             "params": {k: v for k, v in params.items() if k in known and v is not None}}
     return MergePlan.from_dict({"rules": [rule]})
@@ -148,7 +150,7 @@ def parse_table(table: pd.DataFrame, num_layers: int) -> list[float]:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise MergescopeError(f"layer {layer}: {value!r} is not a number between 0 and 1") from None
+            raise MergescopeError(f"layer {layer}: {brief(value, 40)} is not a number between 0 and 1") from None
         alphas.append(curves.check_alpha(number, f"layer {layer}"))
     return alphas
 
@@ -185,7 +187,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     # start on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
     start_alphas = curves.layer_alphas({"preset": "loglinear", "start": 0.05, "end": 0.4}, L)
 
-    with gr.Blocks(title="Mergescope") as app:
+    # public: Gradio deletes this app's uploads after a while (and a janitor bounds the folder, app.py)
+    with gr.Blocks(title="Mergescope", delete_cache=PUBLIC_DELETE_CACHE if explorer.public else None) as app:
         gr.Markdown("# Mergescope\nMerge a VLM with the text LLM that shares its backbone, layer by layer. "
                     "α is the donor LLM's weight: 0 keeps the VLM, 1 takes the LLM.")
         status = gr.Markdown("", elem_id="status")
@@ -231,7 +234,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                             interactive=False)
                 with gr.Column(scale=4):
                     gr.Markdown("### Ask")
-                    image = gr.Image(type="pil", label="Image", elem_id="image", height=240)
+                    # a path, opened by read_image: size from the header before any pixel is decoded
+                    image = uploaded_image(label="Image", elem_id="image", height=240)
                     question = gr.Textbox(label="Question", elem_id="question", lines=2)
                     text_only = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
                     max_new_tokens = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
@@ -299,6 +303,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
 
         # -- cheap events: the merge panel ---------------------------------------------------
         def show_curve(alphas, pinned):
+            if not isinstance(alphas, list) or len(alphas) != L:  # a crafted call: never plot a million points
+                return gr.update(), gr.update()
             pinned_alphas = _first_curve(pinned, L)
             return table_of(alphas), alpha_figure(alphas, pinned_alphas)
 
@@ -311,6 +317,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
 
         def on_preset_apply(name, value, start, end, layer, anchor_text, pinned):
             try:
+                check_size(str(anchor_text), "anchors", 4096)  # a few numbers, not a megabyte of them
                 spec = {"preset": name, "value": value, "start": start, "end": end, "layer": int(layer or 0),
                         "values": [float(x) for x in str(anchor_text).replace(",", " ").split()]}
                 kinds = curves.PRESETS[name].kinds
@@ -354,21 +361,24 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         pin.click(on_pin, [components, curve, *param_inputs], [pinned_plan, preview, status], **CHEAP)
 
         # -- model events -----------------------------------------------------------------------
-        def on_compare(img, q, text_only_q, tokens, pinned, donor_name, comps, alphas, *param_values,
-                       request: gr.Request = None):
+        # `request` first: Gradio injects it only among positional parameters, never after *param_values
+        # (as a keyword it stayed None, and every visitor shared one rate limit)
+        def on_compare(request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name, comps, alphas,
+                       *param_values):
             try:
                 explorer.admit(request)
-                q = check_question(q or "")
+                q = check_question(as_text(q, "the question"))
                 if img is None and not text_only_q:
                     raise MergescopeError("this question needs an image: pick an example or upload one, "
                                           "or tick 'Text-only question'")
                 plan = current_plan(comps, param_values[0], alphas, *param_values[1:])
                 plan_b = MergePlan.from_text(pinned) if pinned else None
-                settings = GenerationSettings(max_new_tokens=min(int(tokens), explorer.max_new_tokens))
+                tokens = bounded_int(tokens, "max new tokens", 1, explorer.max_new_tokens)
+                settings = GenerationSettings(max_new_tokens=tokens)
+                img = None if text_only_q else read_image(img)
             except MergescopeError as exc:
                 yield {status: f"⚠️ {exc}"}
                 return
-            img = None if text_only_q else img
             yield {status: "", base_box: "", merged_box: "", pinned_box: "", base_meta: "", merged_meta: "",
                    pinned_meta: "", diff: []}
             answers = {}
@@ -377,6 +387,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 runs.append(("pinned", plan_b, pinned_box, pinned_meta))
             try:
                 for name, p, box, meta in runs:
+                    explorer.remember(request, explorer.answerer.config(p, q, img, settings, donor_name))
                     for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name):
                         answers[name] = update["answer"]
                         yield {box: update["answer"], meta: badge(update)}
@@ -399,8 +410,11 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         def on_sweep(grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
             try:
                 explorer.admit(request)
-                cells, settings = parse_grid(grid)
-                items = load_eval_set(explorer.eval_spec if explorer.public else spec)[: max(1, int(limit or 1))]
+                # public: the cell count is refused from the axes' lengths, before any cell is built
+                cells, settings = parse_grid(grid, max_cells=PUBLIC_MAX_SWEEP_ANSWERS) if explorer.public \
+                    else parse_grid(grid)
+                limit = bounded_int(limit or 1, "items (max)", 1, 1_000_000)
+                items = load_eval_set(explorer.eval_spec if explorer.public else spec)[:limit]
                 if explorer.public and (len(cells) * len(items) > PUBLIC_MAX_SWEEP_ANSWERS
                                         or settings.max_new_tokens > PUBLIC_MAX_NEW_TOKENS):
                     raise MergescopeError(f"this public demo runs sweeps of at most {PUBLIC_MAX_SWEEP_ANSWERS} "
@@ -426,14 +440,23 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         stop.click(None, None, None, cancels=[sweep_event], **CHEAP)
 
         # -- history and export ---------------------------------------------------------------
-        def on_refresh():
+        def on_refresh(request: gr.Request = None):
             cache = explorer.answerer.cache
-            entries = cache.entries() if cache is not None else []
+            if cache is None:
+                entries = []
+            elif explorer.public:  # a visitor sees only their own questions, never everyone's
+                entries = [e for e in map(cache.entry, explorer.history.keys(explorer.client(request))) if e]
+            else:
+                entries = cache.entries(limit=HISTORY_LIMIT)
             rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), e["config"].get("question", ""),
                      _plan_summary(e["config"].get("plan", {})), e["result"].get("answer", "")] for e in entries]
             return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
 
         def on_history_select(configs, evt: gr.SelectData):
+            if not isinstance(evt.index, (list, tuple)) or not isinstance(evt.index[0], int) \
+                    or not 0 <= evt.index[0] < len(configs):  # a stale table, or a crafted call
+                gone = "⚠️ that row is gone: press Refresh"
+                return [gr.update()] * 6 + [gone] + [gr.update()] * (1 + len(param_defs))
             config = configs[evt.index[0]]
             plan = MergePlan.from_dict(config["plan"])
             comps, method_name, params, alphas = _editor_state(plan, layout, all_roles)
@@ -467,6 +490,10 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                                     else mergekit_yaml(plan, explorer.answerer.pair_with(donor_name)))
                 except MergescopeError as exc:
                     return gr.update(), f"⚠️ {exc}"
+                except OSError as exc:  # a full disk, a read-only folder: say so, and where
+                    where = brief(str(exc.filename or ""))
+                    return gr.update(), (f"⚠️ export failed: {exc.strerror or exc} ({where}); free space there "
+                                         f"or start the app with another --export-dir")
                 return str(path), f"Saved {path}"
             return run
 
@@ -481,13 +508,18 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             try:
                 explorer.admit(request)
                 plan = MergePlan.from_text(plan_yaml_text or "")
-                settings = GenerationSettings(max_new_tokens=min(int(max_tokens), explorer.max_new_tokens))
-                return explorer.answerer.ask(plan, question_text, None, settings)
+                question = check_question(as_text(question_text, "the question"))
+                # the public cap clips a large request (as before); only nonsense is refused
+                tokens = min(bounded_int(max_tokens, "max_new_tokens", 1, 4096), explorer.max_new_tokens)
+                settings = GenerationSettings(max_new_tokens=tokens)
+                explorer.remember(request, explorer.answerer.config(plan, question, None, settings))
+                return explorer.answerer.ask(plan, question, None, settings)
             except MergescopeError as exc:  # a clear message for the caller, never a traceback
                 raise gr.Error(str(exc)) from None
 
         gr.api(api_answer, api_name="answer", **GPU)
         app.load(on_method, method, [method_formula, *param_boxes], **CHEAP)
+    explain_bad_inputs(app)  # a value the page would never send: one line, not Gradio's generic error
     return app
 
 
