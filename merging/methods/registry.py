@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..errors import PlanError
+from ..limits import brief
 
 Tensor = torch.Tensor
 CHUNK_ELEMENTS = 1 << 20  # fp32 temporaries stay ≤ 4 MiB each: cache-sized, never model-sized
@@ -46,8 +47,8 @@ class ParamDef:
         """`value` as this parameter's type; raises PlanError (naming `where`) if it is not a number of
         that type within the bounds."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (self.kind is int and not float(value).is_integer()):
-            raise PlanError(f"{where}: {self.name} must be {self.kind.__name__}, got {value!r}")
+                (self.kind is int and isinstance(value, float) and not value.is_integer()):
+            raise PlanError(f"{where}: {self.name} must be {self.kind.__name__}, got {brief(value)}")
         value = self.kind(value)
         below = value <= self.low if self.low_open else value < self.low
         if not math.isfinite(value) or below or value > self.high:
@@ -84,11 +85,11 @@ class Method:
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            raise PlanError(f"{where}: params must be a mapping, got {params!r}")
+            raise PlanError(f"{where}: params must be a mapping, got {brief(params)}")
         known = {p.name: p for p in self.params}
         extra = sorted(set(params) - set(known), key=str)
         if extra:
-            raise PlanError(f"{where}: method {self.name!r} has no parameter(s) {extra}; "
+            raise PlanError(f"{where}: method {self.name!r} has no parameter(s) {brief(extra)}; "
                             f"it takes {sorted(known) or 'none'}")
         filled = {name: p.check(params.get(name, p.default), f"{where}.{name}") for name, p in known.items()}
         problem = self.check(filled) if self.check is not None else None
@@ -141,7 +142,7 @@ def merge_method(name: str, *, formula: str, source: str = "", params: tuple[Par
 def get_method(name: object, where: str = "method") -> Method:
     """The registered method `name`; raises PlanError (naming `where` and the choices) otherwise."""
     if not isinstance(name, str) or name not in REGISTRY:
-        raise PlanError(f"{where}: unknown merge method {str(name)[:80]!r}; choose one of {sorted(REGISTRY)}")
+        raise PlanError(f"{where}: unknown merge method {brief(name)}; choose one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
