@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
     sweep.add_argument("--sample", type=int, help="score a seeded sample of N items, stratified by category")
     sweep.add_argument("--sample-seed", type=int, default=0, help="seed of --sample (default 0)")
-    sweep.add_argument("--batch-size", type=int, help="answers per generate call (default: 16 on CPU, "
+    sweep.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size on CPU, "
                                                      "memory-aware on CUDA)")
     sweep.add_argument("--workers", type=int, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
