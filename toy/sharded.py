@@ -74,6 +74,7 @@ def write_qwen_pair_sharded(root: str | Path, shape: DecoderShape, *, vocab_size
     config, donor_config = qwen_configs(shape, tokenizer, vocab_size=vocab_size, vision_depth=vision_depth,
                                         vision_hidden=vision_hidden, max_positions=4096)
     config.dtype = donor_config.dtype = torch.bfloat16
+    config.architectures, donor_config.architectures = ["Qwen2_5_VLForConditionalGeneration"], ["Qwen2ForCausalLM"]
     with torch.device("meta"):
         meta = Qwen2_5_VLForConditionalGeneration(config)
     specs = [(_saved_name(n), tuple(t.shape)) for n, t in meta.state_dict().items()]
