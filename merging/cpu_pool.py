@@ -43,6 +43,8 @@ class CpuPool:
         self._done = threading.Condition()
         self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
+        self._batch: list[Callable[[], None]] = []  # small calls, handed over together
+        self._batch_elements = 0
 
     def _start(self) -> None:
         # torch.set_num_threads(1) in a worker sets that thread's OpenMP count, but also the default
@@ -80,19 +82,35 @@ class CpuPool:
         return all(t.device.type == "cpu" and t.is_contiguous() and t.numel() == real[0].numel() for t in real)
 
     def submit(self, fn: Callable[..., None], out: torch.Tensor, *inputs: torch.Tensor | None) -> None:
-        """Queue `fn(out_chunk, *input_chunks)` for every chunk (None inputs stay None)."""
-        if not self._threads:
-            self._start()
-        flats = [t.view(-1) if t is not None else None for t in (out, *inputs)]
+        """Queue `fn(out_chunk, *input_chunks)` for every chunk (None inputs stay None). Tensors smaller
+        than a chunk are gathered into one hand-over of about a chunk's worth of calls."""
         n = out.numel()
+        if n < CHUNK_ELEMENTS:
+            self._batch.append(lambda: fn(out, *inputs))
+            self._batch_elements += n
+            if self._batch_elements >= CHUNK_ELEMENTS:
+                self._flush()
+            return
+        flats = [t.view(-1) if t is not None else None for t in (out, *inputs)]
         for start in range(0, n, CHUNK_ELEMENTS):
             parts = [f[start:start + CHUNK_ELEMENTS] if f is not None else None for f in flats]
-            with self._done:
-                self._pending += 1
-            self._queue.put(lambda parts=parts: fn(*parts))
+            self._put(lambda parts=parts: fn(*parts))
+
+    def _flush(self) -> None:
+        if self._batch:
+            calls, self._batch, self._batch_elements = self._batch, [], 0
+            self._put(lambda: [call() for call in calls])
+
+    def _put(self, job: Callable[[], object]) -> None:
+        if not self._threads:
+            self._start()
+        with self._done:
+            self._pending += 1
+        self._queue.put(job)
 
     def finish(self, raise_error: bool = True) -> None:
         """Wait for every submitted chunk; raise the first error any of them raised (if `raise_error`)."""
+        self._flush()
         with self._done:
             while self._pending:
                 self._done.wait()
