@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from .device_cache import DEVICE_CACHE_HELP, budget_from_gb
 from .errors import MergescopeError
 
 
@@ -19,6 +20,7 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="optional common base model (for methods that need one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
+    parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -39,7 +41,8 @@ def _engine(args):
     from .engine import MergeEngine
     from .grams import gram_paths
     grams = gram_paths(args.grams_vlm, args.grams_donor)  # bad flags fail before the model is loaded
-    return MergeEngine(_load(args), grams=grams)
+    budget = budget_from_gb(args.device_cache_gb)  # a bad flag fails before the model is loaded
+    return MergeEngine(_load(args), grams=grams, device_cache_bytes=budget)
 
 
 def cmd_inspect(args) -> dict:

@@ -17,6 +17,8 @@ from typing import Hashable
 
 import torch
 
+from .errors import MergescopeError
+
 DEFAULT_FREE_FRACTION = 0.25  # of the device's free memory after the model is loaded (CUDA only)
 
 
@@ -28,6 +30,20 @@ def default_budget(device: torch.device | str) -> int:
         return 0
     free, _ = torch.cuda.mem_get_info(device)
     return int(free * DEFAULT_FREE_FRACTION)
+
+
+def budget_from_gb(gb: float | None) -> int | None:
+    """The `--device-cache-gb` flag as bytes (10⁹ per GB); None stays None (the default budget)."""
+    if gb is None:
+        return None
+    if gb < 0:
+        raise MergescopeError(f"--device-cache-gb must be ≥ 0, got {gb}")
+    return int(gb * 1e9)
+
+
+DEVICE_CACHE_HELP = ("device memory (GB) for the LRU cache of VLM originals and donor tensors that makes "
+                     "re-applies fast on a GPU; default: a quarter of the free memory on CUDA, 0 on the CPU; "
+                     "0 turns it off")
 
 
 class DeviceCache:
