@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from typing import Callable
 
 import torch
@@ -33,16 +34,51 @@ def default_workers() -> int:
     return max(1, min(8, torch.get_num_threads()))
 
 
+class _Shared:
+    """What the workers see: the queue and the completion state (never the pool itself, so an
+    unreferenced pool is collected and its finalizer stops the threads)."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = 0
+        self.done = threading.Condition()
+        self.error: BaseException | None = None
+
+
+def _work(shared: _Shared, ready: threading.Barrier) -> None:
+    torch.set_num_threads(1)
+    ready.wait()
+    while True:
+        job = shared.queue.get()
+        if job is None:  # the pool was collected
+            return
+        try:
+            with torch.no_grad():
+                job()
+        except BaseException as exc:  # handed to the caller by finish()
+            with shared.done:
+                shared.error = shared.error or exc
+        finally:
+            job = None  # a finished job's tensors (views of parameters) must not outlive it
+            with shared.done:
+                shared.pending -= 1
+                if shared.pending == 0:
+                    shared.done.notify_all()
+
+
+def _stop(shared: _Shared, workers: int) -> None:
+    for _ in range(workers):
+        shared.queue.put(None)
+
+
 class CpuPool:
-    """`submit(fn, out, *inputs)` runs `fn(out_chunk, *input_chunks)` over matching flat chunks."""
+    """`submit(fn, out, *inputs)` runs `fn(out_chunk, *input_chunks)` over matching flat chunks.
+    Its threads start on the first submit and end when the pool is garbage-collected."""
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or default_workers()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending = 0
-        self._done = threading.Condition()
-        self._error: BaseException | None = None
-        self._threads: list[threading.Thread] = []
+        self._shared = _Shared()
+        self._started = False
         self._batch: list[Callable[[], None]] = []  # small calls, handed over together
         self._batch_elements = 0
 
@@ -52,28 +88,12 @@ class CpuPool:
         previous = torch.get_num_threads()
         ready = threading.Barrier(self.workers + 1)
         for i in range(self.workers):
-            thread = threading.Thread(target=self._run, args=(ready,), name=f"mergescope-write-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=_work, args=(self._shared, ready), name=f"mergescope-write-{i}",
+                             daemon=True).start()
         ready.wait()
         torch.set_num_threads(previous)
-
-    def _run(self, ready: threading.Barrier) -> None:
-        torch.set_num_threads(1)
-        ready.wait()
-        while True:
-            job = self._queue.get()
-            try:
-                with torch.no_grad():
-                    job()
-            except BaseException as exc:  # handed to the caller by finish()
-                with self._done:
-                    self._error = self._error or exc
-            finally:
-                with self._done:
-                    self._pending -= 1
-                    if self._pending == 0:
-                        self._done.notify_all()
+        weakref.finalize(self, _stop, self._shared, self.workers)
+        self._started = True
 
     @staticmethod
     def fits(*tensors: torch.Tensor | None) -> bool:
@@ -102,18 +122,19 @@ class CpuPool:
             self._put(lambda: [call() for call in calls])
 
     def _put(self, job: Callable[[], object]) -> None:
-        if not self._threads:
+        if not self._started:
             self._start()
-        with self._done:
-            self._pending += 1
-        self._queue.put(job)
+        with self._shared.done:
+            self._shared.pending += 1
+        self._shared.queue.put(job)
 
     def finish(self, raise_error: bool = True) -> None:
         """Wait for every submitted chunk; raise the first error any of them raised (if `raise_error`)."""
         self._flush()
-        with self._done:
-            while self._pending:
-                self._done.wait()
-            error, self._error = self._error, None
+        shared = self._shared
+        with shared.done:
+            while shared.pending:
+                shared.done.wait()
+            error, shared.error = shared.error, None
         if error is not None and raise_error:
             raise error

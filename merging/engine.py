@@ -209,6 +209,12 @@ class MergeEngine:
         return (sum(t.numel() * t.element_size() for t in self._snapshots.values())
                 + sum(f.host_bytes() for f in self._feeders.values()))
 
+    def clear_device_cache(self) -> None:
+        """Drop every device-cache entry (its memory goes back to the allocator); the budget stays."""
+        with self.lock:
+            for feeder in self._feeders.values():
+                feeder.cache.clear()
+
     def device_cache_stats(self) -> dict[str, int]:
         """The device caches' budget, bytes used, entries, hits, misses and evictions (summed over devices)."""
         stats = {"budget": 0, "used": 0, "entries": 0, "hits": 0, "misses": 0, "evictions": 0}

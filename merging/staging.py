@@ -24,6 +24,22 @@ import torch
 from .device_cache import DeviceCache, default_budget
 
 
+ALIGN = 64  # bytes: the widest vector loads (AVX-512)
+
+
+def empty_like_host(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor like `host` on `device`. On the CPU it starts at the same address
+    modulo ALIGN as `host`: vectorised reductions (slerp's dot products) split their work by
+    alignment, so a copy at another alignment (a memory-mapped view sits at its file offset) could
+    round differently in the last bit. On a GPU every input is a fresh allocation anyway."""
+    if device.type != "cpu" or host.numel() == 0:
+        return torch.empty(host.shape, dtype=host.dtype, device=device)
+    nbytes = host.numel() * host.element_size()
+    raw = torch.empty(nbytes + ALIGN, dtype=torch.uint8)
+    shift = (host.data_ptr() - raw.data_ptr()) % ALIGN
+    return raw[shift:shift + nbytes].view(host.dtype).view(host.shape)
+
+
 class Stager:
     """Host → device copies of whole tensors through rotating (pinned, on CUDA) bounce buffers."""
 
@@ -51,7 +67,7 @@ class Stager:
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A new tensor on the device equal to `host` (a CPU tensor), bit for bit."""
         host = host.contiguous()
-        out = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+        out = empty_like_host(host, self.device)
         if host.numel() == 0:
             return out
         src, dst = host.view(-1).view(torch.uint8), out.view(-1).view(torch.uint8)
@@ -114,7 +130,7 @@ class Feeder:
         try:
             value = self._move(host)
             if value.data_ptr() == host.data_ptr():  # CPU, unstaged: the cache keeps its own copy
-                value = value.clone()
+                value = empty_like_host(host, self.device).copy_(host)
             self.cache.put(key, value)
         except torch.OutOfMemoryError:  # the budget was optimistic: halve what worked, start again
             self.cache.budget = self.cache.used // 2
