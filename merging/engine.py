@@ -11,6 +11,12 @@ On first touch the engine checks that the file value, cast to the parameter's dt
 loaded parameter bit for bit; where it does not (a dtype cast the loader did differently, weights
 edited after loading), it keeps a copy of that one tensor on the CPU instead.
 
+Writes on the CPU that are element-wise (restores, `linear`) go to a small pool of single-threaded
+workers in chunks (merging/cpu_pool.py: no OpenMP fork-join per tensor); `apply` returns once they
+have landed. On a GPU the inputs come from an LRU device cache (`device_cache_bytes`) or through
+pinned staging buffers (merging/staging.py); both hand over bit-exact copies, so the weights do not
+depend on them.
+
 If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
 (or, should even that fail, to the pure VLM) before re-raising: the weights are never left
 half-merged, and `engine.plan` always says what they hold.
