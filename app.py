@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
 from merging.checkpoint import Checkpoint
+from merging.device_cache import DEVICE_CACHE_HELP, budget_from_gb
 from merging.grams import gram_paths
 from merging.evaluate import load_eval_set
 from merging.known_pairs import KNOWN_PAIRS, resolve_models
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grams-donor", help="the donor's Gram file, for RegMean")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
     parser.add_argument("--eval-set", help="examples and sweep items: PATH.jsonl, mathvista:PATH, mathvision:PATH")
     parser.add_argument("--cache-dir", default="runs/cache", help="answers cache (JSON values)")
     parser.add_argument("--export-dir", default="runs/exports", help="where exports may be written ('' = off)")
@@ -98,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
         check_port(args.host, args.port)  # before minutes of model loading, not after
         models = resolve_models(args.pair, args.vlm, args.llm, args.base)
         grams = gram_paths(args.grams_vlm, args.grams_donor)
+        cache_bytes = budget_from_gb(args.device_cache_gb)
         eval_spec = args.eval_set or models.eval_set
         pair = load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
         items = load_eval_set(eval_spec) if eval_spec else []
         donors = {label: Checkpoint(resolve_model_dir(path)) for label, path in models.other_donors}
-        answerer = Answerer(MergeEngine(pair, grams=grams), AnswerCache(args.cache_dir), donors, models.donor_label)
+        engine = MergeEngine(pair, grams=grams, device_cache_bytes=cache_bytes)
+        answerer = Answerer(engine, AnswerCache(args.cache_dir), donors, models.donor_label)
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
     explorer = Explorer(answerer, items, eval_spec or "",

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from .device_cache import DEVICE_CACHE_HELP, budget_from_gb
 from .errors import MergescopeError
 
 
@@ -22,6 +23,7 @@ def _pair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-partial", action="store_true",
                         help="merge a donor that lacks some of the VLM's language-model tensors (they keep the "
                              "VLM's values; reported as 'N of M'); refused without it")
+    parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -55,7 +57,8 @@ def _engine(args):
     from .engine import MergeEngine
     from .grams import gram_paths
     grams = gram_paths(args.grams_vlm, args.grams_donor)  # bad flags fail before the model is loaded
-    return MergeEngine(_load(args), grams=grams)
+    budget = budget_from_gb(args.device_cache_gb)  # a bad flag fails before the model is loaded
+    return MergeEngine(_load(args), grams=grams, device_cache_bytes=budget)
 
 
 def cmd_inspect(args) -> dict:

@@ -11,6 +11,12 @@ On first touch the engine checks that the file value, cast to the parameter's dt
 loaded parameter bit for bit; where it does not (a dtype cast the loader did differently, weights
 edited after loading), it keeps a copy of that one tensor on the CPU instead.
 
+Writes on the CPU that are element-wise (restores, `linear`) go to a small pool of single-threaded
+workers in chunks (merging/cpu_pool.py: no OpenMP fork-join per tensor); `apply` returns once they
+have landed. On a GPU the inputs come from an LRU device cache (`device_cache_bytes`) or through
+pinned staging buffers (merging/staging.py); both hand over bit-exact copies, so the weights do not
+depend on them.
+
 If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
 (or, should even that fail, to the pure VLM) before re-raising: the weights are never left
 half-merged, and `engine.plan` always says what they hold.
@@ -34,12 +40,14 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .checkpoint import Checkpoint
+from .cpu_pool import ELEMENTWISE_METHODS, CpuPool
 from .errors import LayoutError, MergescopeError, PlanError
 from .grams import GramFile, GramSet, decoder_linears
 from .layout import Layout, Slot, build_layout
 from .methods import get_method
 from .pair import ModelPair, check_base_covers
 from .plan import MergePlan, Target
+from .staging import Feeder
 
 _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write may have been cut short
 
@@ -63,8 +71,17 @@ class MergeEngine:
     LayoutError for a donor of another architecture, MergescopeError for bad Gram files.
     """
 
-    def __init__(self, pair: ModelPair, grams: dict[str, str] | None = None):
+    def __init__(self, pair: ModelPair, grams: dict[str, str] | None = None, *,
+                 device_cache_bytes: int | None = None, staging: bool | None = None,
+                 write_workers: int | None = None):
+        """`device_cache_bytes`: budget of the LRU cache of originals and donor tensors on the
+        parameters' device, per device (None: a quarter of the free memory on CUDA, 0 on the CPU;
+        see merging/device_cache.py). `staging`: host → device copies through pinned buffers (None:
+        on CUDA). `write_workers`: threads for element-wise writes on the CPU (merging/cpu_pool.py)."""
         self.pair = pair
+        self._cache_bytes, self._staging = device_cache_bytes, staging
+        self._feeders: dict[torch.device, Feeder] = {}
+        self._pool = CpuPool(write_workers)
         self.lock = threading.RLock()  # apply + generate run under it: one plan in the weights at a time
         self._slots: dict[str, Slot] = {s.name: s for s in pair.layout.slots}
         named = dict(pair.vlm.named_parameters())
@@ -197,8 +214,24 @@ class MergeEngine:
         return self.apply(MergePlan())
 
     def extra_resident_bytes(self) -> int:
-        """Memory the engine holds beyond the model itself (original copies it had to keep)."""
-        return sum(t.numel() * t.element_size() for t in self._snapshots.values())
+        """Host memory the engine holds beyond the model itself: original copies it had to keep,
+        pinned staging buffers, and device-cache entries when that device is the CPU."""
+        return (sum(t.numel() * t.element_size() for t in self._snapshots.values())
+                + sum(f.host_bytes() for f in self._feeders.values()))
+
+    def clear_device_cache(self) -> None:
+        """Drop every device-cache entry (its memory goes back to the allocator); the budget stays."""
+        with self.lock:
+            for feeder in self._feeders.values():
+                feeder.cache.clear()
+
+    def device_cache_stats(self) -> dict[str, int]:
+        """The device caches' budget, bytes used, entries, hits, misses and evictions (summed over devices)."""
+        stats = {"budget": 0, "used": 0, "entries": 0, "hits": 0, "misses": 0, "evictions": 0}
+        for feeder in self._feeders.values():
+            for k, v in feeder.cache.stats().items():
+                stats[k] += v
+        return stats
 
     def donor_bytes_used(self) -> int:
         """Donor bytes the current plan reads (distinct tensors)."""
@@ -207,12 +240,20 @@ class MergeEngine:
 
     # -- internals ---------------------------------------------------------------------------
     def _write_all(self, targets: dict[str, Target], report: ApplyReport) -> None:
-        for name in list(self._state) + [n for n in targets if n not in self._state]:
-            target = targets.get(name)
-            if self._state.get(name) == target:
-                continue
-            self._state[name] = _DIRTY
-            self._compute(self._slots[name], target, self._params[name], report)
+        done: list[tuple[str, Target | None]] = []
+        try:
+            for name in list(self._state) + [n for n in targets if n not in self._state]:
+                target = targets.get(name)
+                if self._state.get(name) == target:
+                    continue
+                self._state[name] = _DIRTY
+                self._compute(self._slots[name], target, self._params[name], report)
+                done.append((name, target))
+        except BaseException:
+            self._pool.finish(raise_error=False)  # no write may still be running when recovery starts
+            raise
+        self._pool.finish()  # queued CPU chunks land (or raise) before any state says "written"
+        for name, target in done:
             if target is None:
                 del self._state[name]
                 report.restored.append(name)
@@ -241,24 +282,48 @@ class MergeEngine:
             self._verified.add(slot.name)
         return original
 
+    def _feeder(self, device: torch.device) -> Feeder:
+        if device not in self._feeders:
+            self._feeders[device] = Feeder(device, self._cache_bytes, self._staging)
+        return self._feeders[device]
+
+    def _inputs(self, slot: Slot, target: Target | None, param: torch.Tensor, device: torch.device, rows: int,
+                needs_base: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(original, donor rows, base rows) on `device`: from the device cache, else from the files."""
+        feeder = self._feeder(device)
+        original = feeder.fetch(("vlm", slot.name, param.dtype), lambda: self._original(slot, param))
+        if target is None:
+            return original, None, None
+        donor_ckpt = self.pair.donor
+        donor = feeder.fetch(("donor", donor_ckpt.fingerprint(), slot.donor_key, rows),
+                             lambda: donor_ckpt.get(slot.donor_key)[:rows])
+        base = None
+        if needs_base:
+            key = self.pair.base_keys[slot.name]
+            base = feeder.fetch(("base", self.pair.base.fingerprint(), key, rows),
+                                lambda: self.pair.base.get(key)[:rows])
+        return original, donor, base
+
     def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport) -> None:
-        """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it)."""
+        """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it).
+
+        Element-wise work on the CPU (restores, `linear`) is queued on the write pool: the caller's
+        `self._pool.finish()` makes it land."""
         param = self._params[slot.name]
         device = out.device
-        original = self._original(slot, param).to(device)
-        report.bytes_read += original.numel() * original.element_size()
-        report.bytes_written += out.numel() * out.element_size()
-        if target is None:
-            out.copy_(original)
-            return
-        method = get_method(target.method)
+        method = get_method(target.method) if target is not None else None
         rows = slot.shared_rows or param.shape[0]
-        donor = self.pair.donor.get(slot.donor_key)[:rows].to(device)
-        base = None
-        if method.needs_base:
-            base = self.pair.base.get(self.pair.base_keys[slot.name])[:rows].to(device)
-            report.bytes_read += base.numel() * base.element_size()
-        report.bytes_read += donor.numel() * donor.element_size()
+        needs_base = method is not None and method.needs_base
+        original, donor, base = self._inputs(slot, target, param, device, rows, needs_base)
+        report.bytes_read += sum(t.numel() * t.element_size() for t in (original, donor, base) if t is not None)
+        report.bytes_written += out.numel() * out.element_size()
+        pooled = device.type == "cpu" and (target is None or target.method in ELEMENTWISE_METHODS)
+        if target is None:
+            if pooled and CpuPool.fits(out, original):
+                self._pool.submit(torch.Tensor.copy_, out, original)
+            else:
+                out.copy_(original)
+            return
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
             out[rows:].copy_(original[rows:])
         params = dict(target.params)
@@ -267,7 +332,12 @@ class MergeEngine:
             context["name"] = slot.rel
         if "grams" in method.context:
             context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), device)
-        method.fn(out[:rows], original[:rows], donor, base, target.alpha, **params, **context)
+        head, vlm_rows = out[:rows], original[:rows]
+        if pooled and not context and CpuPool.fits(head, vlm_rows, donor, base):
+            alpha = target.alpha
+            self._pool.submit(lambda o, v, d, b: method.fn(o, v, d, b, alpha, **params), head, vlm_rows, donor, base)
+        else:
+            method.fn(head, vlm_rows, donor, base, target.alpha, **params, **context)
 
     def export_tensor(self, slot_name: str, target: Target | None) -> torch.Tensor:
         """`target`'s value of one tensor on the CPU, without changing the resident weights.
@@ -282,5 +352,8 @@ class MergeEngine:
             if self._state.get(slot_name) == target:
                 return param.detach().to("cpu", copy=True)
             scratch = torch.empty_like(param)
-            self._compute(slot, target, scratch, ApplyReport(""))
+            try:
+                self._compute(slot, target, scratch, ApplyReport(""))
+            finally:
+                self._pool.finish()
             return scratch.to("cpu")

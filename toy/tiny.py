@@ -56,15 +56,16 @@ def _decoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_qwen_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, noise: float = 0.3,
-                    seed: int = 0, dtype: torch.dtype = torch.float32,
-                    vision_depth: int = 2, vision_hidden: int = 32) -> tuple[Path, Path]:
-    """A tiny Qwen2.5-VL VLM (with processor) and a Qwen2 donor LLM; returns (vlm_dir, llm_dir)."""
-    root = Path(root)
-    tokenizer = build_tokenizer()
+def qwen_configs(shape: DecoderShape, tokenizer, *, vocab_size: int | None = None, vision_depth: int = 2,
+                 vision_hidden: int = 32, max_positions: int = 512) -> tuple[Qwen2_5_VLConfig, Qwen2Config]:
+    """The Qwen2.5-VL config of a VLM with decoder `shape` and the Qwen2 config of its donor LLM.
+
+    `vocab_size` defaults to the tokenizer's size (a larger one, like the real 151936, leaves ids
+    no tokenizer produces: fine for benchmarks)."""
     ids = tokenizer.convert_tokens_to_ids
     special = dict(bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
-    text = dict(shape.as_dict(), **special, vocab_size=len(tokenizer), rms_norm_eps=1e-6, max_position_embeddings=512,
+    text = dict(shape.as_dict(), **special, vocab_size=vocab_size or len(tokenizer), rms_norm_eps=1e-6,
+                max_position_embeddings=max_positions,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                  "mrope_section": _mrope_section(shape)})
     config = Qwen2_5_VLConfig(
@@ -76,19 +77,32 @@ def build_qwen_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, n
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=shape.tie_word_embeddings, **special,
     )
-    torch.manual_seed(seed)
-    vlm = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
-    processor = Qwen2_5_VLProcessor(
+    donor_config = Qwen2Config(**{k: getattr(config.text_config, k) for k in SHARED_TEXT_KEYS},
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **special)
+    return config, donor_config
+
+
+def qwen_processor(tokenizer) -> Qwen2_5_VLProcessor:
+    """The (small-image) Qwen2.5-VL processor the tiny VLMs ship with."""
+    return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14,
                                               merge_size=2, temporal_patch_size=2),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+
+
+def build_qwen_pair(root: str | Path, shape: DecoderShape = DecoderShape(), *, noise: float = 0.3,
+                    seed: int = 0, dtype: torch.dtype = torch.float32,
+                    vision_depth: int = 2, vision_hidden: int = 32) -> tuple[Path, Path]:
+    """A tiny Qwen2.5-VL VLM (with processor) and a Qwen2 donor LLM; returns (vlm_dir, llm_dir)."""
+    root = Path(root)
+    tokenizer = build_tokenizer()
+    config, donor_config = qwen_configs(shape, tokenizer, vision_depth=vision_depth, vision_hidden=vision_hidden)
+    torch.manual_seed(seed)
+    vlm = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
     vlm_dir = root / "vlm"
     vlm.save_pretrained(vlm_dir)
-    processor.save_pretrained(vlm_dir)
-
-    donor_config = Qwen2Config(**{k: getattr(config.text_config, k) for k in SHARED_TEXT_KEYS},
-                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **special)
+    qwen_processor(tokenizer).save_pretrained(vlm_dir)
     return vlm_dir, save_donor(vlm, Qwen2ForCausalLM(donor_config), root / "llm", noise=noise, seed=seed,
                                tokenizer=tokenizer)
 
