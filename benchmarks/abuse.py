@@ -106,13 +106,18 @@ class Visitor:
         """The Compare outputs the page would finally show (updates skipped)."""
         job = self.client.submit(handle_file(str(path)), question, False, 8, "LLM from the shared seed",
                                  ["q_proj"], [0.0] * 8, "linear", 1.0, 0.2, 1, 0, 0.9, api_name="/on_compare")
-        job.result()
-        shown: list = [None] * 8
-        for step in job.outputs():
-            for i, value in enumerate(step):
-                if not (isinstance(value, dict) and value.get("__type__") == "update"):
-                    shown[i] = value
-        return shown
+        return final_outputs(job)
+
+
+def final_outputs(job, count: int = 8) -> list:
+    """A streamed Gradio job's outputs as the page shows them at the end (each step updates some)."""
+    job.result()
+    shown: list = [None] * count
+    for step in job.outputs():
+        for i, value in enumerate(step):
+            if not (isinstance(value, dict) and value.get("__type__") == "update"):
+                shown[i] = value
+    return shown
 
 
 def hostile_requests(files: Path) -> list[tuple[str, object, str]]:

@@ -5,18 +5,16 @@ that a normal request still gets the right answer afterwards (computed here, in-
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
 import resource
 import signal
-import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -38,29 +36,17 @@ RATE_LIMIT = 6
 FAST_S = 2.0  # every refusal comes back within this
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_battery():
+    """benchmarks/abuse.py, whose payload builders (alias and PNG bombs) these tests share."""
+    spec = importlib.util.spec_from_file_location("abuse_battery", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "abuse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def alias_bomb(levels: int = 9, width: int = 9) -> str:
-    """The probe's plan: each level a list of `width` aliases of the level below (width**levels leaves)."""
-    lines = ["a0: &a0 [" + ",".join(["x"] * width) + "]"]
-    for i in range(1, levels):
-        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * width) + "]")
-    return "\n".join(lines) + f"\nrules: *a{levels - 1}\n"
-
-
-def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
-    """A valid all-black RGB PNG of width×height: a few hundred KB that decode to width·height·3 bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    packer = zlib.compressobj(9)
-    row = b"\0" * (1 + 3 * width)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+_battery = _load_battery()
+_free_port, alias_bomb, png_bomb = _battery.free_port, _battery.alias_bomb, _battery.png_bomb
 
 
 def rss_mb(pid: int) -> float:
@@ -319,13 +305,7 @@ def _compare(client: Client, path: Path, question: object = COLOUR_Q, tokens: ob
     job = client.submit(handle_file(str(path)), question, False, tokens, "LLM from the shared seed", ["q_proj"],
                         list(alphas) if isinstance(alphas, tuple) else alphas, "linear", 1.0, 0.2, 1, 0, 0.9,
                         api_name="/on_compare")
-    job.result()
-    shown: list = [None] * 8
-    for step in job.outputs():
-        for i, value in enumerate(step):
-            if not (isinstance(value, dict) and value.get("__type__") == "update"):
-                shown[i] = value
-    return shown
+    return _battery.final_outputs(job)
 
 
 def test_images_are_measured_before_decoding_and_bad_files_are_one_line(server, reference, tmp_path):
