@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .registry import Tensor, chunks, merge_method
+from .registry import Tensor, chunks, copy_endpoint, merge_method
 
 SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide by, interpolate linearly
 
@@ -16,9 +16,7 @@ SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide b
               source="weight averaging (Wortsman et al. 2022, model soups); mergekit `linear`")
 def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
     """α = 0 and α = 1 give θ_V and θ_L (cast to out's dtype) exactly."""
-    if alpha == 0 or alpha == 1:
-        # in floating point θ_V + 1·(θ_L − θ_V) need not round back to θ_L: copy the endpoints
-        out.copy_(vlm if alpha == 0 else donor)
+    if copy_endpoint(out, vlm, donor, alpha):
         return
     if vlm.dtype == donor.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):
         # torch.lerp on half types computes each element in fp32 and rounds once, fused, at memory
@@ -41,8 +39,7 @@ def slerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha
     either tensor is all zeros. α = 0 and α = 1 return θ_V and θ_L exactly. The dot product and
     norms are accumulated chunk by chunk in fp32.
     """
-    if alpha == 0 or alpha == 1:
-        out.copy_(vlm if alpha == 0 else donor)
+    if copy_endpoint(out, vlm, donor, alpha):
         return
     sums = torch.zeros(3, dtype=torch.float32, device=out.device)  # ⟨V, L⟩, ‖V‖², ‖L‖²
     for v, d in chunks(vlm, donor):

@@ -146,6 +146,15 @@ def get_method(name: object, where: str = "method") -> Method:
     return REGISTRY[name]
 
 
+def copy_endpoint(out: Tensor, vlm: Tensor, donor: Tensor, alpha: float) -> bool:
+    """At α = 0 or 1, write θ_V or θ_L exactly and return True (in floating point an interpolation at
+    its endpoint need not round back to it); False for any other α."""
+    if alpha == 0 or alpha == 1:
+        out.copy_(vlm if alpha == 0 else donor)
+        return True
+    return False
+
+
 def chunks(*tensors: Tensor) -> Iterator[list[Tensor]]:
     """Matching flat chunks (views, no copies) of same-shaped tensors; raises ValueError otherwise."""
     shapes = {tuple(t.shape) for t in tensors}

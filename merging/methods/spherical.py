@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .interpolation import toward
-from .registry import ParamDef, Tensor, merge_method
+from .registry import ParamDef, Tensor, copy_endpoint, merge_method
 
 ROW_WISE = ParamDef("nuslerp_row_wise", int, 0, 0, 1,
                     "1: slerp each column vector (mergekit: along dim 0); 0: each row, or the whole tensor "
@@ -55,8 +55,7 @@ def nuslerp_vectors(t: float, v0: Tensor, v1: Tensor, row_wise: bool, flatten: b
               params=(ROW_WISE, FLATTEN))
 def nuslerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """mergekit's nuslerp with weights (1 − α, α); α = 0 and α = 1 return θ_V and θ_L exactly."""
-    if alpha == 0 or alpha == 1:
-        out.copy_(vlm if alpha == 0 else donor)
+    if copy_endpoint(out, vlm, donor, alpha):
         return
     weights = [1.0 - alpha, alpha]
     total = sum(weights)
@@ -92,8 +91,7 @@ def multislerp_merge(vlm: Tensor, donor: Tensor, alpha: float, normalize_weights
               params=(NORMALIZE_WEIGHTS, MULTISLERP_EPS))
 def multislerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """mergekit's multislerp with weights (1 − α, α); α = 0 and α = 1 return θ_V and θ_L exactly."""
-    if alpha == 0 or alpha == 1:
-        out.copy_(vlm if alpha == 0 else donor)
+    if copy_endpoint(out, vlm, donor, alpha):
         return
     out.copy_(multislerp_merge(vlm, donor, alpha, bool(params["normalize_weights"]), params["eps"]))
 
