@@ -356,24 +356,41 @@ def write_safetensors(path: Path, specs: list[tuple[str, torch.dtype, tuple[int,
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to 8-byte alignment
-    # A fresh temporary file in the target folder (O_EXCL: never opens a planted link), renamed over
-    # `path` at the end: os.replace swaps the directory entry, so a link at `path` is replaced, never
-    # followed, and a failed write leaves no partial file under the final name.
+
+    def write(f) -> None:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, dtype, shape in specs:
+            tensor = produce(name)
+            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape) or tensor.device.type != "cpu":
+                raise CheckpointError(f"{name}: produced {tensor.dtype}{list(tensor.shape)} on "
+                                      f"{tensor.device}, expected {dtype}{list(shape)} on cpu")
+            if tensor.numel():
+                f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            del tensor
+
+    replace_file(path, write)
+    return 8 + len(raw) + offset
+
+
+def replace_file(path: Path, write: Callable[[Any], None]) -> None:
+    """Write `path` through `write(binary file)` without ever following a link planted at `path`.
+
+    The bytes go to a fresh temporary file in the same folder (mkstemp: O_EXCL, never an existing
+    file), which then replaces `path` with os.replace: a symbolic link at `path` is replaced itself,
+    its target untouched, and a failed write leaves no partial file under the final name. Raises
+    OSError (a full disk, a read-only folder) after removing the temporary file.
+    """
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, dtype, shape in specs:
-                tensor = produce(name)
-                if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape) or tensor.device.type != "cpu":
-                    raise CheckpointError(f"{name}: produced {tensor.dtype}{list(tensor.shape)} on "
-                                          f"{tensor.device}, expected {dtype}{list(shape)} on cpu")
-                if tensor.numel():
-                    f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-                del tensor
+            write(f)
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
-    return 8 + len(raw) + offset
+
+
+def write_text_file(path: Path, text: str) -> None:
+    """`text` (UTF-8) to `path` as `replace_file` writes: never through a link planted at `path`."""
+    replace_file(path, lambda f: f.write(text.encode()))

@@ -93,3 +93,24 @@ def test_fingerprint_samples_large_files(tmp_path):
     big[:1000] = 1.0  # the first block is always sampled
     save_file({"w": big}, tmp_path / "model.safetensors")
     assert Checkpoint(tmp_path).fingerprint() != first
+
+
+def test_writes_replace_a_planted_link_and_never_follow_it(tmp_path):
+    """A symbolic link planted at an export path (pointing outside the folder) is replaced by the new
+    file; the file it pointed to is untouched. The same for safetensors and text files."""
+    import torch
+
+    from merging.checkpoint import Checkpoint, write_safetensors, write_text_file
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for name in ("plan.yaml", "model.safetensors"):
+        (folder / name).symlink_to(outside)
+    write_text_file(folder / "plan.yaml", "rules: []\n")
+    tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    write_safetensors(folder / "model.safetensors", [("t", torch.float32, (2, 3))], lambda name: tensor)
+    assert outside.read_text() == "precious"
+    assert not (folder / "plan.yaml").is_symlink() and (folder / "plan.yaml").read_text() == "rules: []\n"
+    assert torch.equal(Checkpoint(folder / "model.safetensors").get("t"), tensor)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "plan.yaml"]  # no temp files left
