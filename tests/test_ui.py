@@ -142,9 +142,10 @@ def test_compare_shows_both_answers_then_cached(page):
         page.locator("#exact-values").get_by_text("Exact values and plan YAML").click()  # closed, as it starts
         page.wait_for_timeout(500)
         page.evaluate("window.scrollTo(0, 0)")
-        diff = page.locator("#diff").bounding_box()
+        bottom = max(page.locator(f"#{e}").bounding_box()["y"] + page.locator(f"#{e}").bounding_box()["height"]
+                     for e in ("diff", "exact-values"))  # both columns: the answers and the editor
         page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=True,
-                        clip={"x": 0, "y": 0, "width": 1400, "height": diff["y"] + diff["height"] + 16})
+                        clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 16})
 
 
 def _merged_with(explorer, question: str) -> list[str]:

@@ -27,7 +27,8 @@ DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom 
 STALE = "stale — plan changed"
 ANSWER_LABELS = {"base": "Base VLM", "merged": "Merged (current plan)", "pinned": "Plan B (pinned)"}
 CSS = """
-.answer textarea { font-size: 1.6em !important; line-height: 1.3 !important; }
+#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.answer textarea { font-size: 2em !important; line-height: 1.3 !important; }
 .stale textarea, .stale .wrap { opacity: 0.45; }
 .bad-cell { outline: 3px solid #d62728; border-radius: 6px; }
 @media (max-width: 1000px) { .one-column-narrow { flex-direction: column !important; }
@@ -301,27 +302,33 @@ def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
 def _ask_column(explorer: Explorer) -> dict:
     c = {}
     # a path, opened by read_image: size from the header before any pixel is decoded
-    c["image"] = uploaded_image(label="Image", elem_id="image", height=360)
+    c["image"] = uploaded_image(label="Image", elem_id="image", height=300)
     c["question"] = gr.Textbox(label="Question", elem_id="question", lines=2)
     c["gold"] = gr.Markdown("", elem_id="gold")
     with gr.Row():
         c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
         c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
-    if explorer.eval_items:
-        gr.Examples([[str(i.image_path) if i.image_path else None, i.question] for i in explorer.eval_items[:40]],
-                    [c["image"], c["question"]], label="Examples", examples_per_page=4)
     with gr.Row(equal_height=True):
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         c["status"] = gr.Markdown("", elem_id="status")
+    probe = has_probe(explorer)
+    with gr.Row(elem_classes=["one-column-narrow"], elem_id="answers"):
+        c["cards"] = {"base": _answer_card("base", "base", probe=probe),
+                      "merged": _answer_card("merged", "merged", probe=probe),
+                      "pinned": _answer_card("pinned", "pinned", visible=False, probe=probe)}
+    c["kl"] = gr.Markdown("", elem_id="kl", visible=probe)
+    c["diff"] = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
+                                   color_map={"-": "red", "+": "green"})
     return c
 
 
-def _answer_card(name: str, elem: str, visible: bool = True) -> dict:
-    with gr.Column(min_width=260, visible=visible) as column:
+def _answer_card(name: str, elem: str, visible: bool = True, probe: bool = True) -> dict:
+    with gr.Column(min_width=200, visible=visible) as column:
         box = gr.Textbox(label=ANSWER_LABELS[name], elem_id=f"answer-{elem}", interactive=False,
                          elem_classes=["answer"], lines=2)
         meta = gr.Markdown("", elem_id=f"meta-{elem}")
-        probs = gr.Plot(label="next token", elem_id=f"probs-{ {'pinned': 'b'}.get(name, name) }", show_label=False)
+        probs = gr.Plot(label="next token", elem_id=f"probs-{ {'pinned': 'b'}.get(name, name) }", show_label=False,
+                        visible=probe)
     return {"column": column, "box": box, "meta": meta, "probs": probs}
 
 
@@ -334,14 +341,12 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     with gr.Row(elem_classes=["one-column-narrow"]):
         with gr.Column(scale=5, min_width=320):
             m = _merge_column(explorer, start_alphas)
-        with gr.Column(scale=4, min_width=320):
+        with gr.Column(scale=5, min_width=320):
             a = _ask_column(explorer)
-    with gr.Row(elem_classes=["one-column-narrow"], elem_id="answers"):
-        cards = {"base": _answer_card("base", "base"), "merged": _answer_card("merged", "merged"),
-                 "pinned": _answer_card("pinned", "pinned", visible=False)}
-    kl = gr.Markdown("", elem_id="kl")
-    diff = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
-                              color_map={"-": "red", "+": "green"})
+    if explorer.eval_items:
+        gr.Examples([[str(i.image_path) if i.image_path else None, i.question] for i in explorer.eval_items[:40]],
+                    [a["image"], a["question"]], label="Examples", examples_per_page=6)
+    cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"])
     from .probe_panel import build_scan_panel
