@@ -352,3 +352,22 @@ def test_the_alpha_scan_fills_in_eleven_points(page):
     page.wait_for_function("() => document.querySelector('#scan-status').innerText.includes('11/11')",
                            timeout=180_000)
     page.wait_for_selector("#scan-plot .main-svg")
+
+
+def test_separate_curves_give_one_editor_per_group_and_compare_uses_them(page, server):
+    pytest.importorskip("merging.probe")
+    _, explorer = server
+    page.locator("#separate-curves input").check()
+    for slug in ("attention", "mlp", "norms", "embeddings"):
+        page.wait_for_selector(f"#curve-{slug} svg", state="visible")
+    assert not page.locator("#curve svg").is_visible()  # the linked curve is gone while separate
+    box = page.locator("#curve-mlp svg").bounding_box()  # MLP up to 0.9, the rest stays at the log ramp
+    page.mouse.move(box["x"] + 3, box["y"] + box["height"] * 0.1)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.1, steps=8)
+    page.mouse.up()
+    question = "How many times does dog appear in: dog dog fish? Add 1."
+    _ask_text_only(page, question)
+    merged = [e for e in explorer.answerer.cache.entries()
+              if e["config"]["question"] == question and e["config"]["plan"]["rules"]][0]
+    assert len(merged["config"]["plan"]["rules"]) == 4  # one rule per group

@@ -60,7 +60,7 @@ class FakeExplorer:
 
 
 PARAMS = [p.default for p in PARAM_DEFS]
-PLAN = (["q_proj"], [0.5] * L, "linear", *PARAMS)  # components, curve, method, params
+PLAN = (["q_proj"], [0.5] * L, "linear", None, *PARAMS)  # components, curve, method, groups (linked), params
 
 
 def compare(explorer, img=None, q="What colour is it?", text_only=True, pinned=""):
@@ -139,7 +139,7 @@ def test_distributions_without_the_probe_say_so():
     explorer = FakeExplorer()
     explorer.answerer = types.SimpleNamespace()  # an answerer without .distribution
     assert "merging.probe" in compare_tab.on_distributions(explorer, None, None, "q?", True, "", "shared",
-                                                           *PLAN[:1], PLAN[1], PLAN[2], *PARAMS)[-1]
+                                                           *PLAN)[-1]
 
 
 def test_gold_comes_from_the_example():
@@ -212,3 +212,28 @@ def test_inspect_names_the_donor_and_redraws_only_once_drawn():
     assert (rel.data[0].zmin, rel.data[0].zmax) == (0.0, 1.5) and (cos.data[0].zmin, cos.data[0].zmax) == (-1, 1)
     assert inspect_tab.on_donor_switch(explorer, "no seed", None) == (gr.update(), gr.update())
     assert inspect_tab.on_donor_switch(explorer, "no seed", {"plot": 1})[0].layout.title.text.startswith("no seed")
+
+
+def test_separate_curves_make_one_rule_per_group(monkeypatch):
+    probe = types.ModuleType("merging.probe")
+    seen = {}
+
+    def group_plan(groups, method="linear", params=None):
+        seen.update(groups=groups, method=method)
+        return MergePlan.from_dict({"rules": [{"components": [{"Attention": "self_attn", "MLP": "mlp"}[g]],
+                                               "method": method, "curve": c} for g, c in groups.items()]})
+    probe.group_plan = group_plan
+    monkeypatch.setitem(sys.modules, "merging.probe", probe)
+    groups = compare_tab.on_groups(True, ["Attention", "MLP"], [0.1] * L, [0.9] * L, [0.0] * L, [0.0] * L)
+    assert set(groups) == {"Attention", "MLP"}
+    assert compare_tab.on_groups(False, ["Attention"], *[[0.1] * L] * 4) is None  # linked: one curve
+    comps, alphas, method, _, *params = PLAN
+    steps = compare(FakeExplorer())  # linked
+    explorer = FakeExplorer()
+    list(compare_tab.on_compare(explorer, None, None, "What colour is it?", True, 8, "", "shared", comps, alphas,
+                                method, groups, *params))
+    merged_plan = explorer.answerer.asked[1][0]
+    assert len(merged_plan.rules) == 2 and seen["groups"]["MLP"]["values"] == [0.9] * L
+    assert steps[-2][2] == "merged"
+    with pytest.raises(Exception, match="groups must be among"):
+        compare_tab.plan_of(comps, alphas, method, {"Everything": [0.1] * L}, *params)

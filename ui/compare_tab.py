@@ -19,7 +19,7 @@ from merging.plan import MergePlan
 from .curve_editor import curve_editor
 from .explorer import CHEAP, GPU, Explorer, bind
 from .guard import uploaded_image
-from .plan_panel import PARAM_DEFS, badge, current_plan, parse_table, table_of, token_diff
+from .plan_panel import GROUPS, PARAM_DEFS, badge, plan_of, parse_table, table_of, token_diff
 
 COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
                     ("Embeddings", ("embed_tokens",)), ("Final norm", ("norm",)), ("LM head", ("lm_head",))]
@@ -52,11 +52,13 @@ class CompareTab:
     text_only: gr.Checkbox
     pinned_plan: gr.State
     method_formula: gr.Markdown
+    groups: gr.State  # separate curves: {group: α per layer}, or None while the curve is linked
 
     @property
     def plan_inputs(self) -> list:
-        """components, curve, method, then one box per PARAM_DEFS: what `current_plan` is built from."""
-        return [self.components, self.curve, self.method, *self.param_boxes]
+        """components, curve, method, groups, then one box per PARAM_DEFS: what `plan_of` is built from
+        (the groups are a State: the API's positional arguments stay as they were)."""
+        return [self.components, self.curve, self.method, self.groups, *self.param_boxes]
 
 
 def component_choices(explorer: Explorer) -> list[tuple[str, str]]:
@@ -133,15 +135,16 @@ def on_table(explorer: Explorer, frame):
 
 
 def on_plan_inputs(comps, alphas, method_name, *param_values):
+    """The plan's YAML (or the reason there is none) for the accordion."""
     try:
-        return current_plan(comps, method_name, alphas, *param_values).to_yaml()
+        return plan_of(comps, alphas, method_name, *param_values).to_yaml()
     except MergescopeError as exc:
         return f"# {exc}"
 
 
 def on_pin(comps, alphas, method_name, *param_values):
     try:
-        plan = current_plan(comps, method_name, alphas, *param_values)
+        plan = plan_of(comps, alphas, method_name, *param_values)
     except MergescopeError as exc:
         return gr.update(), gr.update(), f"⚠️ {exc}"
     return plan.to_yaml(), gr.update(visible=True), f"Pinned plan `{plan.hash()}` as plan B."
@@ -181,7 +184,7 @@ def compare_inputs(explorer: Explorer, request, img, q, text_only_q, pinned, com
     if img is None and not text_only_q:
         raise MergescopeError("this question needs an image: pick an example or upload one, "
                               "or tick 'Text-only question'")
-    plan = current_plan(comps, method_name, alphas, *param_values)
+    plan = plan_of(comps, alphas, method_name, *param_values)
     plan_b = MergePlan.from_text(pinned) if pinned else None
     return q, None if text_only_q else read_image(img), plan, plan_b
 
@@ -291,6 +294,7 @@ def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
         c["apply_preset"] = gr.Button("Apply preset", elem_id="apply-preset")
         c["pin"] = gr.Button("Pin as plan B", elem_id="pin")
         c["unpin"] = gr.Button("Unpin plan B", elem_id="unpin")
+    _separate_curves(explorer, c, start_alphas)
     with gr.Accordion("Exact values and plan YAML", open=False, elem_id="exact-values"):
         c["table"] = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
                                   elem_id="alpha-table", row_count=L)
@@ -348,12 +352,63 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
                     [a["image"], a["question"]], label="Examples", examples_per_page=6)
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
-                     m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"])
+                     m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
+                     gr.State(None))
     from .probe_panel import build_scan_panel
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)
+    _wire_groups(explorer, tab, m, [m["plan_yaml"], cards["merged"]["box"], cards["pinned"]["box"]])
     _wire_compare(explorer, tab, a, cards, kl, diff)
     return tab
+
+
+def _separate_curves(explorer: Explorer, c: dict, start_alphas: list[float]) -> None:
+    """One editor per ticked group, hidden while the curve is linked (needs merging.probe.group_plan)."""
+    c["separate"] = gr.Checkbox(False, label="Separate curves per group (Attention, MLP, Norms, Embeddings/Head)",
+                                elem_id="separate-curves", visible=has_group_plan())
+    with gr.Column(visible=False) as c["group_column"]:
+        c["group_ticks"] = gr.CheckboxGroup(list(GROUPS), value=list(GROUPS), label="Groups to merge",
+                                            elem_id="curve-groups")
+        c["group_curves"], c["group_apply"] = [], []
+        for group in GROUPS:
+            slug = group.split("/")[0].lower()
+            with gr.Row(equal_height=True):
+                gr.Markdown(f"**{group}**")
+                c["group_apply"].append(gr.Button("Apply the preset here", size="sm", elem_id=f"apply-{slug}"))
+            c["group_curves"].append(curve_editor(explorer.num_layers, start_alphas, elem_id=f"curve-{slug}"))
+
+
+def has_group_plan() -> bool:
+    try:
+        from merging.probe import group_plan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def on_groups(separate, ticked, *group_alphas):
+    """The groups State: {group: α per layer} for the ticked groups, or None while linked."""
+    if not separate:
+        return None
+    return {g: a for g, a in zip(GROUPS, group_alphas) if g in (ticked or [])}
+
+
+def on_separate(separate):
+    """Show the group editors and hide the linked one (and its component ticks), or the reverse."""
+    return gr.update(visible=bool(separate)), gr.update(visible=not separate), gr.update(visible=not separate)
+
+
+def _wire_groups(explorer: Explorer, tab: CompareTab, m: dict, outputs: list) -> None:
+    yaml_box, merged, pinned = outputs
+    m["separate"].change(on_separate, m["separate"], [m["group_column"], tab.curve, tab.components], **CHEAP)
+    inputs = [m["separate"], m["group_ticks"], *m["group_curves"]]
+    for trigger in (m["separate"].change, m["group_ticks"].change, *(c.change for c in m["group_curves"])):
+        trigger(on_groups, inputs, tab.groups, **CHEAP).then(
+            on_plan_inputs, tab.plan_inputs, yaml_box, **CHEAP).then(mark_stale, [merged, pinned], [merged, pinned],
+                                                                       **CHEAP)
+    for editor, button in zip(m["group_curves"], m["group_apply"]):
+        button.click(bind(on_preset_apply, explorer), [m["preset"], *m["preset_fields"]], [editor, tab.status],
+                     **CHEAP)
 
 
 def _wire_panel(explorer: Explorer, tab: CompareTab, m: dict, a: dict, cards: dict) -> None:

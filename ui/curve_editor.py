@@ -85,6 +85,6 @@ element.addEventListener('pointerup', ev => {{
 """
 
 
-def curve_editor(num_layers: int, value: list[float] | None = None) -> gr.HTML:
+def curve_editor(num_layers: int, value: list[float] | None = None, elem_id: str = "curve") -> gr.HTML:
     return gr.HTML(value=value if value is not None else [0.0] * num_layers, html_template=TEMPLATE,
-                   css_template=CSS, js_on_load=JS, elem_id="curve", apply_default_css=False)
+                   css_template=CSS, js_on_load=JS, elem_id=elem_id, apply_default_css=False)

@@ -10,12 +10,12 @@ from merging.limits import brief
 from merging.mergekit_config import mergekit_yaml
 
 from .explorer import CHEAP, GPU, Explorer, bind
-from .plan_panel import current_plan
+from .plan_panel import plan_of
 
 
 def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, method_name, *param_values) -> str:
     """Write the plan (`plan`, `mergekit`) or the merged model (`checkpoint`); the path and a message."""
-    plan = current_plan(comps, method_name, alphas, *param_values)
+    plan = plan_of(comps, alphas, method_name, *param_values)
     explorer.export_dir.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint":
         out = explorer.export_dir / f"merged-{plan.hash()}"

@@ -50,6 +50,31 @@ def current_plan(comps, method_name, alphas, *param_values) -> MergePlan:
     return plan_from_ui(comps, method_name, alphas, {p.name: v for p, v in zip(PARAM_DEFS, param_values)})
 
 
+GROUPS = ("Attention", "MLP", "Norms", "Embeddings/Head")  # the separate curves' groups (merging.probe)
+
+
+def plan_of(comps, alphas, method_name, groups, *param_values) -> MergePlan:
+    """The plan the panel shows: one rule from the linked curve, or with separate curves (`groups`:
+    {group: α per layer}) one rule per ticked group (merging.probe.group_plan)."""
+    if not groups:
+        return current_plan(comps, method_name, alphas, *param_values)
+    if not isinstance(groups, dict) or not set(groups) <= set(GROUPS) or len(groups) > len(GROUPS):
+        raise PlanError(f"separate curves: groups must be among {list(GROUPS)}; got {brief(groups)}")
+    try:
+        from merging.probe import group_plan
+    except ImportError:
+        raise MergescopeError("separate curves need merging.probe (group_plan), not installed here") from None
+    curves_by_group = {}
+    for group, values in groups.items():
+        # the same checks as the linked curve's (a list of numbers), via a one-rule plan
+        rule = plan_from_ui(["all"], "linear", values, {}).rules[0]
+        curves_by_group[group] = rule.curve
+    known = {p.name for p in REGISTRY[method_name].params} \
+        if isinstance(method_name, str) and method_name in REGISTRY else set()
+    params = {p.name: v for p, v in zip(PARAM_DEFS, param_values) if p.name in known and v is not None}
+    return group_plan(curves_by_group, method=method_name, params=params or None)
+
+
 def parse_table(table: pd.DataFrame, num_layers: int) -> list[float]:
     """α values from the exact-value table, or a clear error naming the bad cell."""
     if len(table) != num_layers:
