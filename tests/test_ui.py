@@ -371,3 +371,29 @@ def test_separate_curves_give_one_editor_per_group_and_compare_uses_them(page, s
     merged = [e for e in explorer.answerer.cache.entries()
               if e["config"]["question"] == question and e["config"]["plan"]["rules"]][0]
     assert len(merged["config"]["plan"]["rules"]) == 4  # one rule per group
+
+
+def test_a_lesson_sets_everything_up(page, server):
+    _, explorer = server
+    page.locator("#lessons input").click()
+    page.get_by_role("option", name="Shared seed vs no seed").click()
+    page.wait_for_function("() => document.querySelector('#lesson-text').innerText.includes('collapses')")
+    assert page.locator("#question textarea").input_value() == COLOUR_Q
+    assert page.locator("#donor input:checked").evaluate("e => e.value") == OTHER
+    assert table_alphas(page) == [0.4] * 8
+    assert page.locator("#components input:checked").count() == page.locator("#components input").count()
+    page.locator("#compare").click()
+    page.wait_for_function("() => { const t = document.querySelector('#meta-merged').innerText;"
+                           " return (t.includes('done') || t.includes('cached')) && !t.includes('queue'); }",
+                           timeout=120_000)
+    assert page.locator("#answer-base textarea").input_value() == "red"
+    assert page.locator("#answer-merged textarea").input_value().startswith("redredred")  # as the lesson says
+
+
+def test_a_text_only_example_ticks_text_only_and_shows_its_gold(page):
+    page.get_by_text(TEXT_Q).first.click()
+    page.wait_for_function("() => document.querySelector('#question textarea').value.includes('Add 2.')")
+    assert page.locator("#text-only input").is_checked()
+    page.wait_for_function("() => document.querySelector('#gold').innerText.includes('6')")
+    page.get_by_text(COLOUR_Q).first.click()  # an image question unticks it again
+    page.wait_for_function("() => !document.querySelector('#text-only input').checked")

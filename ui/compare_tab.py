@@ -342,14 +342,16 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     start_alphas = curves.layer_alphas({"preset": "loglinear", "start": 0.05, "end": 0.4}, L)
     pinned_plan = gr.State("")
     gr.HTML(f"<style>{CSS}</style>", padding=False)  # Gradio 6 takes page CSS only at launch()
+    from .lessons import build_lessons
+    lesson, lesson_text = build_lessons(explorer)
     with gr.Row(elem_classes=["one-column-narrow"]):
         with gr.Column(scale=5, min_width=320):
             m = _merge_column(explorer, start_alphas)
         with gr.Column(scale=5, min_width=320):
             a = _ask_column(explorer)
     if explorer.eval_items:
-        gr.Examples([[str(i.image_path) if i.image_path else None, i.question] for i in explorer.eval_items[:40]],
-                    [a["image"], a["question"]], label="Examples", examples_per_page=6)
+        from .examples import build_examples
+        build_examples(explorer.eval_items, a["image"], a["question"], a["text_only"])
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
@@ -358,6 +360,10 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)
     _wire_groups(explorer, tab, m, [m["plan_yaml"], cards["merged"]["box"], cards["pinned"]["box"]])
+    from .lessons import on_lesson
+    lesson.input(bind(on_lesson, explorer), lesson,
+                 [tab.donor, tab.components, tab.method, m["separate"], tab.curve, tab.question, tab.image,
+                  tab.text_only, pinned_plan, cards["pinned"]["column"], lesson_text], **CHEAP)
     _wire_compare(explorer, tab, a, cards, kl, diff)
     return tab
 
