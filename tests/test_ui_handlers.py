@@ -237,3 +237,60 @@ def test_separate_curves_make_one_rule_per_group(monkeypatch):
     assert steps[-2][2] == "merged"
     with pytest.raises(Exception, match="groups must be among"):
         compare_tab.plan_of(comps, alphas, method, {"Everything": [0.1] * L}, *params)
+
+
+def test_a_lesson_sets_donor_components_curve_question_and_plan_b():
+    from ui import lessons
+    explorer = FakeExplorer()
+    explorer.answerer.donors = {"shared": None, lessons.NO_SHARED_SEED: None}
+    roles = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(layout=types.SimpleNamespace(
+        roles=lambda: roles)))
+    explorer.eval_items = [types.SimpleNamespace(id=lessons.COLOUR_ID, question="What colour?", image_path="c.png"),
+                           types.SimpleNamespace(id=lessons.TEXT_PLUS_ID, question="Add 2.", image_path=None)]
+    assert len(lessons.LESSONS) >= 3
+    donor, comps, method, separate, curve, question, image, text_only, pinned, card, text = \
+        lessons.on_lesson(explorer, "Shared seed vs no seed")
+    assert donor == lessons.NO_SHARED_SEED and comps == roles and curve == [0.4] * L and image == "c.png"
+    assert question == "What colour?" and text_only is False and pinned == "" and "collapses" in text
+    *_, question, image, text_only, pinned, card, text = lessons.on_lesson(explorer, "Early layers keep perception")
+    assert MergePlan.from_text(pinned).rules and card["visible"] is True
+    *_, question, image, text_only, pinned, card, text = lessons.on_lesson(explorer, "A skill moves across")
+    assert (question, image, text_only) == ("Add 2.", None, True)
+
+
+def test_examples_put_the_lessons_first_and_leave_out_blank_images():
+    from merging.evaluate import load_eval_set
+    from toy import TOY_EVAL
+    from ui import examples, lessons
+    items = load_eval_set(TOY_EVAL)
+    with_image, text = examples.teaching_order(items)
+    assert with_image[0].id == lessons.COLOUR_ID and text[0].id == lessons.TEXT_PLUS_ID
+    assert all(i.image_path is None for i in text) and all(i.image_path for i in with_image)
+    assert examples.blank(next(i.image_path for i in items if i.id == "count-00000"))  # an empty scene
+    assert not any(examples.blank(i.image_path) for i in with_image)
+
+
+def _row(cell, answered=4, complete=True):
+    return {"setting": "S", "method": "constant α", "alpha": cell, "accuracy": 0.5, "accuracy_low": 0.15,
+            "accuracy_high": 0.85, "answered": answered, "complete": complete, "computed": answered, "cached": 0,
+            "by_category": {"colour": {"accuracy": 0.5, "items": 4, "low": 0.15, "high": 0.85}}}
+
+
+def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeypatch):
+    request = types.SimpleNamespace(session_hash="s1")
+    monkeypatch.setattr(sweep_tab, "sweep_plan", lambda *a: ([0.2, 0.4, 0.6], ["i"] * 4, None))
+
+    def run_sweep(answerer, cells, items, settings, donor=None, progress=None, should_stop=lambda: False):
+        if cells[0] == 0.4:  # Stop pressed during the second cell: it ends half-way
+            assert sweep_tab.on_stop_sweep(request).startswith("Stopping")
+            return [_row(0.4, answered=2, complete=False)] if should_stop() else [_row(0.4)]
+        return [_row(cells[0])]
+    monkeypatch.setattr(sweep_tab, "run_sweep", run_sweep)
+    steps = list(sweep_tab.on_sweep(FakeExplorer(), "grid", "", 4, "shared", progress=None, request=request))
+    status, heatmap, lines, table, categories = steps[-1]
+    assert len(steps) == 2 and status.startswith("Sweep stopped at 6 / 12 answers (2 of 3 cells)")
+    assert list(table["complete"]) == [True, False] and list(table["95 % interval"]) == ["15–85 %"] * 2
+    assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]
+    assert categories["colour"][0] == "50 % (15–85)"
+    assert sweep_tab._STOPS == {}  # nothing left behind

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from merging.sweep import heatmap as sweep_heatmap
+from merging.sweep import heatmap as _heatmap
 
 __all__ = ["alpha_figure", "distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
 
@@ -42,16 +42,38 @@ def distance_figure(rows: list[dict], metric: str, donor: str | None = None) -> 
     return fig
 
 
+def _interval_text(r: dict) -> str:
+    low, high = r.get("accuracy_low"), r.get("accuracy_high")
+    done = "" if r.get("complete", True) else " (stopped: partial)"
+    return (f"{100 * r['accuracy']:.1f} %, Wilson 95 %: {100 * low:.0f}–{100 * high:.0f} % "
+            f"over {r.get('answered', '?')} answers{done}") if low is not None else f"{100 * r['accuracy']:.1f} %"
+
+
+def sweep_heatmap(rows: list[dict]) -> go.Figure:
+    """merging.sweep's heatmap, with each cell's Wilson 95 % interval on hover."""
+    fig = _heatmap(rows)
+    merged = [r for r in rows if r["alpha"] is not None]
+    labels, alphas = list(fig.data[0].y), sorted({r["alpha"] for r in merged})
+    hover = [[""] * len(alphas) for _ in labels]
+    for r in merged:
+        hover[labels.index(f"{r['setting']} · {r['method']}")][alphas.index(r["alpha"])] = _interval_text(r)
+    fig.data[0].customdata = hover
+    fig.data[0].hovertemplate = "%{y}, %{x}: %{customdata}<extra></extra>"
+    return fig
+
+
 def sweep_lines(rows: list[dict]) -> go.Figure:
     """Accuracy against α, one line per setting × method, the base VLM as a dashed level."""
     fig = go.Figure()
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, list[tuple[float, float, str]]] = {}
     for r in rows:
         if r["alpha"] is not None:
-            series.setdefault(f"{r['setting']} · {r['method']}", []).append((r["alpha"], 100 * r["accuracy"]))
+            series.setdefault(f"{r['setting']} · {r['method']}", []).append(
+                (r["alpha"], 100 * r["accuracy"], _interval_text(r)))
     for name, points in series.items():
         points.sort()
-        fig.add_trace(go.Scatter(x=[a for a, _ in points], y=[v for _, v in points], mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=[a for a, _, _ in points], y=[v for _, v, _ in points], mode="lines+markers",
+                                 name=name, text=[t for _, _, t in points], hovertemplate="α %{x}: %{text}"))
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     if base is not None:
         fig.add_hline(y=base, line_dash="dash", annotation_text="base VLM")

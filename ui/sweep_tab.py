@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 import pandas as pd
 
@@ -40,27 +42,68 @@ def sweep_plan(explorer: Explorer, grid, spec, limit) -> tuple[list, list, objec
 
 
 def sweep_summary(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "computed", "cached")}
+    """One line per cell: accuracy with its Wilson 95 % interval, over how many answers."""
+    return pd.DataFrame([{"setting": r["setting"], "method": r["method"], "alpha": r["alpha"],
+                          "accuracy": r["accuracy"], "95 % interval": _interval(r), "answered": r.get("answered"),
+                          "complete": r.get("complete", True), "computed": r["computed"], "cached": r["cached"]}
                          for r in rows])
 
 
+def _interval(row: dict) -> str:
+    low, high = row.get("accuracy_low"), row.get("accuracy_high")
+    return f"{100 * low:.0f}–{100 * high:.0f} %" if low is not None and high is not None else ""
+
+
+def category_table(rows: list[dict]) -> pd.DataFrame:
+    """Accuracy per category (columns, in %, with its Wilson 95 % interval) for each cell (rows)."""
+    def shown(v: dict) -> str:
+        return f"{100 * v['accuracy']:.0f} % ({100 * v['low']:.0f}–{100 * v['high']:.0f})"
+    return pd.DataFrame([{"cell": f"{r['setting']} · {r['method']} · α {r['alpha']}",
+                          **{k: shown(v) for k, v in (r.get("by_category") or {}).items()}} for r in rows])
+
+
+_STOPS: dict[str, threading.Event] = {}  # per session: Stop sets it, the running sweep reads it between batches
+
+
+def on_stop_sweep(request: gr.Request = None):
+    stop = _STOPS.get(getattr(request, "session_hash", None) or "")
+    if stop is not None:
+        stop.set()
+    return "Stopping after the current batch…" if stop is not None else ""
+
+
 def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
-    """Streams (status, heatmap, lines, table) after each cell."""
+    """Streams (status, heatmap, lines, table, per-category table) after each cell; Stop ends it between
+    batches and keeps what was scored."""
     keep = gr.update()
     try:
         explorer.admit(request)
         cells, items, settings = sweep_plan(explorer, grid, spec, limit)
     except MergescopeError as exc:
-        yield f"⚠️ {exc}", keep, keep, keep
+        yield f"⚠️ {exc}", keep, keep, keep, keep
         return
+    key, stop = getattr(request, "session_hash", None) or "", threading.Event()
+    _STOPS[key] = stop
     rows, total = [], len(cells) * len(items)
-    progress((0, total), desc="sweep", unit="answers")
-    for i, cell in enumerate(cells):
-        rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name,
-                          progress=lambda done, _: progress((i * len(items) + done, total), desc="sweep",
-                                                            unit="answers"))
-        yield (f"Sweep: {i + 1}/{len(cells)} cells", sweep_heatmap(rows) if len(rows) > 1 else keep,
-               sweep_lines(rows), sweep_summary(rows))
+    if progress is not None:
+        progress((0, total), desc="sweep", unit="answers")
+    try:
+        for i, cell in enumerate(cells):
+            def tick(done, _, i=i):
+                if progress is not None:
+                    progress((i * len(items) + done, total), desc="sweep", unit="answers")
+            rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name, progress=tick,
+                              should_stop=stop.is_set)
+            answered = sum(r.get("answered", len(items)) for r in rows)
+            status = (f"Sweep stopped at {answered} / {total} answers ({len(rows)} of {len(cells)} cells); "
+                      f"the partial results stay below" if stop.is_set() else f"Sweep: {i + 1}/{len(cells)} cells")
+            yield (status, sweep_heatmap(rows) if len(rows) > 1 else keep, sweep_lines(rows), sweep_summary(rows),
+                   category_table(rows))
+            if stop.is_set():
+                return
+    finally:
+        if _STOPS.get(key) is stop:
+            del _STOPS[key]
 
 
 def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
@@ -77,7 +120,8 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     with gr.Row():
         sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
         sweep_line_plot = gr.Plot(label="Accuracy against α", elem_id="sweep-lines")
-    sweep_table = gr.Dataframe(label="Cells", elem_id="sweep-table")
-    event = run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
-                      [status, sweep_plot, sweep_line_plot, sweep_table], api_name="on_sweep", **GPU)
-    stop.click(None, None, None, cancels=[event], **CHEAP)
+    sweep_table = gr.Dataframe(label="Cells (accuracy with its Wilson 95 % interval)", elem_id="sweep-table")
+    categories = gr.Dataframe(label="Accuracy per category", elem_id="sweep-categories")
+    run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
+              [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
+    stop.click(on_stop_sweep, None, status, **CHEAP)
