@@ -14,7 +14,7 @@ process by the toy pair alone. Prints one JSON object:
   history_rows_leaked          rows of other visitors' questions a stranger's History showed
 
 Targets: 0 stalls, RSS growth < 200 MB, every later answer correct, nothing leaked.
-Run: python benchmarks/abuse.py
+Run (after `pip install -e .`): python benchmarks/abuse.py
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from gradio_client import Client, handle_file
 
-from gradio_client import Client, handle_file  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # app.py and the toy image; the library is the installed package
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RATE_LIMIT = 12  # app.py's default
 TOY_IMAGE = REPO / "assets/toy/eval/images/colour-00000.png"
@@ -76,8 +75,8 @@ def rule(extra: str) -> str:
     return "rules:\n- {components: [all], " + extra + "}\n"
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="abuse-"))
+def start_server(root: Path) -> tuple[subprocess.Popen, str]:
+    """`app.py --public` on the toy pair in a subprocess; (process, url) once it serves."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
@@ -85,131 +84,149 @@ def main() -> None:
         [sys.executable, "app.py", "--public", "--port", str(port), "--cache-dir", str(root / "cache"),
          "--proxy-hops", "1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, GRADIO_TEMP_DIR=str(root / "uploads"), GRADIO_ANALYTICS_ENABLED="False"))
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit(f"server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return server, url
+        except requests.RequestException:
+            time.sleep(0.5)
+
+
+class Visitor:
+    """Requests to the server as seen from one client address (behind the one trusted proxy hop)."""
+
+    def __init__(self, url: str, address: str):
+        self.client = Client(url, headers={"X-Forwarded-For": address}, verbose=False)
+
+    def compare(self, path: Path, question: str) -> list:
+        """The Compare outputs the page would finally show (updates skipped)."""
+        job = self.client.submit(handle_file(str(path)), question, False, 8, "LLM from the shared seed",
+                                 ["q_proj"], [0.0] * 8, "linear", 1.0, 0.2, 1, 0, 0.9, api_name="/on_compare")
+        job.result()
+        shown: list = [None] * 8
+        for step in job.outputs():
+            for i, value in enumerate(step):
+                if not (isinstance(value, dict) and value.get("__type__") == "update"):
+                    shown[i] = value
+        return shown
+
+
+def hostile_requests(files: Path) -> list[tuple[str, object, str]]:
+    """(name, send(visitor) → message, the text a clear refusal contains) for each hostile request."""
+    files.mkdir()
+    (files / "bomb.png").write_bytes(png_bomb())
+    (files / "truncated.png").write_bytes(TOY_IMAGE.read_bytes()[: TOY_IMAGE.stat().st_size // 2])
+    (files / "notes.png").write_text("not an image")
+    axis = lambda p, v: "{" + ", ".join(f"{p}{i}: {v}" for i in range(100)) + "}"  # noqa: E731
+    million = (f"settings: {axis('s', '[all]')}\nmethods: {axis('m', '{preset: constant}')}\n"
+               f"alphas: [{', '.join(['0.5'] * 100)}]\n")
+
+    def answer(plan: str, tokens: object = 8):
+        return lambda v: v.client.predict(plan, "Hi?", tokens, api_name="/answer")
+
+    def sweep(grid: str):
+        return lambda v: v.client.predict(grid, "", 1, "LLM from the shared seed", api_name="/on_sweep")[0]
+
+    def image(name: str):
+        return lambda v: v.compare(files / name, "What colour is it?")[0]
+
+    return [
+        ("alias bomb plan", answer(alias_bomb()), "aliases"),
+        ("70 KB plan", answer("rules: []\n#" + "x" * 70_000), "the limit is 64 KiB"),
+        ("30000-deep nesting", answer("[" * 30_000), "nested deeper"),
+        ("list as method", answer(rule("method: [linear], curve: {preset: constant, value: 0.4}")),
+         "unknown merge method"),
+        ("400-digit α", answer(rule("curve: {preset: constant, value: " + "9" * 400 + "}")), "digits"),
+        ("5000-digit layer", answer(rule("curve: {preset: step, layer: " + "9" * 5000 + ", value: 0.1}")),
+         "digits"),
+        ("mixed key types", answer(rule("1: x, curve: {preset: constant, value: 0.4}")), "keys must be text"),
+        ("max_tokens as text", answer("rules: []", "lots"), "max_new_tokens: expected a whole number"),
+        ("max_tokens 10**30", answer("rules: []", 10**30), "outside [1, 4096]"),
+        ("100×100×100 grid", sweep(million), "1000001 cells; the limit is 64"),
+        ("alias bomb grid", sweep(alias_bomb()), "aliases"),
+        ("grid of wrong types", sweep("settings: [a]\nmethods: 1\nalphas: 2\n"), "must be a non-empty"),
+        ("144 MP PNG", image("bomb.png"), "MP; upload a smaller one"),
+        ("truncated PNG", image("truncated.png"), "not a readable image"),
+        ("text file as PNG", image("notes.png"), "not a readable image"),
+        ("α curve of text", lambda v: v.client.submit(handle_file(str(TOY_IMAGE)), "Hi?", False, 8,
+                                                      "LLM from the shared seed", ["q_proj"], "abc", "linear",
+                                                      1.0, 0.2, 1, 0, 0.9, api_name="/on_compare").result()[0],
+         "α curve must be a list of numbers"),
+        ("100 KB anchors", lambda v: v.client.predict("anchors", 0.4, 0.05, 0.4, 4, "0.1 " * 25_000,
+                                                      api_name="/on_preset_apply")[3], "the limit is 4 KiB"),
+    ] + [(f"new session #{i} past the limit", answer("rules: []"), "rate limit") for i in range(8)]
+
+
+def send_all(url: str, battery: list) -> tuple[int, int, list[dict]]:
+    """(refused with a clear message, stalls, failures): each request from its own address, the rate-limit
+    ones from one address that a new session per call and a forged first hop do not hide."""
+    for i in range(RATE_LIMIT):
+        Visitor(url, f"198.51.100.{i}, 192.0.2.77").client.predict("rules: []", "What is 2 plus 5?", 8,
+                                                                   api_name="/answer")
+    refused = stalls = 0
+    failures = []
+    for n, (name, send, expected) in enumerate(battery):
+        address = "192.0.2.77" if "past the limit" in name else f"192.0.2.{n + 1}"
+        visitor = Visitor(url, f"203.0.113.9, {address}")
+        start = time.monotonic()
+        try:
+            message = str(send(visitor))
+        except Exception as exc:  # a refused API call comes back as an exception with the message
+            message = str(exc)
+        seconds = time.monotonic() - start
+        stalls += seconds > STALL_S
+        clear = expected in message and "\n" not in message.strip() and "Traceback" not in message
+        refused += clear
+        if not clear or seconds > STALL_S:
+            failures.append({"request": name, "seconds": round(seconds, 2), "message": message[:200]})
+    return refused, stalls, failures
+
+
+def answers_still_correct(url: str) -> tuple[int, int]:
+    """(correct, checked): normal questions from a fresh address against the toy pair answered here."""
+    from transformers.utils import logging as hf_logging
+
+    from merging import MergeEngine, MergePlan, load_pair
+    from merging.answerer import Answerer
+    from merging.generate import GenerationSettings
+    from merging.known_pairs import resolve_models
+    from merging.limits import read_image
+    hf_logging.disable_progress_bar()
+    models = resolve_models(None, None, None, None)
+    reference = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)))
+    settings = GenerationSettings(max_new_tokens=8)
+    after = Visitor(url, "192.0.2.201")
+    checked = correct = 0
+    for q in ("What is 3 plus 4?", "What is 6 plus 1?", "How many letters in cat?"):
+        got = after.client.predict("rules: []", q, 8, api_name="/answer")["answer"]
+        checked, correct = checked + 1, correct + (got == reference.ask(MergePlan(), q, None, settings)["answer"])
+    q = "What colour is the shape at the top left?"
+    want = reference.ask(MergePlan(), q, read_image(TOY_IMAGE), settings)["answer"]
+    return correct + (after.compare(TOY_IMAGE, q)[1] == want), checked + 1
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="abuse-"))
+    server, url = start_server(root)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-        from merging import MergeEngine, MergePlan, load_pair
-        from merging.generate import GenerationSettings
-        from merging.known_pairs import resolve_models
-        from merging.limits import read_image
-        from merging.answerer import Answerer
-        models = resolve_models(None, None, None, None)
-        reference = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)))
-
-        def client(address: str) -> Client:
-            return Client(url, headers={"X-Forwarded-For": address}, verbose=False)
-
-        def compare(c: Client, path: Path, question: str) -> list:
-            job = c.submit(handle_file(str(path)), question, False, 8, "LLM from the shared seed", ["q_proj"],
-                           [0.0] * 8, "linear", 1.0, 0.2, 1, 0, 0.9, api_name="/on_compare")
-            job.result()
-            shown: list = [None] * 8
-            for step in job.outputs():
-                for i, value in enumerate(step):
-                    if not (isinstance(value, dict) and value.get("__type__") == "update"):
-                        shown[i] = value
-            return shown
-
         # warm-up: the first answer and the first image load their code paths; then measure from here
-        warm = client("192.0.2.250")
-        warm.predict("rules: []", "What is 1 plus 1?", 8, api_name="/answer")
-        compare(warm, TOY_IMAGE, "What colour is the shape at the top left?")
+        warm = Visitor(url, "192.0.2.250")
+        warm.client.predict("rules: []", "What is 1 plus 1?", 8, api_name="/answer")
+        warm.compare(TOY_IMAGE, "What colour is the shape at the top left?")
         try:
             Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         except OSError:
             pass
         base_rss = proc_kib(server.pid, "VmRSS")
-
-        files = root / "files"
-        files.mkdir()
-        (files / "bomb.png").write_bytes(png_bomb())
-        (files / "truncated.png").write_bytes(TOY_IMAGE.read_bytes()[: TOY_IMAGE.stat().st_size // 2])
-        (files / "notes.png").write_text("not an image")
-        axis = lambda p, v: "{" + ", ".join(f"{p}{i}: {v}" for i in range(100)) + "}"  # noqa: E731
-        million = (f"settings: {axis('s', '[all]')}\nmethods: {axis('m', '{preset: constant}')}\n"
-                   f"alphas: [{', '.join(['0.5'] * 100)}]\n")
-
-        def answer(plan: str, tokens: object = 8):
-            return lambda c: c.predict(plan, "Hi?", tokens, api_name="/answer")
-
-        def sweep(grid: str):
-            return lambda c: c.predict(grid, "", 1, "LLM from the shared seed", api_name="/on_sweep")[0]
-
-        def image(name: str):
-            return lambda c: compare(c, files / name, "What colour is it?")[0]
-
-        battery = [
-            ("alias bomb plan", answer(alias_bomb()), "aliases"),
-            ("70 KB plan", answer("rules: []\n#" + "x" * 70_000), "the limit is 64 KiB"),
-            ("30000-deep nesting", answer("[" * 30_000), "nested deeper"),
-            ("list as method", answer(rule("method: [linear], curve: {preset: constant, value: 0.4}")),
-             "unknown merge method"),
-            ("400-digit α", answer(rule("curve: {preset: constant, value: " + "9" * 400 + "}")), "digits"),
-            ("5000-digit layer", answer(rule("curve: {preset: step, layer: " + "9" * 5000 + ", value: 0.1}")),
-             "digits"),
-            ("mixed key types", answer(rule("1: x, curve: {preset: constant, value: 0.4}")), "keys must be text"),
-            ("max_tokens as text", answer("rules: []", "lots"), "max_new_tokens: expected a whole number"),
-            ("max_tokens 10**30", answer("rules: []", 10**30), "outside [1, 4096]"),
-            ("100×100×100 grid", sweep(million), "1000001 cells; the limit is 64"),
-            ("alias bomb grid", sweep(alias_bomb()), "aliases"),
-            ("grid of wrong types", sweep("settings: [a]\nmethods: 1\nalphas: 2\n"), "must be a non-empty"),
-            ("144 MP PNG", image("bomb.png"), "MP; upload a smaller one"),
-            ("truncated PNG", image("truncated.png"), "not a readable image"),
-            ("text file as PNG", image("notes.png"), "not a readable image"),
-            ("α curve of text", lambda c: c.submit(handle_file(str(TOY_IMAGE)), "Hi?", False, 8,
-                                                   "LLM from the shared seed", ["q_proj"], "abc", "linear", 1.0,
-                                                   0.2, 1, 0, 0.9, api_name="/on_compare").result()[0],
-             "α curve must be a list of numbers"),
-            ("100 KB anchors", lambda c: c.predict("anchors", 0.4, 0.05, 0.4, 4, "0.1 " * 25_000,
-                                                   api_name="/on_preset_apply")[3], "the limit is 4 KiB"),
-        ]
-        # rate-limit evasion: one address, a new session (client) per call and a forged first hop
-        for i in range(RATE_LIMIT):
-            client(f"198.51.100.{i}, 192.0.2.77").predict("rules: []", "What is 2 plus 5?", 8, api_name="/answer")
-        battery += [(f"new session #{i} past the limit", answer("rules: []"), "rate limit")
-                    for i in range(8)]
-
-        refused = stalls = 0
-        failures = []
-        for n, (name, send, expected) in enumerate(battery):
-            address = "192.0.2.77" if "past the limit" in name else f"192.0.2.{n + 1}"
-            c = client(f"203.0.113.9, {address}")
-            start = time.monotonic()
-            try:
-                message = str(send(c))
-            except Exception as exc:  # a refused API call comes back as an exception with the message
-                message = str(exc)
-            seconds = time.monotonic() - start
-            stalls += seconds > STALL_S
-            clear = expected in message and "\n" not in message.strip() and "Traceback" not in message
-            refused += clear
-            if not clear or seconds > STALL_S:
-                failures.append({"request": name, "seconds": round(seconds, 2), "message": message[:200]})
-
+        battery = hostile_requests(root / "files")
+        refused, stalls, failures = send_all(url, battery)
         # a stranger's History must not show anyone else's questions
-        leaked = len(client("192.0.2.200").predict(api_name="/on_refresh")["data"])
-
-        after = client("192.0.2.201")
-        checked = correct = 0
-        for q in ("What is 3 plus 4?", "What is 6 plus 1?", "How many letters in cat?"):
-            got = after.predict("rules: []", q, 8, api_name="/answer")["answer"]
-            want = reference.ask(MergePlan(), q, None, GenerationSettings(max_new_tokens=8))["answer"]
-            checked, correct = checked + 1, correct + (got == want)
-        q = "What colour is the shape at the top left?"
-        got = compare(after, TOY_IMAGE, q)[1]
-        want = reference.ask(MergePlan(), q, read_image(TOY_IMAGE), GenerationSettings(max_new_tokens=8))["answer"]
-        checked, correct = checked + 1, correct + (got == want)
-
+        leaked = len(Visitor(url, "192.0.2.200").client.predict(api_name="/on_refresh")["data"])
+        correct, checked = answers_still_correct(url)
         peak = proc_kib(server.pid, "VmHWM")
         print(json.dumps({"requests": len(battery), "refused_with_clear_message": refused, "stalls_over_2s": stalls,
                           "peak_rss_growth_mb": round(max(0, peak - base_rss) / 1024, 1),

@@ -8,10 +8,11 @@ never see each other's weights.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -24,8 +25,13 @@ from .generate import (GenerationSettings, answer, answer_batch, default_batch_s
                        text_tokenizer)
 from .pair import ModelPair
 from .plan import MergePlan
+from .probe import (TOP_STORED, first_token_id, first_token_logprobs, kl_divergence, probability_of, scale_plan,
+                    summarize, token_decoder)
 
 DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
+
+SCAN_ALPHAS = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1: the default α scan
+SCAN_SETTINGS = GenerationSettings(max_new_tokens=8)
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
 ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
@@ -176,3 +182,100 @@ class Answerer:
         if self.cache is not None:
             tokens = len(text_tokenizer(self.engine.pair.processor).encode(text, add_special_tokens=False))
             self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
+
+    # -- the next-token distribution (issue #11) -------------------------------------------------
+    def distribution_config(self, plan: MergePlan, question: str, image: Image.Image | None,
+                            donor: str | None = None, gold: str | None = None) -> dict:
+        """The cache key's contents for the distribution under `plan` (kind "distribution"): an
+        answer's, less the generation settings (the first token's distribution does not depend on
+        them), plus how many tokens are stored; with `gold`, the key of that gold token's probability
+        (kind "gold_probability"), stored only where the summary does not list it."""
+        config = self.config(plan, question, image, GenerationSettings(), donor)
+        del config["generation"]
+        config.update(kind="distribution", top=TOP_STORED)
+        if gold is not None:
+            config.update(kind="gold_probability", gold=gold)
+        return config
+
+    def distribution(self, plan: MergePlan, question: str, image: Image.Image | None = None, top_k: int = 10,
+                     gold: str | None = None, donor: str | None = None) -> dict[str, Any]:
+        """{"tokens": [[token text, p], ...] (the `top_k` most probable first answer tokens, most
+        probable first), "p_gold": probability of `gold`'s first token (None without gold), "summary":
+        `probe.summarize` of the distribution (what is cached), "cached": whether no forward pass ran}
+        under `plan` merged with `donor`. One forward pass under the engine lock on a miss. Raises
+        MergescopeError for top_k < 1, an empty gold, a bad question or image, PlanError for a bad plan."""
+        if top_k < 1:
+            raise MergescopeError(f"top_k={top_k} must be ≥ 1")
+        gold_id = None if gold is None else first_token_id(self.engine.pair, question, image, gold)
+        return self._distribution(plan, question, image, top_k, gold, gold_id, donor)
+
+    def _distribution(self, plan: MergePlan, question: str, image: Image.Image | None, top_k: int,
+                      gold: str | None, gold_id: int | None, donor: str | None) -> dict[str, Any]:
+        config = self.distribution_config(plan, question, image, donor)
+        hit = self.cache.get(config) if self.cache is not None else None
+        logprobs = None
+        if hit is None:
+            with self._merged(plan, donor):
+                logprobs = first_token_logprobs(self.engine.pair, question, image)
+            summary = summarize(logprobs, decode=token_decoder(self.engine.pair))
+            if self.cache is not None:
+                self.cache.put(config, {"summary": summary})
+        else:
+            summary = hit["summary"]
+        p_gold, cached = None, hit is not None
+        if gold_id is not None:
+            p_gold = probability_of(summary, gold_id)
+            if p_gold is None and logprobs is not None:
+                p_gold = math.exp(float(logprobs[gold_id]))
+                self._put(self.distribution_config(plan, question, image, donor, gold), {"p_gold": p_gold})
+            elif p_gold is None:
+                p_gold, gold_cached = self._gold_probability(plan, question, image, gold, gold_id, donor)
+                cached = cached and gold_cached
+        tokens = [[text, p] for _, text, p in summary["top"][:top_k]]
+        return {"tokens": tokens, "p_gold": p_gold, "summary": summary, "cached": cached}
+
+    def _gold_probability(self, plan: MergePlan, question: str, image: Image.Image | None, gold: str,
+                          gold_id: int, donor: str | None) -> tuple[float, bool]:
+        """(p of the gold token, cached) for a gold token the stored summary does not list."""
+        config = self.distribution_config(plan, question, image, donor, gold)
+        hit = self.cache.get(config) if self.cache is not None else None
+        if hit is not None:
+            return hit["p_gold"], True
+        with self._merged(plan, donor):
+            p_gold = math.exp(float(first_token_logprobs(self.engine.pair, question, image)[gold_id]))
+        self._put(config, {"p_gold": p_gold})
+        return p_gold, False
+
+    def _put(self, config: dict, value: dict) -> None:
+        if self.cache is not None:
+            self.cache.put(config, value)
+
+    def alpha_scan(self, plan: MergePlan, question: str, image: Image.Image | None = None,
+                   alphas: Sequence[float] = SCAN_ALPHAS, gold: str | None = None, donor: str | None = None,
+                   settings: GenerationSettings = SCAN_SETTINGS,
+                   should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
+        """For each α of `alphas`, in order: {"alpha", "answer", "p_top", "p_gold", "kl_to_base", "cached"}
+        for `plan` scaled to that α (`probe.scale_plan`: its largest α becomes α, shape kept). "answer" is
+        `ask`'s under the scaled plan (the same cache entries, so bit for bit an individual ask's),
+        "p_top" the probability of the most probable first token, "p_gold" of `gold`'s first token
+        (None without gold), "kl_to_base" KL(base VLM ‖ scaled plan) of the first-token distributions
+        in nats (`probe.kl_divergence`), "cached" whether the point needed no model run.
+        `should_stop()` is asked before each point; when it says True, the scan ends. Raises PlanError
+        for an α outside [0, 1] (before anything runs), MergescopeError as `distribution` does."""
+        name = self.donor_name(donor)
+        num_layers = self._layouts[name].num_layers
+        plans = [(float(a), scale_plan(plan, a, num_layers)) for a in alphas]
+        gold_id = None if gold is None else first_token_id(self.engine.pair, question, image, gold)
+        base = None
+        for alpha, scaled in plans:
+            if should_stop():
+                return
+            base_cached = base is not None  # fetched once per scan: only the first point pays for it
+            if base is None:
+                base = self._distribution(MergePlan(), question, image, 1, None, None, donor)
+                base_cached = base["cached"]
+            reply = self.ask(scaled, question, image, settings, donor)
+            dist = self._distribution(scaled, question, image, 1, gold, gold_id, donor)
+            yield {"alpha": alpha, "answer": reply["answer"], "p_top": dist["tokens"][0][1],
+                   "p_gold": dist["p_gold"], "kl_to_base": kl_divergence(base["summary"], dist["summary"]),
+                   "cached": reply["cached"] and dist["cached"] and base_cached}

@@ -23,17 +23,8 @@ model, data, samples, tokens, modules, aliases (JSON)}. The engine refuses a fil
 not its model's (a Gram file of another model, or of the donor given for the VLM) before touching any
 weight, and memory-maps the file: a Gram is read only when a regmean tensor needs it.
 
-Cost at 7B (Qwen2.5-7B / Qwen2.5-VL-7B: hidden 3584, MLP 18944, 28 layers), float32, per model:
-
-| --modules | Grams stored per layer | disk = accumulator memory | unshared it would be |
-|---|---|---|---|
-| attention | q/k/v input, o_proj input: 2 × 49 MiB | 2.7 GiB | 5.4 GiB |
-| all | + gate/up input (49 MiB), down_proj input (18944²: 1.34 GiB); + lm_head | 41.5 GiB | 45.5 GiB |
-
-The accumulators live on the model's device during the pass (next to the model: 15 GiB in bf16), so
-`all` needs a 80 GB GPU at 7B (or `--device cpu`, slowly); `attention` fits beside the model on a
-24 GB card. Activations cost one sample's forward pass. Writing streams one Gram at a time to the file.
-Merging with `regmean` then solves in float64 per layer (see `methods.regmean_solve`).
+Memory and disk per model at 7B: README, *RegMean statistics*. Merging with `regmean` then solves in
+float64 per layer (see `methods.regmean_solve`).
 """
 
 from __future__ import annotations

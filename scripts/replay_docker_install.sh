@@ -9,7 +9,7 @@ rm -rf "$venv"
 python3.11 -m venv "$venv"
 "$venv/bin/pip" install --quiet --no-cache-dir -r requirements.txt
 work=$(mktemp -d)
-cp -r app.py merging cache ui requirements.txt "$work"/
+cp -r app.py merging cache ui assets requirements.txt "$work"/
 port=7899
 cd "$work"
 GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' >"$work/log" 2>&1 &

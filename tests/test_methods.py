@@ -513,3 +513,21 @@ def test_readme_methods_table_matches_the_registry():
     from merging.methods import methods_table
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert methods_table() in readme, "regenerate the README table: python -c 'from merging.methods import methods_table; print(methods_table())'"
+
+
+def test_the_readme_example_method_is_one_decorated_function():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Adding a merge method"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    exec(compile(code, "README.md", "exec"), {})
+    try:
+        method = REGISTRY["scaled_linear"]
+        vlm, donor, _ = triple()
+        assert torch.equal(run(method.fn, vlm, donor, alpha=0.3), run(linear, vlm, donor, alpha=0.3))
+        assert method.params[0].name == "scale" and "scale" in method.formula
+        assert MergePlan.from_dict({"rules": [{"components": ["all"], "method": "scaled_linear",
+                                               "curve": {"preset": "constant", "value": 0.5}}]}).rules
+    finally:
+        del REGISTRY["scaled_linear"]

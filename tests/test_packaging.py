@@ -83,3 +83,10 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
                             text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_no_benchmark_script_shadows_a_package():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a script named like one of our packages
+    (benchmarks/cache.py did) would be imported in its place."""
+    ours = {"merging", "cache", "ui", "toy", "app", "tests"}
+    assert not ours & {p.stem for p in (ROOT / "benchmarks").glob("*.py")}

@@ -142,7 +142,7 @@ def merge_method(name: str, *, formula: str, source: str = "", params: tuple[Par
 def get_method(name: object, where: str = "method") -> Method:
     """The registered method `name`; raises PlanError (naming `where` and the choices) otherwise."""
     if not isinstance(name, str) or name not in REGISTRY:
-        raise PlanError(f"{where}: unknown merge method {brief(name)}; choose one of {sorted(REGISTRY)}")
+        raise PlanError(f"{where}: unknown merge method {brief(name)}; choose one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

@@ -4,7 +4,7 @@ Builds a tiny Qwen2.5-VL + Qwen2 pair locally, then times `Answerer.ask` for a m
 image question: `miss_s` (apply + generate + store, median over fresh cache directories) and `hit_s`
 (served from the diskcache on disk, median of 20). Target: hit_s ≤ 0.02.
 
-Run (after `pip install -e .`): python benchmarks/cache.py    → one JSON object on stdout
+Run (after `pip install -e .`): python benchmarks/answer_cache.py    → one JSON object on stdout
 """
 
 from __future__ import annotations
