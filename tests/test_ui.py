@@ -391,9 +391,30 @@ def test_a_lesson_sets_everything_up(page, server):
 
 
 def test_a_text_only_example_ticks_text_only_and_shows_its_gold(page):
-    page.get_by_text(TEXT_Q).first.click()
+    page.get_by_text("fox fox fish fox fox dog?").first.click()  # the examples table truncates the question
     page.wait_for_function("() => document.querySelector('#question textarea').value.includes('Add 2.')")
     assert page.locator("#text-only input").is_checked()
     page.wait_for_function("() => document.querySelector('#gold').innerText.includes('6')")
     page.get_by_text(COLOUR_Q).first.click()  # an image question unticks it again
     page.wait_for_function("() => !document.querySelector('#text-only input').checked")
+
+
+def test_stop_leaves_a_partial_sweep(page):
+    page.get_by_role("tab", name="Sweep").click()
+    grid = ("settings:\n  Setting 1: [all]\nmethods:\n  linear ramp: {preset: linear, start: 0.0}\n"
+            "alphas: [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]\nmax_new_tokens: 4\n")
+    page.locator("#grid .cm-content").fill(grid)  # cells no other test computes, long enough to stop
+    page.locator("#sweep-items input").fill("16")
+    page.locator("#sweep-items input").press("Tab")
+    page.locator("#run-sweep").click()
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep: 1/')",
+                           timeout=120_000)
+    page.locator("#stop-sweep").click()
+    # Stop is read between batches: the cell under way finishes first (slow on a busy 2-core machine)
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('stopped at')",
+                           timeout=180_000)
+    status = page.locator("#sweep-status").inner_text()
+    assert "/ 176 answers" in status and "of 11 cells" in status  # base + 10 cells × 16 items
+    page.wait_for_selector("#sweep-lines .main-svg")
+    assert "linear ramp" in page.locator("#sweep-table").inner_text()
+    assert "colour" in page.locator("#sweep-categories").inner_text()

@@ -112,7 +112,7 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     with gr.Row():
         eval_spec = gr.Textbox(explorer.eval_spec, label="Eval set (PATH.jsonl, mathvista:PATH, "
                                "mathvision:PATH)", elem_id="eval-set", interactive=not explorer.public)
-        max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1)
+        max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1, elem_id="sweep-items")
     with gr.Row():
         run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
         stop = gr.Button("Stop", elem_id="stop-sweep")
