@@ -70,7 +70,15 @@ def page(server, browser):
     page.close()
 
 
+def open_exact_values(page):
+    """The table and the plan's YAML sit in a closed accordion: open it."""
+    if not page.locator("#alpha-table").is_visible():
+        page.locator("#exact-values").get_by_text("Exact values and plan YAML").click()
+        page.wait_for_selector("#alpha-table [data-testid=cell-0-1]", state="visible")
+
+
 def table_alphas(page) -> list[float]:
+    open_exact_values(page)
     cells = page.locator("#alpha-table [data-testid^=cell-][data-col='1']")
     return [float(cells.nth(i).inner_text()) for i in range(cells.count())]
 
@@ -109,6 +117,7 @@ def _compare(page, expect: str):
 
 
 def test_compare_shows_both_answers_then_cached(page):
+    open_exact_values(page)
     page.get_by_text(COLOUR_Q).first.click()  # an example: image + question
     page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
     page.locator("#setting-1").click()  # every language-model tensor, constant α 0.6
@@ -130,10 +139,13 @@ def test_compare_shows_both_answers_then_cached(page):
     assert "cached ✓" in page.locator("#meta-merged").inner_text()
     assert page.locator("#answer-merged textarea").input_value() == merged
     if os.environ.get("MERGESCOPE_SCREENSHOT"):  # the README's picture: from the top of the page to the diff
+        page.locator("#exact-values").get_by_text("Exact values and plan YAML").click()  # closed, as it starts
+        page.wait_for_timeout(500)
         page.evaluate("window.scrollTo(0, 0)")
-        diff = page.locator("#diff").bounding_box()
+        bottom = max(page.locator(f"#{e}").bounding_box()["y"] + page.locator(f"#{e}").bounding_box()["height"]
+                     for e in ("diff", "exact-values"))  # both columns: the answers and the editor
         page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=True,
-                        clip={"x": 0, "y": 0, "width": 1400, "height": diff["y"] + diff["height"] + 16})
+                        clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 16})
 
 
 def _merged_with(explorer, question: str) -> list[str]:
@@ -167,6 +179,7 @@ def test_bad_input_messages(page):
     page.locator("#question textarea").fill("What colour is it?")
     page.locator("#compare").click()  # no image, not ticked as text-only
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('needs an image')")
+    open_exact_values(page)
     cell = page.locator("#alpha-table [data-testid=cell-2-1]")
     cell.dblclick()
     page.keyboard.press("Control+A")
@@ -179,8 +192,9 @@ def test_bad_input_messages(page):
 def test_sweep_shows_progress_and_heatmap(page):
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#run-sweep").click()
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Sweep:')", timeout=120_000)
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('9/9 cells')",
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep:')",
+                           timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('9/9 cells')",
                            timeout=240_000)
     page.wait_for_selector("#sweep-plot .main-svg", timeout=30_000)
     page.wait_for_selector("#sweep-lines .main-svg", timeout=30_000)
@@ -252,10 +266,155 @@ def test_export_tab_writes_plan_mergekit_yaml_and_a_checkpoint(page, server):
     page.get_by_role("tab", name="Export").click()
     for button, expect in (("#export-plan", "Saved"), ("#export-mergekit", "Saved"), ("#export-model", "Wrote")):
         page.locator(button).click()
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{expect} ')",
+        page.wait_for_function(f"() => document.querySelector('#export-status').innerText.includes('{expect} ')",
                                timeout=120_000)
         page.wait_for_timeout(300)
     written = {p.name.split("-")[0] for p in explorer.export_dir.iterdir()}
     assert {"plan", "mergekit", "merged"} <= written
     checkpoint = next(p for p in explorer.export_dir.iterdir() if p.name.startswith("merged-"))
     assert (checkpoint / "config.json").exists() and (checkpoint / "model.safetensors.index.json").exists()
+
+
+TEXT_Q = "How many times does fox appear in: fox fox fish fox fox dog? Add 2."
+
+
+def _ask_text_only(page, question: str = TEXT_Q):
+    page.locator("#question textarea").fill(question)
+    if not page.locator("#text-only input").is_checked():
+        page.locator("#text-only input").check()
+    page.locator("#compare").click()
+    page.wait_for_function("() => { const t = document.querySelector('#meta-merged').innerText;"
+                           " return (t.includes('done') || t.includes('cached')) && !t.includes('queue'); }",
+                           timeout=120_000)
+
+
+def _merged_label(page) -> str:
+    return page.locator("#answer-merged").evaluate("e => e.innerText")
+
+
+def test_a_stroke_marks_the_merged_answer_stale(page):
+    _ask_text_only(page)
+    assert "stale" not in _merged_label(page)
+    box = page.locator("#curve svg").bounding_box()
+    page.mouse.move(box["x"] + 3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#answer-merged').innerText.includes('stale')")
+    assert "stale" not in page.locator("#answer-base").evaluate("e => e.innerText")  # the VLM's answer stands
+    _ask_text_only(page)  # asked again: fresh
+    page.wait_for_function("() => !document.querySelector('#answer-merged').innerText.includes('stale')")
+
+
+def test_a_bad_table_cell_blocks_compare_until_fixed(page):
+    open_exact_values(page)
+    cell = page.locator("#alpha-table [data-testid=cell-3-1]")
+    for value, blocked in (("oops", True), ("0.5", False)):
+        cell.dblclick()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(value)
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => document.querySelector('#compare').disabled === {str(blocked).lower()}")
+    assert "oops" not in page.locator("#status").inner_text() or "fix the cell" in page.locator("#status").inner_text()
+
+
+def test_at_800_px_the_page_is_one_column_with_the_answers_visible(server, browser):
+    page = browser.new_page(viewport={"width": 800, "height": 1200})
+    try:
+        page.goto(server[0], wait_until="domcontentloaded")
+        page.wait_for_selector("#curve svg", timeout=60_000)
+        _ask_text_only(page)
+        curve, question = page.locator("#curve").bounding_box(), page.locator("#question").bounding_box()
+        base, merged = page.locator("#answer-base").bounding_box(), page.locator("#answer-merged").bounding_box()
+        assert question["y"] > curve["y"] + curve["height"]  # the ask column under the editor
+        assert merged["y"] >= base["y"] + base["height"] and abs(merged["x"] - base["x"]) < 2  # stacked
+        assert curve["width"] > 600 and base["width"] > 600  # full width, not squeezed
+        assert page.locator("#answer-base textarea").input_value() and \
+            page.locator("#answer-merged textarea").input_value()
+    finally:
+        page.close()
+
+
+def test_next_token_bars_for_base_and_merged(page):
+    pytest.importorskip("merging.probe")
+    _ask_text_only(page)
+    page.wait_for_selector("#probs-base .main-svg", timeout=120_000)
+    page.wait_for_selector("#probs-merged .main-svg", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#kl').innerText.includes('nats')", timeout=60_000)
+
+
+def test_the_alpha_scan_fills_in_eleven_points(page):
+    pytest.importorskip("merging.probe")
+    page.locator("#question textarea").fill(TEXT_Q)
+    page.locator("#text-only input").check()
+    page.locator("#alpha-scan").get_by_text("α scan").first.click()
+    page.locator("#scan").click()
+    page.wait_for_function("() => document.querySelector('#scan-status').innerText.includes('11/11')",
+                           timeout=180_000)
+    page.wait_for_selector("#scan-plot .main-svg")
+
+
+def test_separate_curves_give_one_editor_per_group_and_compare_uses_them(page, server):
+    pytest.importorskip("merging.probe")
+    _, explorer = server
+    page.locator("#separate-curves input").check()
+    for slug in ("attention", "mlp", "norms", "embeddings"):
+        page.wait_for_selector(f"#curve-{slug} svg", state="visible")
+    assert not page.locator("#curve svg").is_visible()  # the linked curve is gone while separate
+    box = page.locator("#curve-mlp svg").bounding_box()  # MLP up to 0.9, the rest stays at the log ramp
+    page.mouse.move(box["x"] + 3, box["y"] + box["height"] * 0.1)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.1, steps=8)
+    page.mouse.up()
+    question = "How many times does dog appear in: dog dog fish? Add 1."
+    _ask_text_only(page, question)
+    merged = [e for e in explorer.answerer.cache.entries()
+              if e["config"]["question"] == question and e["config"]["plan"]["rules"]][0]
+    assert len(merged["config"]["plan"]["rules"]) == 4  # one rule per group
+
+
+def test_a_lesson_sets_everything_up(page, server):
+    _, explorer = server
+    page.locator("#lessons input").click()
+    page.get_by_role("option", name="Shared seed vs no seed").click()
+    page.wait_for_function("() => document.querySelector('#lesson-text').innerText.includes('collapses')")
+    assert page.locator("#question textarea").input_value() == COLOUR_Q
+    assert page.locator("#donor input:checked").evaluate("e => e.value") == OTHER
+    assert table_alphas(page) == [0.4] * 8
+    assert page.locator("#components input:checked").count() == page.locator("#components input").count()
+    page.locator("#compare").click()
+    page.wait_for_function("() => { const t = document.querySelector('#meta-merged').innerText;"
+                           " return (t.includes('done') || t.includes('cached')) && !t.includes('queue'); }",
+                           timeout=120_000)
+    assert page.locator("#answer-base textarea").input_value() == "red"
+    assert page.locator("#answer-merged textarea").input_value().startswith("redredred")  # as the lesson says
+
+
+def test_a_text_only_example_ticks_text_only_and_shows_its_gold(page):
+    page.get_by_text("fox fox fish fox fox dog?").first.click()  # the examples table truncates the question
+    page.wait_for_function("() => document.querySelector('#question textarea').value.includes('Add 2.')")
+    assert page.locator("#text-only input").is_checked()
+    page.wait_for_function("() => document.querySelector('#gold').innerText.includes('6')")
+    page.get_by_text(COLOUR_Q).first.click()  # an image question unticks it again
+    page.wait_for_function("() => !document.querySelector('#text-only input').checked")
+
+
+def test_stop_leaves_a_partial_sweep(page):
+    page.get_by_role("tab", name="Sweep").click()
+    grid = ("settings:\n  Setting 1: [all]\nmethods:\n  linear ramp: {preset: linear, start: 0.0}\n"
+            "alphas: [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]\nmax_new_tokens: 4\n")
+    page.locator("#grid .cm-content").fill(grid)  # cells no other test computes, long enough to stop
+    page.locator("#sweep-items input").fill("16")
+    page.locator("#sweep-items input").press("Tab")
+    page.locator("#run-sweep").click()
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep: 1/')",
+                           timeout=120_000)
+    page.locator("#stop-sweep").click()
+    # Stop is read between batches: the cell under way finishes first (slow on a busy 2-core machine)
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('stopped at')",
+                           timeout=180_000)
+    status = page.locator("#sweep-status").inner_text()
+    assert "/ 176 answers" in status and "of 11 cells" in status  # base + 10 cells × 16 items
+    page.wait_for_selector("#sweep-lines .main-svg")
+    assert "linear ramp" in page.locator("#sweep-table").inner_text()
+    assert "colour" in page.locator("#sweep-categories").inner_text()

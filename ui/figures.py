@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from merging.sweep import heatmap as sweep_heatmap
+from merging.sweep import heatmap as _heatmap
 
-__all__ = ["alpha_figure", "distance_figure", "sweep_heatmap", "sweep_lines"]
+__all__ = ["alpha_figure", "distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
 
 
 def alpha_figure(alphas: list[float], pinned: list[float] | None = None) -> go.Figure:
@@ -19,8 +19,13 @@ def alpha_figure(alphas: list[float], pinned: list[float] | None = None) -> go.F
     return fig
 
 
-def distance_figure(rows: list[dict], metric: str) -> go.Figure:
-    """Heatmap of `metric` (rel_l2 or cosine) over decoder layer × role."""
+# one colour scale whatever the donor: two independent random networks sit near √2 apart
+DISTANCE_RANGES = {"rel_l2": (0.0, 1.5), "cosine": (-1.0, 1.0)}
+
+
+def distance_figure(rows: list[dict], metric: str, donor: str | None = None) -> go.Figure:
+    """Heatmap of `metric` (rel_l2 or cosine) over decoder layer × role, on a fixed colour scale (the
+    same for every donor, so two donors' maps compare by eye)."""
     layered = [r for r in rows if r["layer"] is not None]
     roles = list(dict.fromkeys(r["role"] for r in layered))
     layers = sorted({r["layer"] for r in layered})
@@ -29,24 +34,77 @@ def distance_figure(rows: list[dict], metric: str) -> go.Figure:
         z[roles.index(r["role"])][layers.index(r["layer"])] = r[metric]
     title = {"rel_l2": "‖θ_L − θ_V‖ / ‖θ_V‖ — where the donor moved away from the VLM",
              "cosine": "cosine(θ_V, θ_L)"}[metric]
-    fig = go.Figure(go.Heatmap(z=z, x=layers, y=roles, colorscale="Viridis" if metric == "rel_l2" else "RdBu"))
-    fig.update_layout(title=title, height=360, xaxis_title="layer", margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    low, high = DISTANCE_RANGES[metric]
+    fig = go.Figure(go.Heatmap(z=z, x=layers, y=roles, colorscale="Viridis" if metric == "rel_l2" else "RdBu",
+                               zmin=low, zmax=high))
+    fig.update_layout(title=f"{donor}: {title}" if donor else title, height=360,
+                      xaxis_title="layer", margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig
+
+
+def _interval_text(r: dict) -> str:
+    low, high = r.get("accuracy_low"), r.get("accuracy_high")
+    done = "" if r.get("complete", True) else " (stopped: partial)"
+    return (f"{100 * r['accuracy']:.1f} %, Wilson 95 %: {100 * low:.0f}–{100 * high:.0f} % "
+            f"over {r.get('answered', '?')} answers{done}") if low is not None else f"{100 * r['accuracy']:.1f} %"
+
+
+def sweep_heatmap(rows: list[dict]) -> go.Figure:
+    """merging.sweep's heatmap, with each cell's Wilson 95 % interval on hover."""
+    fig = _heatmap(rows)
+    merged = [r for r in rows if r["alpha"] is not None]
+    labels, alphas = list(fig.data[0].y), sorted({r["alpha"] for r in merged})
+    hover = [[""] * len(alphas) for _ in labels]
+    for r in merged:
+        hover[labels.index(f"{r['setting']} · {r['method']}")][alphas.index(r["alpha"])] = _interval_text(r)
+    fig.data[0].customdata = hover
+    fig.data[0].hovertemplate = "%{y}, %{x}: %{customdata}<extra></extra>"
     return fig
 
 
 def sweep_lines(rows: list[dict]) -> go.Figure:
     """Accuracy against α, one line per setting × method, the base VLM as a dashed level."""
     fig = go.Figure()
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, list[tuple[float, float, str]]] = {}
     for r in rows:
         if r["alpha"] is not None:
-            series.setdefault(f"{r['setting']} · {r['method']}", []).append((r["alpha"], 100 * r["accuracy"]))
+            series.setdefault(f"{r['setting']} · {r['method']}", []).append(
+                (r["alpha"], 100 * r["accuracy"], _interval_text(r)))
     for name, points in series.items():
         points.sort()
-        fig.add_trace(go.Scatter(x=[a for a, _ in points], y=[v for _, v in points], mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=[a for a, _, _ in points], y=[v for _, v, _ in points], mode="lines+markers",
+                                 name=name, text=[t for _, _, t in points], hovertemplate="α %{x}: %{text}"))
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     if base is not None:
         fig.add_hline(y=base, line_dash="dash", annotation_text="base VLM")
     fig.update_layout(height=320, xaxis_title="α", yaxis_title="accuracy %",
+                      margin={"l": 40, "r": 10, "t": 20, "b": 40})
+    return fig
+
+
+def probability_figure(tokens: list, title: str, gold: str | None = None) -> go.Figure:
+    """Next-token probabilities as horizontal bars, the likeliest on top; the gold answer's token in green."""
+    tokens = list(tokens)[::-1]
+    labels = [repr(t)[1:-1] or "␣" for t, _ in tokens]
+    colours = ["#2ca02c" if gold is not None and t.strip() and gold.strip().startswith(t.strip()) else "#1f77b4"
+               for t, _ in tokens]
+    fig = go.Figure(go.Bar(x=[p for _, p in tokens], y=labels, orientation="h", marker_color=colours,
+                           text=[f"{p:.2f}" for _, p in tokens], textposition="auto"))
+    fig.update_layout(title=title, height=300, xaxis={"range": [0, 1], "title": "p(next token)"},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig
+
+
+def scan_figure(points: list[dict]) -> go.Figure:
+    """p(top token) and p(gold) against α, each point labelled with the answer at that α."""
+    alphas = [p["alpha"] for p in points]
+    fig = go.Figure(go.Scatter(x=alphas, y=[p["p_top"] for p in points], mode="lines+markers+text",
+                               name="p(top token)", text=[str(p["answer"])[:12] for p in points],
+                               textposition="top center"))
+    if any(p.get("p_gold") is not None for p in points):
+        fig.add_trace(go.Scatter(x=alphas, y=[p.get("p_gold") for p in points], mode="lines+markers",
+                                 name="p(gold)", line={"dash": "dash"}))
+    fig.update_layout(height=320, xaxis={"title": "α (scaled plan)", "range": [-0.05, 1.05]},
+                      yaxis={"title": "probability", "range": [0, 1.1]}, legend={"orientation": "h"},
                       margin={"l": 40, "r": 10, "t": 20, "b": 40})
     return fig

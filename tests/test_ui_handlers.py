@@ -1,0 +1,296 @@
+"""The UI's handlers called directly, without a browser or a model: a fake explorer stands in."""
+
+import inspect
+import sys
+import types
+
+import gradio as gr
+import pytest
+
+from merging.plan import MergePlan
+from ui import compare_tab, export_tab, probe_panel, sweep_tab
+from ui.explorer import bind
+from ui.plan_panel import PARAM_DEFS, table_of
+
+L = 8
+
+
+class FakeAnswerer:
+    donors = {"shared": None}
+    default_donor = "shared"
+    cache = None
+
+    def __init__(self):
+        self.asked = []
+
+    def config(self, plan, question, image, settings, donor=None):
+        return {"plan": plan.to_dict(), "question": question}
+
+    def stream(self, plan, question, image, settings, donor=None):
+        self.asked.append((plan, question, donor))
+        answer = "merged" if plan.rules else "base"
+        yield {"answer": answer, "cached": False, "seconds": 0.1, "plan_hash": plan.hash(), "done": True}
+
+    def distribution(self, plan, question, image=None, top_k=10, gold=None, donor=None):
+        p = 0.9 if not plan.rules else 0.5
+        return {"tokens": [["red", p], ["blue", 1 - p]], "p_gold": p if gold == "red" else None,
+                "summary": {"p": p}, "cached": False}
+
+    def alpha_scan(self, plan, question, image=None, alphas=(), gold=None, donor=None, **_):
+        for a in alphas:
+            yield {"alpha": a, "answer": "red" if a < 0.5 else "blue", "p_top": 1 - a / 2,
+                   "p_gold": 1 - a if gold else None, "kl_to_base": a, "cached": False}
+
+
+class FakeExplorer:
+    num_layers = L
+    max_new_tokens = 16
+    public = False
+    export_dir = None
+
+    def __init__(self):
+        self.answerer = FakeAnswerer()
+        self.eval_items = [types.SimpleNamespace(question="What colour is it?", answer="red")]
+
+    def admit(self, request):
+        pass
+
+    def remember(self, request, config):
+        pass
+
+
+PARAMS = [p.default for p in PARAM_DEFS]
+PLAN = (["q_proj"], [0.5] * L, "linear", None, *PARAMS)  # components, curve, method, groups (linked), params
+
+
+def compare(explorer, img=None, q="What colour is it?", text_only=True, pinned=""):
+    comps, alphas, method, *params = PLAN
+    return list(compare_tab.on_compare(explorer, None, img, q, text_only, 8, pinned, "shared", comps, alphas,
+                                       method, *params))
+
+
+def test_compare_streams_base_then_merged_then_a_diff():
+    steps = compare(FakeExplorer())
+    status, base, merged, pinned, *_, diff = steps[-1]
+    assert steps[0][0] == "Answering…" and status == ""
+    assert steps[-2][1] == "base" and steps[-2][2] == "merged"
+    assert diff == [("base ", "-"), ("merged ", "+")]
+    assert steps[1][2]["label"] == compare_tab.ANSWER_LABELS["merged"]  # fresh: not stale any more
+
+
+def test_compare_needs_an_image_unless_text_only():
+    (status, *rest), = compare(FakeExplorer(), text_only=False)
+    assert "needs an image" in status and all(r == gr.update() for r in rest)
+
+
+def test_compare_answers_plan_b_when_pinned():
+    explorer = FakeExplorer()
+    plan_b = MergePlan.from_dict({"rules": [{"components": ["mlp"], "curve": {"preset": "constant", "value": 1}}]})
+    steps = compare(explorer, pinned=plan_b.to_yaml())
+    assert [p.hash() for p, *_ in explorer.answerer.asked][-1] == plan_b.hash()
+    assert steps[-2][3] == "merged"
+
+
+def test_a_bad_table_cell_blocks_compare_until_fixed():
+    frame = table_of([0.1] * L).astype({"α": object})
+    frame.iloc[2, 1] = "1.7"
+    curve, table, button, status = compare_tab.on_table(FakeExplorer(), frame)
+    assert curve == gr.update()  # the curve keeps its last good values
+    assert table["elem_classes"] == ["bad-cell"] and button["interactive"] is False
+    assert "layer 2" in status and "outside [0, 1]" in status
+    frame.iloc[2, 1] = "0.3"
+    curve, table, button, status = compare_tab.on_table(FakeExplorer(), frame)
+    assert curve[2] == 0.3 and table["elem_classes"] == [] and button["interactive"] is True and status == ""
+
+
+def test_a_plan_change_marks_only_existing_merged_answers_stale():
+    merged, pinned = compare_tab.mark_stale("red", "blue")
+    assert compare_tab.STALE in merged["label"] and "stale" in merged["elem_classes"] and pinned == gr.update()
+    assert compare_tab.mark_stale("", "")[0] == gr.update()  # nothing shown yet: nothing to grey
+    merged, pinned = compare_tab.mark_stale_donor("red", "blue")
+    assert compare_tab.STALE in pinned["label"]
+
+
+def test_unpin_hides_plan_b():
+    pinned, column, box, status = compare_tab.on_unpin()
+    assert pinned == "" and column["visible"] is False and "unpinned" in status
+
+
+def test_preset_with_bad_anchors_is_one_line():
+    curve, status = compare_tab.on_preset_apply(FakeExplorer(), "anchors", 0.4, 0, 1, 0, "0, x")
+    assert curve == gr.update() and status.startswith("⚠️") and "\n" not in status
+    curve, status = compare_tab.on_preset_apply(FakeExplorer(), "constant", 0.6, 0, 1, 0, "")
+    assert curve == [0.6] * L and "Applied constant" in status
+
+
+def test_distributions_fill_the_bars_and_kl(monkeypatch):
+    probe = types.ModuleType("merging.probe")
+    probe.kl_divergence = lambda base, merged: abs(base["p"] - merged["p"])
+    monkeypatch.setitem(sys.modules, "merging.probe", probe)
+    comps, alphas, method, *params = PLAN
+    base, merged, b, kl = compare_tab.on_distributions(FakeExplorer(), None, None, "What colour is it?", True, "",
+                                                       "shared", comps, alphas, method, *params)
+    assert base.data[0].x[-1] == pytest.approx(0.9) and merged.data[0].x[-1] == pytest.approx(0.5)
+    assert b["visible"] is False  # no plan B pinned
+    assert "0.400 nats" in kl
+
+
+def test_distributions_without_the_probe_say_so():
+    explorer = FakeExplorer()
+    explorer.answerer = types.SimpleNamespace()  # an answerer without .distribution
+    assert "merging.probe" in compare_tab.on_distributions(explorer, None, None, "q?", True, "", "shared",
+                                                           *PLAN)[-1]
+
+
+def test_gold_comes_from_the_example():
+    assert compare_tab.gold_for(FakeExplorer(), " What colour is it? ") == "red"
+    assert compare_tab.gold_for(FakeExplorer(), "Something typed in?") is None
+
+
+def test_export_is_off_without_a_folder():
+    assert "export is off" in export_tab.on_export(FakeExplorer(), "plan", "shared", *PLAN)[1]
+
+
+def test_sweep_refuses_a_bad_grid_in_one_line():
+    (status, *_), = list(sweep_tab.on_sweep(FakeExplorer(), "settings: [", "", 1, "shared", progress=None))
+    assert status.startswith("⚠️") and "\n" not in status
+
+
+def test_bind_keeps_name_signature_and_generators():
+    bound = bind(compare_tab.on_compare, FakeExplorer())
+    assert bound.__name__ == "on_compare" and inspect.isgeneratorfunction(bound)
+    first = next(iter(inspect.signature(bound).parameters.values()))
+    assert first.name == "request" and first.annotation is gr.Request
+    assert not inspect.isgeneratorfunction(bind(compare_tab.on_table, FakeExplorer()))
+
+
+def test_the_scan_fills_in_eleven_points_as_it_goes():
+    comps, alphas, method, *params = PLAN
+    steps = list(probe_panel.on_scan(FakeExplorer(), None, None, "What colour is it?", True, "shared", comps,
+                                     alphas, method, *params))
+    assert len(steps) == 11 and steps[-1][1] == "α scan: 11/11 points"
+    fig = steps[-1][0]
+    assert list(fig.data[0].x) == probe_panel.SCAN_ALPHAS and fig.data[1].name == "p(gold)"
+    assert fig.data[0].text[0] == "red" and fig.data[0].text[-1] == "blue"  # answers along the line
+
+
+def test_scan_and_distribution_apis(tmp_path):
+    plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.5}}]})
+    points = probe_panel.api_scan(FakeExplorer(), plan.to_yaml(), "What colour is it?", None, "[0, 0.5, 1]")
+    assert [p["alpha"] for p in points] == [0, 0.5, 1] and set(points[0]) == {"alpha", "answer", "p_top", "p_gold",
+                                                                                 "kl_to_base"}
+    result = probe_panel.api_distribution(FakeExplorer(), "rules: []", "What colour is it?", None, 5)
+    assert result == {"tokens": [["red", 0.9], ["blue", pytest.approx(0.1)]], "p_gold": 0.9}
+    with pytest.raises(gr.Error, match="JSON list"):
+        probe_panel.api_scan(FakeExplorer(), "rules: []", "Hi?", None, "[2]")
+    outside = tmp_path / "x.png"
+    outside.write_bytes(b"x")
+    with pytest.raises(gr.Error, match="other paths are refused"):  # never a file of the server's choosing
+        probe_panel.api_distribution(FakeExplorer(), "rules: []", "Hi?", str(outside), 5)
+
+
+def test_method_notes_say_what_is_loaded():
+    explorer = FakeExplorer()
+    explorer.answerer.donors = {"shared": "ckpt"}
+    explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base=None),
+                                            gram_fingerprints=lambda donor: {"vlm": None, "donor": None})
+    assert "none loaded" in compare_tab.method_note(explorer, "ties")
+    assert "no Gram files attached" in compare_tab.method_note(explorer, "regmean")
+    explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base="ckpt"),
+                                            gram_fingerprints=lambda donor: {"vlm": "a", "donor": "b"})
+    assert "base: loaded" in compare_tab.method_note(explorer, "ties")
+    assert "Gram files: loaded" in compare_tab.method_note(explorer, "regmean")
+    assert "—" not in compare_tab.method_note(explorer, "linear")
+
+
+def test_inspect_names_the_donor_and_redraws_only_once_drawn():
+    from ui import inspect_tab
+    explorer = FakeExplorer()
+    explorer.distances = lambda donor: [{"layer": 0, "role": "q_proj", "rel_l2": 0.1, "cosine": 0.9}]
+    rel, cos = inspect_tab.on_inspect(explorer, "no seed")
+    assert rel.layout.title.text.startswith("no seed:")
+    assert (rel.data[0].zmin, rel.data[0].zmax) == (0.0, 1.5) and (cos.data[0].zmin, cos.data[0].zmax) == (-1, 1)
+    assert inspect_tab.on_donor_switch(explorer, "no seed", None) == (gr.update(), gr.update())
+    assert inspect_tab.on_donor_switch(explorer, "no seed", {"plot": 1})[0].layout.title.text.startswith("no seed")
+
+
+def test_separate_curves_make_one_rule_per_group(monkeypatch):
+    probe = types.ModuleType("merging.probe")
+    seen = {}
+
+    def group_plan(groups, method="linear", params=None):
+        seen.update(groups=groups, method=method)
+        return MergePlan.from_dict({"rules": [{"components": [{"Attention": "self_attn", "MLP": "mlp"}[g]],
+                                               "method": method, "curve": c} for g, c in groups.items()]})
+    probe.group_plan = group_plan
+    monkeypatch.setitem(sys.modules, "merging.probe", probe)
+    groups = compare_tab.on_groups(True, ["Attention", "MLP"], [0.1] * L, [0.9] * L, [0.0] * L, [0.0] * L)
+    assert set(groups) == {"Attention", "MLP"}
+    assert compare_tab.on_groups(False, ["Attention"], *[[0.1] * L] * 4) is None  # linked: one curve
+    comps, alphas, method, _, *params = PLAN
+    steps = compare(FakeExplorer())  # linked
+    explorer = FakeExplorer()
+    list(compare_tab.on_compare(explorer, None, None, "What colour is it?", True, 8, "", "shared", comps, alphas,
+                                method, groups, *params))
+    merged_plan = explorer.answerer.asked[1][0]
+    assert len(merged_plan.rules) == 2 and seen["groups"]["MLP"]["values"] == [0.9] * L
+    assert steps[-2][2] == "merged"
+    with pytest.raises(Exception, match="groups must be among"):
+        compare_tab.plan_of(comps, alphas, method, {"Everything": [0.1] * L}, *params)
+
+
+def test_a_lesson_sets_donor_components_curve_question_and_plan_b():
+    from ui import lessons
+    explorer = FakeExplorer()
+    explorer.answerer.donors = {"shared": None, lessons.NO_SHARED_SEED: None}
+    roles = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(layout=types.SimpleNamespace(
+        roles=lambda: roles)))
+    explorer.eval_items = [types.SimpleNamespace(id=lessons.COLOUR_ID, question="What colour?", image_path="c.png"),
+                           types.SimpleNamespace(id=lessons.TEXT_PLUS_ID, question="Add 2.", image_path=None)]
+    assert len(lessons.LESSONS) >= 3
+    donor, comps, method, separate, curve, question, image, text_only, pinned, card, text = \
+        lessons.on_lesson(explorer, "Shared seed vs no seed")
+    assert donor == lessons.NO_SHARED_SEED and comps == roles and curve == [0.4] * L and image == "c.png"
+    assert question == "What colour?" and text_only is False and pinned == "" and "collapses" in text
+    *_, question, image, text_only, pinned, card, text = lessons.on_lesson(explorer, "Early layers keep perception")
+    assert MergePlan.from_text(pinned).rules and card["visible"] is True
+    *_, question, image, text_only, pinned, card, text = lessons.on_lesson(explorer, "A skill moves across")
+    assert (question, image, text_only) == ("Add 2.", None, True)
+
+
+def test_examples_put_the_lessons_first_and_leave_out_blank_images():
+    from merging.evaluate import load_eval_set
+    from toy import TOY_EVAL
+    from ui import examples, lessons
+    items = load_eval_set(TOY_EVAL)
+    with_image, text = examples.teaching_order(items)
+    assert with_image[0].id == lessons.COLOUR_ID and text[0].id == lessons.TEXT_PLUS_ID
+    assert all(i.image_path is None for i in text) and all(i.image_path for i in with_image)
+    assert examples.blank(next(i.image_path for i in items if i.id == "count-00000"))  # an empty scene
+    assert not any(examples.blank(i.image_path) for i in with_image)
+
+
+def _row(cell, answered=4, complete=True):
+    return {"setting": "S", "method": "constant α", "alpha": cell, "accuracy": 0.5, "accuracy_low": 0.15,
+            "accuracy_high": 0.85, "answered": answered, "complete": complete, "computed": answered, "cached": 0,
+            "by_category": {"colour": {"accuracy": 0.5, "items": 4, "low": 0.15, "high": 0.85}}}
+
+
+def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeypatch):
+    request = types.SimpleNamespace(session_hash="s1")
+    monkeypatch.setattr(sweep_tab, "sweep_plan", lambda *a: ([0.2, 0.4, 0.6], ["i"] * 4, None))
+
+    def run_sweep(answerer, cells, items, settings, donor=None, progress=None, should_stop=lambda: False):
+        if cells[0] == 0.4:  # Stop pressed during the second cell: it ends half-way
+            assert sweep_tab.on_stop_sweep(request).startswith("Stopping")
+            return [_row(0.4, answered=2, complete=False)] if should_stop() else [_row(0.4)]
+        return [_row(cells[0])]
+    monkeypatch.setattr(sweep_tab, "run_sweep", run_sweep)
+    steps = list(sweep_tab.on_sweep(FakeExplorer(), "grid", "", 4, "shared", progress=None, request=request))
+    status, heatmap, lines, table, categories = steps[-1]
+    assert len(steps) == 2 and status.startswith("Sweep stopped at 6 / 12 answers (2 of 3 cells)")
+    assert list(table["complete"]) == [True, False] and list(table["95 % interval"]) == ["15–85 %"] * 2
+    assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]
+    assert categories["colour"][0] == "50 % (15–85)"
+    assert sweep_tab._STOPS == {}  # nothing left behind

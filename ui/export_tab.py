@@ -1,0 +1,57 @@
+"""The Export tab: the current plan as YAML, as mergekit YAML, or the merged model as a checkpoint."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from merging.errors import MergescopeError
+from merging.export import export_checkpoint
+from merging.limits import brief
+from merging.mergekit_config import mergekit_yaml
+
+from .explorer import CHEAP, GPU, Explorer, bind
+from .plan_panel import plan_of
+
+
+def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, method_name, *param_values) -> str:
+    """Write the plan (`plan`, `mergekit`) or the merged model (`checkpoint`); the path and a message."""
+    plan = plan_of(comps, alphas, method_name, *param_values)
+    explorer.export_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "checkpoint":
+        out = explorer.export_dir / f"merged-{plan.hash()}"
+        with explorer.answerer.holding(donor_name) as engine:
+            report = export_checkpoint(engine, plan, out, overwrite=True)
+        return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
+    path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
+    path.write_text(plan.to_yaml() if kind == "plan" else mergekit_yaml(plan, explorer.answerer.pair_with(donor_name)))
+    return str(path), f"Saved {path}"
+
+
+def on_export(explorer: Explorer, kind: str, *values):
+    if explorer.export_dir is None:
+        return gr.update(), "⚠️ export is off (start the app with --export-dir)"
+    try:
+        return write_export(explorer, kind, *values)
+    except MergescopeError as exc:
+        return gr.update(), f"⚠️ {exc}"
+    except OSError as exc:  # a full disk, a read-only folder: say so, and where
+        where = brief(str(exc.filename or ""))
+        return gr.update(), (f"⚠️ export failed: {exc.strerror or exc} ({where}); free space there "
+                             f"or start the app with another --export-dir")
+
+
+def build_export_tab(explorer: Explorer, compare) -> None:
+    gr.Markdown("Save the current plan (the YAML the CLI's `--plan` takes), its mergekit YAML where "
+                "mergekit can express it, or the merged model as a checkpoint `from_pretrained` loads. "
+                "Files go to the export folder the app was started with.")
+    with gr.Row():
+        buttons = {"plan": gr.Button("Save plan YAML", elem_id="export-plan"),
+                   "mergekit": gr.Button("Save mergekit YAML", elem_id="export-mergekit"),
+                   "checkpoint": gr.Button("Write merged checkpoint", elem_id="export-model")}
+    status = gr.Markdown("", elem_id="export-status")
+    export_file = gr.File(label="Saved file", elem_id="export-file")
+    inputs = [compare.donor, *compare.plan_inputs]
+    for kind, button in buttons.items():
+        handler = bind(on_export, explorer, kind)
+        handler.__name__ = f"export_{kind}"
+        button.click(handler, inputs, [export_file, status], **(GPU if kind == "checkpoint" else CHEAP))

@@ -1,0 +1,119 @@
+"""See the merge: the α scan panel, and the `/distribution` and `/scan` APIs.
+
+They call `Answerer.distribution` and `Answerer.alpha_scan` (merging.probe); an answerer without them
+gets a one-line message instead."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from merging.errors import MergescopeError
+from merging.generate import check_question
+from merging.limits import as_text, bounded_int, brief, read_image
+from merging.plan import MergePlan
+
+from .explorer import GPU, Explorer, bind
+from .guard import upload_folder
+
+SCAN_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+
+
+def can_scan(explorer: Explorer) -> bool:
+    return callable(getattr(explorer.answerer, "alpha_scan", None))
+
+
+def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_name, comps, alphas, method_name,
+            *param_values):
+    """Streams (figure, status) as `alpha_scan` answers the current plan scaled by α = 0, 0.1, …, 1."""
+    from .compare_tab import compare_inputs, gold_for
+    from .figures import scan_figure
+    if not can_scan(explorer):
+        yield gr.update(), "⚠️ the α scan needs `merging.probe` (Answerer.alpha_scan)"
+        return
+    try:
+        q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", comps, alphas, method_name,
+                                         param_values)
+    except MergescopeError as exc:
+        yield gr.update(), f"⚠️ {exc}"
+        return
+    points = []
+    try:
+        for point in explorer.answerer.alpha_scan(plan, q, img, alphas=SCAN_ALPHAS, gold=gold_for(explorer, q),
+                                                  donor=donor_name):
+            points.append(point)
+            yield scan_figure(points), f"α scan: {len(points)}/{len(SCAN_ALPHAS)} points"
+    except MergescopeError as exc:
+        yield gr.update(), f"⚠️ {exc}"
+
+
+def build_scan_panel(explorer: Explorer, compare, text_only, image) -> None:
+    with gr.Accordion("α scan: the current plan scaled from the VLM (0) to the full plan (1)", open=False,
+                      elem_id="alpha-scan"):
+        with gr.Row():
+            run = gr.Button("Scan α", elem_id="scan")
+            stop = gr.Button("Stop scan", elem_id="stop-scan")
+            status = gr.Markdown("", elem_id="scan-status")
+        plot = gr.Plot(label="p(top token), p(gold) against α", elem_id="scan-plot")
+    inputs = [image, compare.question, text_only, compare.donor, *compare.plan_inputs]
+    event = run.click(bind(on_scan, explorer), inputs, [plot, status], **GPU)
+    stop.click(None, None, None, cancels=[event], queue=False)
+
+
+# -- API ------------------------------------------------------------------------------------------
+
+def api_image(path: str | None):
+    """An image the API may read: None, or a file uploaded to this app (never any other path)."""
+    if path in (None, ""):
+        return None
+    where = Path(str(path)).resolve()
+    if not where.is_relative_to(upload_folder().resolve()):
+        raise MergescopeError(f"image {brief(str(path), 60)}: upload it with the request (gradio_client's "
+                              f"handle_file); other paths are refused")
+    return read_image(where)
+
+
+def api_distribution(explorer: Explorer, plan_yaml: str, question: str, image: str | None = None, top_k: int = 10,
+                     request: gr.Request = None) -> dict:
+    """The next-token distribution under a plan: {"tokens": [[token, p], ...], "p_gold": p or null}."""
+    from .compare_tab import gold_for
+    try:
+        explorer.admit(request)
+        if not callable(getattr(explorer.answerer, "distribution", None)):
+            raise MergescopeError("next-token distributions need `merging.probe` (Answerer.distribution)")
+        plan, q = MergePlan.from_text(plan_yaml or ""), check_question(as_text(question, "the question"))
+        result = explorer.answerer.distribution(plan, q, api_image(image), top_k=bounded_int(top_k, "top_k", 1, 50),
+                                                gold=gold_for(explorer, q))
+        return {"tokens": result["tokens"], "p_gold": result["p_gold"]}
+    except MergescopeError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def api_scan(explorer: Explorer, plan_yaml: str, question: str, image: str | None = None, alphas: str = "",
+             request: gr.Request = None) -> list:
+    """The plan scaled by each α: [{alpha, answer, p_top, p_gold, kl_to_base}, ...]."""
+    from .compare_tab import gold_for
+    try:
+        explorer.admit(request)
+        if not can_scan(explorer):
+            raise MergescopeError("the α scan needs `merging.probe` (Answerer.alpha_scan)")
+        plan, q = MergePlan.from_text(plan_yaml or ""), check_question(as_text(question, "the question"))
+        try:
+            chosen = json.loads(alphas) if alphas else SCAN_ALPHAS
+        except ValueError:
+            raise MergescopeError(f"alphas: {brief(alphas, 60)} is not a JSON list of numbers") from None
+        if not isinstance(chosen, list) or not 0 < len(chosen) <= 21 or \
+                not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in chosen):
+            raise MergescopeError("alphas: give a JSON list of 1 to 21 numbers in [0, 1]")
+        keys = ("alpha", "answer", "p_top", "p_gold", "kl_to_base")
+        return [{k: point.get(k) for k in keys} for point in
+                explorer.answerer.alpha_scan(plan, q, api_image(image), alphas=chosen, gold=gold_for(explorer, q))]
+    except MergescopeError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def register_probe_api(explorer: Explorer) -> None:
+    gr.api(bind(api_distribution, explorer), api_name="distribution", **GPU)
+    gr.api(bind(api_scan, explorer), api_name="scan", **GPU)

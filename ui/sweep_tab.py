@@ -1,0 +1,127 @@
+"""The Sweep tab: score a grid of plans on an eval set, cell by cell, into a heatmap and a table."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+import pandas as pd
+
+from merging.errors import MergescopeError
+from merging.evaluate import load_eval_set
+from merging.limits import bounded_int
+from merging.sweep import parse_grid, run_sweep
+
+from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
+from .figures import sweep_heatmap, sweep_lines
+
+DEFAULT_GRID = """settings:
+  Setting 1: [all]
+  Setting 2: [self_attn]
+methods:
+  constant α: {preset: constant}
+  log ramp: {preset: loglinear, start: 0.0}
+alphas: [0.4, 0.6]
+max_new_tokens: 8
+"""
+
+
+def sweep_plan(explorer: Explorer, grid, spec, limit) -> tuple[list, list, object]:
+    """(cells, items, settings) for a grid and an eval set; MergescopeError (one line) for what a public
+    demo may not run or what does not parse."""
+    # public: the cell count is refused from the axes' lengths, before any cell is built
+    cells, settings = parse_grid(grid, max_cells=PUBLIC_MAX_SWEEP_ANSWERS) if explorer.public else parse_grid(grid)
+    limit = bounded_int(limit or 1, "items (max)", 1, 1_000_000)
+    items = load_eval_set(explorer.eval_spec if explorer.public else spec)[:limit]
+    if explorer.public and (len(cells) * len(items) > PUBLIC_MAX_SWEEP_ANSWERS
+                            or settings.max_new_tokens > PUBLIC_MAX_NEW_TOKENS):
+        raise MergescopeError(f"this public demo runs sweeps of at most {PUBLIC_MAX_SWEEP_ANSWERS} "
+                              f"answers of ≤ {PUBLIC_MAX_NEW_TOKENS} tokens; this grid asks for "
+                              f"{len(cells) * len(items)} of {settings.max_new_tokens}")
+    return cells, items, settings
+
+
+def sweep_summary(rows: list[dict]) -> pd.DataFrame:
+    """One line per cell: accuracy with its Wilson 95 % interval, over how many answers."""
+    return pd.DataFrame([{"setting": r["setting"], "method": r["method"], "alpha": r["alpha"],
+                          "accuracy": r["accuracy"], "95 % interval": _interval(r), "answered": r.get("answered"),
+                          "complete": r.get("complete", True), "computed": r["computed"], "cached": r["cached"]}
+                         for r in rows])
+
+
+def _interval(row: dict) -> str:
+    low, high = row.get("accuracy_low"), row.get("accuracy_high")
+    return f"{100 * low:.0f}–{100 * high:.0f} %" if low is not None and high is not None else ""
+
+
+def category_table(rows: list[dict]) -> pd.DataFrame:
+    """Accuracy per category (columns, in %, with its Wilson 95 % interval) for each cell (rows)."""
+    def shown(v: dict) -> str:
+        return f"{100 * v['accuracy']:.0f} % ({100 * v['low']:.0f}–{100 * v['high']:.0f})"
+    return pd.DataFrame([{"cell": f"{r['setting']} · {r['method']} · α {r['alpha']}",
+                          **{k: shown(v) for k, v in (r.get("by_category") or {}).items()}} for r in rows])
+
+
+_STOPS: dict[str, threading.Event] = {}  # per session: Stop sets it, the running sweep reads it between batches
+
+
+def on_stop_sweep(request: gr.Request = None):
+    stop = _STOPS.get(getattr(request, "session_hash", None) or "")
+    if stop is not None:
+        stop.set()
+    return "Stopping after the current batch…" if stop is not None else ""
+
+
+def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
+    """Streams (status, heatmap, lines, table, per-category table) after each cell; Stop ends it between
+    batches and keeps what was scored."""
+    keep = gr.update()
+    try:
+        explorer.admit(request)
+        cells, items, settings = sweep_plan(explorer, grid, spec, limit)
+    except MergescopeError as exc:
+        yield f"⚠️ {exc}", keep, keep, keep, keep
+        return
+    key, stop = getattr(request, "session_hash", None) or "", threading.Event()
+    _STOPS[key] = stop
+    rows, total = [], len(cells) * len(items)
+    if progress is not None:
+        progress((0, total), desc="sweep", unit="answers")
+    try:
+        for i, cell in enumerate(cells):
+            def tick(done, _, i=i):
+                if progress is not None:
+                    progress((i * len(items) + done, total), desc="sweep", unit="answers")
+            rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name, progress=tick,
+                              should_stop=stop.is_set)
+            answered = sum(r.get("answered", len(items)) for r in rows)
+            status = (f"Sweep stopped at {answered} / {total} answers ({len(rows)} of {len(cells)} cells); "
+                      f"the partial results stay below" if stop.is_set() else f"Sweep: {i + 1}/{len(cells)} cells")
+            yield (status, sweep_heatmap(rows) if len(rows) > 1 else keep, sweep_lines(rows), sweep_summary(rows),
+                   category_table(rows))
+            if stop.is_set():
+                return
+    finally:
+        if _STOPS.get(key) is stop:
+            del _STOPS[key]
+
+
+def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
+    gr.Markdown("Score a grid of plans on an eval set. Cells computed before come from the cache at once.")
+    grid_text = gr.Code(DEFAULT_GRID, language="yaml", label="Grid", elem_id="grid")
+    with gr.Row():
+        eval_spec = gr.Textbox(explorer.eval_spec, label="Eval set (PATH.jsonl, mathvista:PATH, "
+                               "mathvision:PATH)", elem_id="eval-set", interactive=not explorer.public)
+        max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1, elem_id="sweep-items")
+    with gr.Row():
+        run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
+        stop = gr.Button("Stop", elem_id="stop-sweep")
+    status = gr.Markdown("", elem_id="sweep-status")
+    with gr.Row():
+        sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
+        sweep_line_plot = gr.Plot(label="Accuracy against α", elem_id="sweep-lines")
+    sweep_table = gr.Dataframe(label="Cells (accuracy with its Wilson 95 % interval)", elem_id="sweep-table")
+    categories = gr.Dataframe(label="Accuracy per category", elem_id="sweep-categories")
+    run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
+              [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
+    stop.click(on_stop_sweep, None, status, **CHEAP)
