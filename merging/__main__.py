@@ -140,7 +140,7 @@ def cmd_sweep(args) -> dict:
     from cache import AnswerCache
 
     from .evaluate import load_eval_set, sample_items
-    from .sweep import load_grid, run_sweep, write_results
+    from .sweep import load_grid, record_sweep, run_sweep, write_results
     cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)
     if args.sample:
@@ -157,6 +157,7 @@ def cmd_sweep(args) -> dict:
             rows = run_sweep(Answerer(_engine(args), cache, default_donor=_models(args).donor_label), cells,
                              items, settings, progress=progress, batch_size=args.batch_size)
     write_results(rows, out)
+    record_sweep(cache, rows, Path(args.grid).name, args.eval_set)
     summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "accuracy_low", "accuracy_high",
                                   "computed", "cached")} for r in rows]
     if not args.json:

@@ -175,13 +175,14 @@ class Answerer:
                 texts = answer_batch(self.engine.pair, batch, settings, batch_size)
             seconds = (time.perf_counter() - begin) / len(part)
             for i, text in zip(part, texts):
-                self._store(configs[i], text, seconds)
+                self._store(configs[i], text, seconds, batched=True)
                 yield i, {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}
 
-    def _store(self, config: dict, text: str, seconds: float) -> None:
+    def _store(self, config: dict, text: str, seconds: float, batched: bool = False) -> None:
+        """Cache an answer; `batched` marks one a sweep computed (History lists sweeps as one row each)."""
         if self.cache is not None:
             tokens = len(text_tokenizer(self.engine.pair.processor).encode(text, add_special_tokens=False))
-            self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds})
+            self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds, "batched": batched})
 
     # -- the next-token distribution (issue #11) -------------------------------------------------
     def distribution_config(self, plan: MergePlan, question: str, image: Image.Image | None,

@@ -176,7 +176,7 @@ class _RaySweep:
             self._replace()
             return c
         for i, result in zip(missing, answers):
-            self.cache.put(configs[i], {"answer": result["answer"], "seconds": result["seconds"]})
+            self.cache.put(configs[i], {"answer": result["answer"], "seconds": result["seconds"], "batched": True})
             self.results[c][i] = {"answer": result["answer"], "cached": False}
         self.done += len(missing)
         self.idle.append((name, actor))

@@ -166,6 +166,23 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def record_sweep(cache, rows: list[dict], grid: str, eval_set: str) -> dict | None:
+    """Remember a finished (or stopped) sweep in the answers cache as one entry of kind "sweep": its grid
+    name, eval set, donor, answer counts and best cell — what History lists, one row per sweep, in place
+    of the sweep's individual answers. `cache` is an AnswerCache (or None: nothing stored). Returns the
+    entry's configuration (None without rows)."""
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["accuracy"])
+    alpha = "-" if best["alpha"] is None else f"{best['alpha']:g}"
+    config = {"kind": "sweep", "grid": grid, "eval_set": eval_set, "donor": rows[0]["donor"],
+              "cells": [r["plan_hash"] for r in rows], "items": rows[0]["items"]}
+    if cache is not None:
+        cache.put(config, {"best": f"{best['setting']} · {best['method']} · α {alpha}: {100 * best['accuracy']:.0f} %",
+                           "answered": sum(r["answered"] for r in rows), "complete": all(r["complete"] for r in rows)})
+    return config
+
+
 def write_results(rows: list[dict], out: Path) -> None:
     """results.json (with per-item answers), results.csv and heatmap.html in `out`."""
     out.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,21 @@ def test_ray_sweep_matches_single_process_and_requeues_a_killed_worker(toy_engin
     assert killed and report["requeued"] >= 1 and report["workers"] == 2
     write_results(report["rows"], tmp_path / "ray")
     assert (tmp_path / "ray" / "results.csv").read_text() == (tmp_path / "single" / "results.csv").read_text()
+
+
+def test_history_lists_a_sweep_as_one_row(toy_engine, tmp_path):
+    """The Sweep tab's handler run for real (toy pair, real cache); History then shows the sweep as one
+    row with its best cell, not one row per answer, beside an answer asked from Compare."""
+    from ui.explorer import Explorer
+    from ui.history_tab import on_refresh
+    from ui.sweep_tab import on_sweep
+    answerer = Answerer(toy_engine, AnswerCache(tmp_path / "cache"))
+    explorer = Explorer(answerer, load_eval_set(TOY_EVAL), str(TOY_EVAL))
+    answerer.ask(MergePlan(), "What is 2 plus 3?", None, GenerationSettings(max_new_tokens=4))
+    *_, last = on_sweep(explorer, GRID, str(TOY_EVAL), 6, answerer.default_donor, progress=None)
+    assert last[0].startswith("Sweep: 3/3 cells")
+    table, configs = on_refresh(explorer)
+    assert len(table) == 2  # the question asked from Compare, and the sweep: not its 18 answers
+    sweep_row = table[table["question"].str.startswith("sweep of 6 items")]
+    assert len(sweep_row) == 1 and sweep_row.iloc[0]["answer"].startswith("best: ")
+    assert "3 cells" in sweep_row.iloc[0]["plan"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from merging.checkpoint import write_text_file
 from merging.errors import MergescopeError
 from merging.export import export_checkpoint
 from merging.limits import brief
@@ -23,7 +24,9 @@ def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, metho
             report = export_checkpoint(engine, plan, out, overwrite=True)
         return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
     path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
-    path.write_text(plan.to_yaml() if kind == "plan" else mergekit_yaml(plan, explorer.answerer.pair_with(donor_name)))
+    # a fresh file renamed into place: a link planted in the export folder is replaced, never followed
+    text = plan.to_yaml() if kind == "plan" else mergekit_yaml(plan, explorer.answerer.pair_with(donor_name))
+    write_text_file(path, text)
     return str(path), f"Saved {path}"
 
 

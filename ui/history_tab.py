@@ -23,9 +23,19 @@ def on_refresh(explorer: Explorer, request: gr.Request = None):
         entries = [e for e in map(cache.entry, explorer.history.keys(explorer.client(request))) if e]
     else:
         entries = cache.entries(limit=HISTORY_LIMIT)
-    rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), e["config"].get("question", ""),
-             plan_summary(e["config"].get("plan", {})), e["result"].get("answer", "")] for e in entries]
+    entries = [e for e in entries if not e["result"].get("batched")]  # a sweep is one row, not its answers
+    rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), *_describe(e)] for e in entries]
     return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
+
+
+def _describe(entry: dict) -> list[str]:
+    """(question, plan, answer) columns of a History row: an answer, or a whole sweep."""
+    config, result = entry["config"], entry["result"]
+    if config.get("kind") == "sweep":
+        done = "" if result.get("complete", True) else " (stopped)"
+        return [f"sweep of {config['items']} items of {config['eval_set']}{done}",
+                f"{config['grid']}: {len(config['cells'])} cells, donor {config['donor']}", f"best: {result['best']}"]
+    return [config.get("question", ""), plan_summary(config.get("plan", {})), result.get("answer", "")]
 
 
 def restore(explorer: Explorer, config: dict) -> list:
@@ -49,6 +59,9 @@ def on_history_select(explorer: Explorer, configs, evt: gr.SelectData):
     if not isinstance(evt.index, (list, tuple)) or not isinstance(evt.index[0], int) \
             or not 0 <= evt.index[0] < len(configs):  # a stale table, or a crafted call
         return [gr.update()] * 5 + ["⚠️ that row is gone: press Refresh"] + [gr.update()] * (1 + len(PARAM_DEFS))
+    if configs[evt.index[0]].get("kind") == "sweep":
+        return [gr.update()] * 5 + ["A sweep: its cells are in the Sweep tab's table when rerun (from the cache)"] \
+            + [gr.update()] * (1 + len(PARAM_DEFS))
     return restore(explorer, configs[evt.index[0]])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import gradio as gr
@@ -10,7 +11,7 @@ import pandas as pd
 from merging.errors import MergescopeError
 from merging.evaluate import load_eval_set
 from merging.limits import bounded_int
-from merging.sweep import parse_grid, run_sweep
+from merging.sweep import parse_grid, record_sweep, run_sweep
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
 from .figures import sweep_heatmap, sweep_lines
@@ -104,6 +105,10 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
     finally:
         if _STOPS.get(key) is stop:
             del _STOPS[key]
+        grid_name = "grid " + hashlib.sha256(str(grid).encode()).hexdigest()[:8]
+        config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec)
+        if explorer.public and config is not None:  # a visitor's History lists their own sweeps
+            explorer.remember(request, config)
 
 
 def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
