@@ -141,13 +141,15 @@ def test_ray_sweep_matches_single_process_and_requeues_a_killed_worker(toy_engin
 
 def test_history_lists_a_sweep_as_one_row(toy_engine, tmp_path):
     """The Sweep tab's handler run for real (toy pair, real cache); History then shows the sweep as one
-    row with its best cell, not one row per answer, beside an answer asked from Compare."""
+    row with its best cell, not one row per answer, beside an answer asked from Compare (whose cached
+    next-token summary is no row either)."""
     from ui.explorer import Explorer
     from ui.history_tab import on_refresh
     from ui.sweep_tab import on_sweep
     answerer = Answerer(toy_engine, AnswerCache(tmp_path / "cache"))
     explorer = Explorer(answerer, load_eval_set(TOY_EVAL), str(TOY_EVAL))
     answerer.ask(MergePlan(), "What is 2 plus 3?", None, GenerationSettings(max_new_tokens=4))
+    answerer.distribution(MergePlan(), "What is 2 plus 3?")  # Compare's bars: cached, but not a History row
     *_, last = on_sweep(explorer, GRID, str(TOY_EVAL), 6, answerer.default_donor, progress=None)
     assert last[0].startswith("Sweep: 3/3 cells")
     table, configs = on_refresh(explorer)

@@ -151,7 +151,7 @@ def test_compare_shows_both_answers_then_cached(page):
 def _merged_with(explorer, question: str) -> list[str]:
     """Donor fingerprints of the cached merged answers to `question`, newest first."""
     return [e["config"]["models"]["donor"] for e in explorer.answerer.cache.entries()
-            if e["config"]["plan"]["rules"] and e["config"]["question"] == question]
+            if e["config"].get("plan", {}).get("rules") and e["config"].get("question") == question]
 
 
 def test_the_donor_choice_reaches_the_merge(page, server):
@@ -369,7 +369,7 @@ def test_separate_curves_give_one_editor_per_group_and_compare_uses_them(page, s
     question = "How many times does dog appear in: dog dog fish? Add 1."
     _ask_text_only(page, question)
     merged = [e for e in explorer.answerer.cache.entries()
-              if e["config"]["question"] == question and e["config"]["plan"]["rules"]][0]
+              if e["config"].get("question") == question and e["config"]["plan"]["rules"]][0]
     assert len(merged["config"]["plan"]["rules"]) == 4  # one rule per group
 
 

@@ -272,7 +272,8 @@ def test_examples_put_the_lessons_first_and_leave_out_blank_images():
 
 
 def _row(cell, answered=4, complete=True):
-    return {"setting": "S", "method": "constant α", "alpha": cell, "accuracy": 0.5, "accuracy_low": 0.15,
+    return {"setting": "S", "method": "constant α", "alpha": cell, "donor": "shared", "plan_hash": f"h{cell}",
+            "items": 4, "accuracy": 0.5, "accuracy_low": 0.15,
             "accuracy_high": 0.85, "answered": answered, "complete": complete, "computed": answered, "cached": 0,
             "by_category": {"colour": {"accuracy": 0.5, "items": 4, "low": 0.15, "high": 0.85}}}
 

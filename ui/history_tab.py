@@ -23,7 +23,9 @@ def on_refresh(explorer: Explorer, request: gr.Request = None):
         entries = [e for e in map(cache.entry, explorer.history.keys(explorer.client(request))) if e]
     else:
         entries = cache.entries(limit=HISTORY_LIMIT)
-    entries = [e for e in entries if not e["result"].get("batched")]  # a sweep is one row, not its answers
+    # answers asked here and whole sweeps; not a sweep's answers, nor the probability summaries Compare caches
+    entries = [e for e in entries if e["config"].get("kind") == "sweep"
+               or (e["config"].get("kind") == "answer" and not e["result"].get("batched"))]
     rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), *_describe(e)] for e in entries]
     return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
 
