@@ -368,7 +368,8 @@ def test_upload_folder_is_pruned_by_age_and_size(tmp_path):
 
 
 def test_public_app_deletes_gradio_uploads(reference):
-    from ui.app import PUBLIC_DELETE_CACHE, Explorer, build_app
+    from ui.app import Explorer, build_app
+    from ui.explorer import PUBLIC_DELETE_CACHE
     assert build_app(Explorer(reference, public=True)).delete_cache == PUBLIC_DELETE_CACHE
     assert build_app(Explorer(reference)).delete_cache is None
 

@@ -10,7 +10,8 @@ from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.generate import GenerationSettings
 from merging.answerer import Answerer
-from ui.app import PUBLIC_MAX_NEW_TOKENS, Explorer, build_app
+from ui.app import Explorer, build_app
+from ui.explorer import PUBLIC_MAX_NEW_TOKENS
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,15 @@ from __future__ import annotations
 import gradio as gr
 
 from .api import register_api
-from .compare_tab import COMPONENT_GROUPS, DRAWN_PRESETS, build_compare_tab, on_method
-from .explorer import (CHEAP, GPU, HISTORY_LIMIT, PUBLIC_DELETE_CACHE, PUBLIC_MAX_NEW_TOKENS,
-                       PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind)
+from .compare_tab import build_compare_tab, on_method
+from .explorer import CHEAP, PUBLIC_DELETE_CACHE, Explorer, bind
 from .export_tab import build_export_tab
 from .guard import explain_bad_inputs
 from .history_tab import build_history_tab
 from .inspect_tab import build_inspect_tab
-from .plan_panel import badge, parse_table, plan_from_ui, table_of, token_diff
-from .sweep_tab import DEFAULT_GRID, build_sweep_tab
+from .sweep_tab import build_sweep_tab
 
-__all__ = ["CHEAP", "COMPONENT_GROUPS", "DEFAULT_GRID", "DRAWN_PRESETS", "GPU", "HISTORY_LIMIT",
-           "PUBLIC_DELETE_CACHE", "PUBLIC_MAX_NEW_TOKENS", "PUBLIC_MAX_SWEEP_ANSWERS", "Explorer", "badge",
-           "build_app", "parse_table", "plan_from_ui", "table_of", "token_diff"]
+__all__ = ["Explorer", "build_app"]  # the entry points' API; everything else lives in its tab's module
 
 
 def build_app(explorer: Explorer) -> gr.Blocks:
