@@ -1,4 +1,4 @@
-"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,grams,export} ...
+"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export} ...
 
 Add --json for one JSON object on stdout."""
 
@@ -153,9 +153,8 @@ def cmd_sweep(args) -> dict:
         if args.workers or args.ray:
             rows = _sweep_on_ray(args, cells, items, settings, cache, progress)
         else:
-            from .answerer import Answerer
-            rows = run_sweep(Answerer(_engine(args), cache, default_donor=_models(args).donor_label), cells,
-                             items, settings, progress=progress, batch_size=args.batch_size)
+            rows = run_sweep(answerer_for(args, cache), cells, items, settings, progress=progress,
+                             batch_size=args.batch_size)
     write_results(rows, out)
     record_sweep(cache, rows, Path(args.grid).name, args.eval_set)
     summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "accuracy_low", "accuracy_high",
@@ -170,15 +169,81 @@ def cmd_sweep(args) -> dict:
     return {"cells": summary, "items": len(items), "out": str(out)}
 
 
-def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
-    from .distributed import PairSpec, run_sweep_ray
+def _pair_spec(args):
+    """What a Ray worker loads, from the model options."""
+    from .distributed import PairSpec
     from .grams import gram_paths
     models = _models(args)
-    spec = PairSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
+    return PairSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
                     args.device, gram_paths(args.grams_vlm, args.grams_donor), args.allow_partial)
-    report = run_sweep_ray(spec, cells, items, settings, cache, workers=args.workers, address=args.ray,
+
+
+def answerer_for(args, cache):
+    """The answerer of the loaded pair with `cache`, its donor named as the pair names it."""
+    from .answerer import Answerer
+    return Answerer(_engine(args), cache, default_donor=_models(args).donor_label)
+
+
+def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
+    from .distributed import run_sweep_ray
+    models = _models(args)
+    report = run_sweep_ray(_pair_spec(args), cells, items, settings, cache, workers=args.workers, address=args.ray,
                            batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
     return report["rows"]
+
+
+def cmd_search(args) -> dict:
+    """Search the space for the best plan on the eval set's dev split; write the output folder."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from cache import AnswerCache
+
+    from .evaluate import load_eval_set
+    from .search import SearchOptions, check_study_path
+    from .search_report import run_search
+    from .search_space import load_space
+    from .sweep import load_grid
+    space = load_space(args.space)  # bad files and options fail before the model is loaded
+    options = SearchOptions(fitness=args.objective, sampler=args.sampler, seed=args.seed, trials=args.trials,
+                            pruning=not args.no_pruning, min_items=args.min_items, test_fraction=args.test_fraction,
+                            batch_size=args.batch_size)
+    options.check(len(space.objectives))
+    grid = load_grid(args.compare_grid)[0] if args.compare_grid else None
+    items = load_eval_set(args.eval_set)
+    out = Path(args.out)
+    check_study_path(out, args.resume)
+    cache = AnswerCache(args.cache_dir or out / "cache")
+    answerer = answerer_for(args, cache)
+    evaluator = None
+    if args.workers or args.ray:
+        from .search_ray import RayEvaluator
+        evaluator = RayEvaluator(_pair_spec(args), options.fitness, space.max_new_tokens, str(cache.directory),
+                                 workers=args.workers, address=args.ray, batch_size=args.batch_size)
+    with tqdm(total=options.trials, desc="search", unit="trial", file=sys.stderr, disable=args.json) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+        report = run_search(answerer, Path(args.space).read_text(), space, items, out, options, args.eval_set,
+                            resume=args.resume, grid=grid, evaluator=evaluator, progress=progress)
+    if not args.json:
+        _print_search(report, out)
+    return report
+
+
+def _print_search(report: dict, out) -> None:
+    best = report.get("best")
+    if best is None:
+        print(f"no trial completed; wrote {out}")
+        return
+    for name, entry in (("base VLM", report["base"]), ("grid best", report.get("grid_best")), ("search best", best)):
+        if entry is None:
+            continue
+        cells = "  ".join(f"{k} {100 * f['accuracy']:.1f} % [{100 * f['low']:.0f}–{100 * f['high']:.0f}]"
+                          for k, f in entry["objectives"].items())
+        test = "vs base p=" + f"{entry['vs_base']['p_value']:.3g}" if "vs_base" in entry else ""
+        print(f"{name:<12} test: {cells}  macro {100 * entry['macro_mean']:.1f} %  {test}")
+    print(f"best trial {best['trial']} of {sum(report['trials'].values())}; wrote {', '.join(report['files'])} in {out}")
 
 
 def cmd_grams(args) -> dict:
@@ -254,6 +319,26 @@ def main(argv: list[str] | None = None) -> int:
                                                      "memory-aware on CUDA)")
     sweep.add_argument("--workers", type=int, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
+    search = sub.add_parser("search", help="search the curve space for the best plan (Optuna; resumable, cached)")
+    _pair_args(search)
+    _gram_args(search)
+    search.add_argument("--space", required=True, help="search space YAML (see merging/search_space.py)")
+    search.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    search.add_argument("--trials", type=int, default=50, help="finished trials in the study (default 50)")
+    search.add_argument("--out", required=True, help="folder for study.db, trials.csv, best_plan.yaml, report.json")
+    search.add_argument("--objective", default="accuracy", help="fitness: accuracy (generation, judged) or "
+                                                                 "gold_logprob (teacher-forced, no generation)")
+    search.add_argument("--sampler", help="tpe (default), cmaes, nsga2 (default for two objectives) or random")
+    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and the dev/test split")
+    search.add_argument("--resume", action="store_true", help="continue the study in --out")
+    search.add_argument("--test-fraction", type=float, default=0.5, help="held-out share of items (default 0.5)")
+    search.add_argument("--no-pruning", action="store_true", help="score every trial on the whole dev split")
+    search.add_argument("--min-items", type=int, default=16, help="dev items of the first successive-halving rung")
+    search.add_argument("--compare-grid", help="a sweep grid whose best cell (chosen on dev) the report compares")
+    search.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
+    search.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size)")
+    search.add_argument("--workers", type=int, help="score trials on N Ray workers of a local cluster")
+    search.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster")
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
@@ -276,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
         result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,
-                  "grams": cmd_grams, "export": cmd_export}[args.command](args)
+                  "search": cmd_search, "grams": cmd_grams, "export": cmd_export}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from .generate import (GenerationSettings, answer, answer_batch, default_batch_s
                        text_tokenizer)
 from .pair import ModelPair
 from .plan import MergePlan
+from .teacher_forcing import reference_logprobs
 from .probe import (TOP_STORED, first_token_id, first_token_logprobs, kl_divergence, probability_of, scale_plan,
                     summarize, token_decoder)
 
@@ -280,3 +281,26 @@ class Answerer:
             yield {"alpha": alpha, "answer": reply["answer"], "p_top": dist["tokens"][0][1],
                    "p_gold": dist["p_gold"], "kl_to_base": kl_divergence(base["summary"], dist["summary"]),
                    "cached": reply["cached"] and dist["cached"] and base_cached}
+
+    # -- teacher-forced log-probabilities of gold answers (the search's cheap fitness) -----------------
+    def gold_logprobs(self, plan: MergePlan, requests: Sequence[tuple[str, ImageSource, str]],
+                      donor: str | None = None) -> list[float]:
+        """For each (question, image, gold) of `requests`: the mean log-probability per token (nats, ≤ 0)
+        of `gold` as the answer under `plan` (`teacher_forcing.reference_logprobs`), cached (kind
+        "gold_logprob"). The missing items go through batched forward passes under one hold of the
+        engine. Raises MergescopeError as `reference_logprobs` does (an empty gold, a bad image)."""
+        configs = []
+        for question, image, gold in requests:
+            config = self.config(plan, question, _load(image), GenerationSettings(), donor)
+            del config["generation"]
+            configs.append(dict(config, kind="gold_logprob", gold=gold))
+        hits = [self.cache.get(c) if self.cache is not None else None for c in configs]
+        values = [None if hit is None else hit["logprob"] for hit in hits]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            with self._merged(plan, donor):
+                batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in missing]
+                for i, value in zip(missing, reference_logprobs(self.engine.pair, batch)):
+                    values[i] = value
+                    self._put(configs[i], {"logprob": value})
+        return values
