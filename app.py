@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
     parser.add_argument("--eval-set", help="examples and sweep items: PATH.jsonl, mathvista:PATH, mathvision:PATH")
     parser.add_argument("--cache-dir", default="runs/cache", help="answers cache (JSON values)")
+    parser.add_argument("--search-dir", default="runs/search", help="the Search tab's studies (one folder each)")
     parser.add_argument("--export-dir", default="runs/exports", help="where exports may be written ('' = off)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     explorer = Explorer(answerer, items, eval_spec or "",
                         Path(args.export_dir) if args.export_dir else None, public=args.public,
                         rate_limit=args.rate_limit, global_rate_limit=args.global_rate_limit,
-                        proxy_hops=args.proxy_hops)
+                        proxy_hops=args.proxy_hops, search_dir=Path(args.search_dir))
     if args.public:
         from ui.guard import start_janitor, upload_folder
         start_janitor(upload_folder(), PUBLIC_UPLOAD_FOLDER_BYTES, PUBLIC_UPLOAD_AGE_S)

@@ -243,7 +243,8 @@ def _print_search(report: dict, out) -> None:
                           for k, f in entry["objectives"].items())
         test = "vs base p=" + f"{entry['vs_base']['p_value']:.3g}" if "vs_base" in entry else ""
         print(f"{name:<12} test: {cells}  macro {100 * entry['macro_mean']:.1f} %  {test}")
-    print(f"best trial {best['trial']} of {sum(report['trials'].values())}; wrote {', '.join(report['files'])} in {out}")
+    print(f"best trial {best['trial']} of {sum(report['trials'].values())}; "
+          f"wrote {', '.join(report['files'])} in {out}")
 
 
 def cmd_grams(args) -> dict:
@@ -286,6 +287,30 @@ def cmd_export(args) -> dict:
     return report
 
 
+def _search_parser(sub) -> None:
+    """The `search` command's options."""
+    search = sub.add_parser("search", help="search the curve space for the best plan (Optuna; resumable, cached)")
+    _pair_args(search)
+    _gram_args(search)
+    search.add_argument("--space", required=True, help="search space YAML (see merging/search_space.py)")
+    search.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    search.add_argument("--trials", type=int, default=50, help="finished trials in the study (default 50)")
+    search.add_argument("--out", required=True, help="folder for study.db, trials.csv, best_plan.yaml, report.json")
+    search.add_argument("--objective", default="accuracy", help="fitness: accuracy (generation, judged) or "
+                                                                 "gold_logprob (teacher-forced, no generation)")
+    search.add_argument("--sampler", help="tpe (default), cmaes, nsga2 (default for two objectives) or random")
+    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and the dev/test split")
+    search.add_argument("--resume", action="store_true", help="continue the study in --out")
+    search.add_argument("--test-fraction", type=float, default=0.5, help="held-out share of items (default 0.5)")
+    search.add_argument("--no-pruning", action="store_true", help="score every trial on the whole dev split")
+    search.add_argument("--min-items", type=int, default=16, help="dev items of the first successive-halving rung")
+    search.add_argument("--compare-grid", help="a sweep grid whose best cell (chosen on dev) the report compares")
+    search.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
+    search.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size)")
+    search.add_argument("--workers", type=int, help="score trials on N Ray workers of a local cluster")
+    search.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (2 for an error the user can fix)."""
     parser = argparse.ArgumentParser(prog="mergescope", description=__doc__)
@@ -319,26 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "memory-aware on CUDA)")
     sweep.add_argument("--workers", type=int, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
-    search = sub.add_parser("search", help="search the curve space for the best plan (Optuna; resumable, cached)")
-    _pair_args(search)
-    _gram_args(search)
-    search.add_argument("--space", required=True, help="search space YAML (see merging/search_space.py)")
-    search.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    search.add_argument("--trials", type=int, default=50, help="finished trials in the study (default 50)")
-    search.add_argument("--out", required=True, help="folder for study.db, trials.csv, best_plan.yaml, report.json")
-    search.add_argument("--objective", default="accuracy", help="fitness: accuracy (generation, judged) or "
-                                                                 "gold_logprob (teacher-forced, no generation)")
-    search.add_argument("--sampler", help="tpe (default), cmaes, nsga2 (default for two objectives) or random")
-    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and the dev/test split")
-    search.add_argument("--resume", action="store_true", help="continue the study in --out")
-    search.add_argument("--test-fraction", type=float, default=0.5, help="held-out share of items (default 0.5)")
-    search.add_argument("--no-pruning", action="store_true", help="score every trial on the whole dev split")
-    search.add_argument("--min-items", type=int, default=16, help="dev items of the first successive-halving rung")
-    search.add_argument("--compare-grid", help="a sweep grid whose best cell (chosen on dev) the report compares")
-    search.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
-    search.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size)")
-    search.add_argument("--workers", type=int, help="score trials on N Ray workers of a local cluster")
-    search.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster")
+    _search_parser(sub)
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")

@@ -49,7 +49,8 @@ class RayEvaluator:
         try:
             import ray
         except ImportError:
-            raise MergescopeError("--workers/--ray need Ray: pip install 'mergescope[ray]' (or pip install ray)") from None
+            raise MergescopeError("--workers/--ray need Ray: pip install 'mergescope[ray]' "
+                                  "(or pip install ray)") from None
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else max(2, workers or 2), include_dashboard=False,
                      log_to_driver=False, configure_logging=False)

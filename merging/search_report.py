@@ -26,8 +26,8 @@ from .evaluate import EvalItem
 from .generate import GenerationSettings
 from .mergekit_config import MergekitUnsupported, mergekit_yaml
 from .plan import MergePlan
-from .search import (INTERRUPTED, Evaluator, LocalEvaluator, SearchOptions, check_objectives, item_scores, objective_values,
-                     open_study, run_study, split_items)
+from .search import (INTERRUPTED, Evaluator, LocalEvaluator, SearchOptions, check_objectives, item_scores,
+                     objective_values, open_study, run_study, split_items)
 from .search_space import SearchSpace
 from .significance import mcnemar
 from .sweep import Cell, wilson_interval

@@ -133,9 +133,11 @@ def parse_space(text: str, where: str = "space") -> SearchSpace:
                               f"like {{groups: {{attention: {{anchors: 3}}}}}}, got {brief(data)}")
     extra = sorted(set(data) - {"groups", "method", "objectives", "max_new_tokens"})
     if extra:
-        raise MergescopeError(f"{where}: unknown key(s) {extra}; a space has groups, method, objectives, max_new_tokens")
+        raise MergescopeError(f"{where}: unknown key(s) {extra}; a space has groups, method, objectives and "
+                              "max_new_tokens")
     default_method = data.get("method", "linear")
-    groups = tuple(_group(name, spec, default_method, f"{where}: groups.{name}") for name, spec in data["groups"].items())
+    groups = tuple(_group(name, spec, default_method, f"{where}: groups.{name}")
+                   for name, spec in data["groups"].items())
     if not any(g.searched for g in groups):
         raise MergescopeError(f"{where}: every group is fixed: nothing to search")
     space = SearchSpace(groups, _objectives(data.get("objectives"), where),
@@ -181,7 +183,8 @@ def _curve(spec: dict, where: str) -> dict:
         raise MergescopeError(f"{where}: give exactly one of anchors, preset or fixed, got {ways or 'none'}")
     if "fixed" in spec:
         if not isinstance(spec["fixed"], dict):
-            raise MergescopeError(f"{where}.fixed: a curve like {{preset: constant, value: 0}}, got {brief(spec['fixed'])}")
+            raise MergescopeError(f"{where}.fixed: a curve like {{preset: constant, value: 0}}, "
+                                  f"got {brief(spec['fixed'])}")
         return dict(spec["fixed"])
     if "anchors" in spec:
         count = bounded_int(spec["anchors"], f"{where}.anchors", 1, MAX_ANCHORS)

@@ -42,7 +42,8 @@ def server(tmp_path_factory):
     donors = {label: Checkpoint(path) for label, path in models.other_donors}
     answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
                         donors, models.donor_label)
-    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports")
+    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
+                        search_dir=root / "search")
     app = build_app(explorer).queue(default_concurrency_limit=1)
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -399,22 +400,76 @@ def test_a_text_only_example_ticks_text_only_and_shows_its_gold(page):
     page.wait_for_function("() => !document.querySelector('#text-only input').checked")
 
 
-def test_stop_leaves_a_partial_sweep(page):
+def test_stop_leaves_a_partial_sweep(page, server):
+    from merging.sweep import parse_grid, run_sweep
+    from ui import sweep_tab
+    explorer = server[1]
     page.get_by_role("tab", name="Sweep").click()
     grid = ("settings:\n  Setting 1: [all]\nmethods:\n  linear ramp: {preset: linear, start: 0.0}\n"
             "alphas: [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]\nmax_new_tokens: 4\n")
-    page.locator("#grid .cm-content").fill(grid)  # cells no other test computes, long enough to stop
+    cells, settings = parse_grid(grid)
+    items = explorer.eval_items[:16]
+    run_sweep(explorer.answerer, cells[:2], items, settings)  # the base and the first cell come from the cache
+    page.locator("#grid .cm-content").fill(grid)  # cells no other test computes
     page.locator("#sweep-items input").fill("16")
     page.locator("#sweep-items input").press("Tab")
-    page.locator("#run-sweep").click()
-    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep: 1/')",
-                           timeout=120_000)
-    page.locator("#stop-sweep").click()
-    # Stop is read between batches: the cell under way finishes first (slow on a busy 2-core machine)
-    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('stopped at')",
-                           timeout=180_000)
-    status = page.locator("#sweep-status").inner_text()
-    assert "/ 176 answers" in status and "of 11 cells" in status  # base + 10 cells × 16 items
+    # Stop must land before the sweep ends, whatever the machine's speed: with the engine's lock held
+    # here, the cached cells go through and the third cannot start computing until Stop is in
+    with explorer.engine.lock:
+        page.locator("#run-sweep").click()
+        _wait_status(page, "#sweep-status", "Sweep: 2/11 cells")
+        assert sweep_tab._STOPS
+        page.locator("#stop-sweep").click()
+        _wait_status(page, "#sweep-status", "Stopping after the current batch")
+    status = _wait_status(page, "#sweep-status", "stopped at")
+    assert "/ 176 answers" in status and "(3 of 11 cells)" in status  # base + 10 cells × 16 items
     page.wait_for_selector("#sweep-lines .main-svg")
     assert "linear ramp" in page.locator("#sweep-table").inner_text()
     assert "colour" in page.locator("#sweep-categories").inner_text()
+
+
+SEARCH_SPACE = "groups:\n  attention: {anchors: 2, range: [0.0, 0.8]}\n  mlp: {anchors: 2, range: [0.0, 0.8]}\n" \
+               "max_new_tokens: 4\n"
+
+
+def _wait_status(page, selector: str, text: str, timeout: int = 180_000) -> str:
+    page.wait_for_function(f"() => (document.querySelector('{selector}')?.innerText || '').includes({json.dumps(text)})",
+                           timeout=timeout)
+    return page.locator(selector).inner_text()
+
+
+def test_search_starts_stops_resumes_and_opens_the_best_plan_in_compare(page, server):
+    from ui import search_tab
+    explorer = server[1]
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-space .cm-content").fill(SEARCH_SPACE)
+    for field, value in (("#search-trials", "3"), ("#search-items", "24")):
+        page.locator(f"{field} input").fill(value)
+        page.locator(f"{field} input").press("Tab")
+    # Stop must land while a trial is under way, whatever the machine's speed: the test holds the engine's
+    # lock, so the first trial cannot apply its plan until Stop has been registered
+    with explorer.engine.lock:
+        page.locator("#start-search").click()
+        page.wait_for_function("() => true")  # let the click reach the server
+        for _ in range(600):
+            if search_tab._STOPS:
+                break
+            page.wait_for_timeout(100)
+        assert search_tab._STOPS, "the search never started"
+        page.locator("#stop-search").click()
+        _wait_status(page, "#search-status", "Stopping after the current trial")
+    status = _wait_status(page, "#search-status", "Search stopped at")
+    assert "/ 3 trials; Start resumes it" in status
+    page.locator("#start-search").click()  # the same study resumes and finishes its budget
+    status = _wait_status(page, "#search-status", "Search done: best trial")
+    assert "held-out items" in status and "McNemar vs base p =" in status
+    rows = page.locator("#search-trials-table").inner_text()
+    assert sum(rows.count(state) for state in ("complete", "pruned")) == 3
+    best = int(status.split("best trial ")[1].split()[0])
+    page.locator("#search-trial input").fill(str(best))
+    page.locator("#search-trial input").press("Tab")
+    page.locator("#open-trial").click()
+    page.get_by_role("tab", name="Compare").click()
+    _wait_status(page, "#status", f"Opened search trial {best}")
+    assert page.locator("#separate-curves input").is_checked()  # attention + MLP: one curve per group
+    page.wait_for_selector("#curve-attention svg", state="visible")

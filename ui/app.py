@@ -17,6 +17,7 @@ from .export_tab import build_export_tab
 from .guard import explain_bad_inputs
 from .history_tab import build_history_tab
 from .inspect_tab import build_inspect_tab
+from .search_tab import build_search_tab
 from .sweep_tab import build_sweep_tab
 
 __all__ = ["Explorer", "build_app"]  # the entry points' API; everything else lives in its tab's module
@@ -34,6 +35,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             build_inspect_tab(explorer, compare.donor)
         with gr.Tab("Sweep"):
             build_sweep_tab(explorer, compare.donor)
+        with gr.Tab("Search"):
+            build_search_tab(explorer, compare)
         with gr.Tab("History"):
             build_history_tab(explorer, compare)
         with gr.Tab("Export"):

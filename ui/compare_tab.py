@@ -53,6 +53,9 @@ class CompareTab:
     pinned_plan: gr.State
     method_formula: gr.Markdown
     groups: gr.State  # separate curves: {group: α per layer}, or None while the curve is linked
+    separate: gr.Checkbox | None = None        # the separate-curves switch, its group ticks and one editor
+    group_ticks: gr.CheckboxGroup | None = None  # per group (GROUPS order): what Search's "Open in Compare" sets
+    group_curves: tuple = ()
 
     @property
     def plan_inputs(self) -> list:
@@ -355,7 +358,7 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
-                     gr.State(None))
+                     gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]))
     from .probe_panel import build_scan_panel
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)

@@ -19,6 +19,7 @@ from merging.evaluate import EvalItem
 from .guard import History, RateLimiter, client_id
 
 PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS = 64, 64
+PUBLIC_MAX_SEARCH_TRIALS, PUBLIC_MAX_SEARCH_ITEMS = 20, 32  # a public search: trials and eval items
 PUBLIC_DELETE_CACHE = (300, 1800)  # Gradio's temp files (uploads): checked every 5 min, deleted after 30 min
 HISTORY_LIMIT = 200                # rows the History tab lists (private mode; public: HISTORY_PER_CLIENT)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}   # model work: one at a time
@@ -46,6 +47,7 @@ class Explorer:
     _distances: dict[str, list[dict]] = field(default_factory=dict)  # per donor
     _limiter: RateLimiter | None = None
     history: History = field(default_factory=History)
+    search_dir: Path = Path("runs/search")  # the Search tab's studies, one folder per configuration
 
     def __post_init__(self):
         if self.public:
