@@ -254,3 +254,20 @@ def test_two_ray_workers_give_the_trials_of_one_process(toy, items, tmp_path):
         ray.shutdown()
     assert _trials(tmp_path / "local") == _trials(tmp_path / "ray")
     assert remote["best"]["trial"] == local["best"]["trial"] and evaluator.started == 2
+
+
+def test_the_search_tab_caps_a_public_demo_and_checks_its_fields(toy, items, tmp_path):
+    from ui.explorer import PUBLIC_MAX_SEARCH_TRIALS, Explorer
+    from ui.search_tab import search_setup
+    public = Explorer(toy, items, "toy-48", public=True, search_dir=tmp_path)
+    with pytest.raises(MergescopeError, match=f"trials: 500 is outside \\[1, {PUBLIC_MAX_SEARCH_TRIALS}\\]"):
+        search_setup(public, ONE_OBJECTIVE, "accuracy", None, 500, 16, 0)
+    with pytest.raises(MergescopeError, match="items"):
+        search_setup(public, ONE_OBJECTIVE, "accuracy", None, 5, 10_000, 0)
+    with pytest.raises(MergescopeError, match="objective 'text' names categories \\['nope'\\]"):
+        search_setup(public, "groups: {attention: {anchors: 2}}\nobjectives: {text: [nope]}", "accuracy", None, 5,
+                     16, 0)
+    space, options, chosen, folder = search_setup(public, ONE_OBJECTIVE, "accuracy", None, 5, 16, 0)
+    assert len(chosen) == 16 and options.trials == 5 and folder.parent == tmp_path
+    again = search_setup(public, ONE_OBJECTIVE, "accuracy", None, 9, 16, 0)[3]
+    assert again == folder  # a larger budget continues the same study
