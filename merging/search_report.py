@@ -176,8 +176,8 @@ def search_figure(study: optuna.Study, space: SearchSpace, best_plan: MergePlan 
     """Three panels: the first objective per trial (pruned trials at their last rung) with the best so far,
     the two objectives of complete trials with the Pareto front (one objective: the items each trial
     used), and the best plan's α per layer for each of its rules."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=(f"{space.objective_names[0]} per trial", _middle(space),
-                                                        "best plan: α per layer"))
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=(f"{space.objective_names[0]} by trial", _middle(space), "best plan's α"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.values or t.user_attrs.get("values_at_end")]
     xs = [t.number for t in trials]
     ys = [(t.values or t.user_attrs["values_at_end"])[0] for t in trials]
@@ -201,13 +201,16 @@ def search_figure(study: optuna.Study, space: SearchSpace, best_plan: MergePlan 
         fig.add_trace(go.Scatter(x=list(range(num_layers)), y=curves.layer_alphas(rule.curve, num_layers),
                                  mode="lines+markers", name=f"{'+'.join(rule.components)} ({rule.method})"), 1, 3)
     fig.update_yaxes(range=[0, 1], row=1, col=3)
-    fig.update_layout(title="Mergescope search", height=450)
+    fig.update_xaxes(title_text="trial", row=1, col=1)
+    fig.update_xaxes(title_text="layer", row=1, col=3)
+    fig.update_layout(height=480, margin={"t": 40, "l": 40, "r": 20},
+                      legend={"orientation": "h", "y": -0.18, "x": 0})  # below: narrow screens keep the plots
     return fig
 
 
 def _middle(space: SearchSpace) -> str:
     names = space.objective_names
-    return f"{names[0]} vs {names[1]} (Pareto front)" if len(names) == 2 else "items used per trial"
+    return f"{names[1]} vs {names[0]}: front in red" if len(names) == 2 else "items used per trial"
 
 
 def run_search(answerer: Answerer, space_text: str, space: SearchSpace, items: list[EvalItem], out: Path,

@@ -30,7 +30,8 @@ from merging.pair import load_pair
 from merging.plan import MergePlan
 from merging.search import STUDY_FILE, STUDY_NAME, SearchOptions, finished_trials, rung_order, rung_sizes
 from merging.search_report import run_search
-from merging.search_space import parse_space
+from merging.generate import reference_logprob
+from merging.search_space import load_space, parse_space
 from merging.significance import mcnemar
 from merging.sweep import load_grid
 
@@ -271,3 +272,23 @@ def test_the_search_tab_caps_a_public_demo_and_checks_its_fields(toy, items, tmp
     assert len(chosen) == 16 and options.trials == 5 and folder.parent == tmp_path
     again = search_setup(public, ONE_OBJECTIVE, "accuracy", None, 9, 16, 0)[3]
     assert again == folder  # a larger budget continues the same study
+
+
+@pytest.mark.parametrize("name", ["toy_space.yaml", "blog_space.yaml"])
+def test_the_shipped_spaces_parse(name):
+    space = load_space(REPO / "examples" / name)
+    assert space.groups and all(g.searched for g in space.groups)
+
+
+def test_batched_gold_logprobs_equal_one_at_a_time_and_come_from_the_cache(toy, items):
+    chosen = items[:10]  # images and text-only questions both
+    plan = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": "linear",
+                                           "curve": {"preset": "constant", "value": 0.37}}]})
+    with toy.holding() as engine:
+        engine.apply(plan)
+        single = [reference_logprob(engine.pair, i.question, i.answer, i.image()) for i in chosen]
+    batched = toy.gold_logprobs(plan, [(i.question, i.image, i.answer) for i in chosen])
+    assert batched == pytest.approx(single, abs=1e-5)
+    entries = toy.cache.stats()["entries"]
+    assert toy.gold_logprobs(plan, [(i.question, i.image, i.answer) for i in chosen]) == batched
+    assert toy.cache.stats()["entries"] == entries  # the second call computed nothing new

@@ -90,8 +90,9 @@ def on_stop_search(request: gr.Request = None):
 
 
 def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_items, seed, request: gr.Request = None):
-    """Streams (status, figure, trials table, study folder) after each trial; Stop ends it between
-    trials and keeps the study (Start again resumes). A finished budget adds the test-split report."""
+    """Streams (status, figure, trials table, study folder, trial to open) after each trial; Stop ends it
+    between trials and keeps the study (Start again resumes). A finished budget adds the test-split
+    report and puts its best trial in the trial box."""
     keep = gr.update()
     try:
         explorer.admit(request)
@@ -99,7 +100,7 @@ def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_item
         dev, test = split_items(items, options.test_fraction, options.seed)
         study = open_study(folder, space_text, space, options, explorer.eval_spec, (folder / STUDY_FILE).exists())
     except MergescopeError as exc:
-        yield f"⚠️ {exc}", keep, keep, keep
+        yield f"⚠️ {exc}", keep, keep, keep, keep
         return
     key, stop = getattr(request, "session_hash", None) or "", threading.Event()
     _STOPS[key] = stop
@@ -110,17 +111,18 @@ def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_item
         while (done := len(finished_trials(study))) < options.trials and not stop.is_set():
             run_study(study, space, dev, evaluator, replace(options, trials=done + 1), should_stop=stop.is_set)
             yield (f"Search: {done + 1} / {options.trials} trials", search_figure(study, space, _best(study), layers),
-                   trials_table(study, space), str(folder))
+                   trials_table(study, space), str(folder), keep)
         if stop.is_set():
             yield (f"Search stopped at {len(finished_trials(study))} / {options.trials} trials; Start resumes it",
-                   keep, keep, str(folder))
+                   keep, keep, str(folder), keep)
             return
         report = build_report(study, explorer.answerer, space, dev, test, settings, options.fitness)
         write_outputs(study, space, report, explorer.engine.pair, folder)
         figure = search_figure(study, space, _best(study), layers)
-        yield _summary(report), figure, trials_table(study, space), str(folder)
+        best = report["best"]["trial"] if report.get("best") else keep
+        yield _summary(report), figure, trials_table(study, space), str(folder), best
     except MergescopeError as exc:
-        yield f"⚠️ {exc}", keep, keep, str(folder)
+        yield f"⚠️ {exc}", keep, keep, str(folder), keep
     finally:
         if _STOPS.get(key) is stop:
             del _STOPS[key]
@@ -195,7 +197,7 @@ def build_search_tab(explorer: Explorer, compare) -> None:
         trial = gr.Number(0, label="Trial", precision=0, minimum=0, elem_id="search-trial")
         open_button = gr.Button("Open in Compare", elem_id="open-trial")
     start.click(bind(on_search, explorer), [space, fitness, sampler, trials, items, seed],
-                [status, figure, table, folder], api_name="on_search", **GPU)
+                [status, figure, table, folder, trial], api_name="on_search", **GPU)
     stop.click(on_stop_search, None, status, **CHEAP)
     open_button.click(bind(on_open_trial, explorer), [folder, trial],
                       [compare.separate, compare.group_ticks, *compare.group_curves, compare.components, compare.curve,
