@@ -55,7 +55,8 @@ def test_figures(answerer: Answerer, plan: MergePlan, test: list[EvalItem], spac
                  settings: GenerationSettings, batch_size: int | None = None) -> dict[str, Any]:
     """Accuracy of `plan` on `test` (always accuracy: the honest figure, whatever the search's fitness):
     overall, per objective and per category, each {accuracy, low, high, items} with its Wilson 95 %
-    interval, the macro mean over categories, and the per-item verdicts ("correct", for McNemar)."""
+    interval, the macro mean over the categories the objectives name (every category when one
+    objective takes all items), and the per-item verdicts ("correct", for McNemar)."""
     correct = [s == 1.0 for s in item_scores(answerer, plan, test, "accuracy", settings, batch_size)["scores"]]
 
     def figure(mask: list[bool]) -> dict[str, Any]:
@@ -67,9 +68,11 @@ def test_figures(answerer: Answerer, plan: MergePlan, test: list[EvalItem], spac
     per_category = {c: figure([str(item.category) == c for item in test]) for c in categories}
     objectives = {name: figure([cats is None or item.category in cats for item in test])
                   for name, cats in space.objectives}
+    named = None if any(cats is None for _, cats in space.objectives) else \
+        {c for _, cats in space.objectives for c in cats}
+    counted = [f["accuracy"] for c, f in per_category.items() if named is None or c in named]
     return {"overall": figure([True] * len(test)), "objectives": objectives, "categories": per_category,
-            "macro_mean": sum(f["accuracy"] for f in per_category.values()) / len(per_category),
-            "correct": correct}
+            "macro_mean": sum(counted) / len(counted), "correct": correct}
 
 
 def best_grid_cell(answerer: Answerer, cells: list[Cell], dev: list[EvalItem], space: SearchSpace,
