@@ -121,7 +121,7 @@ def extract(response: str) -> str:
 
 def _rounded(text: str) -> float:
     """MATH-V's `round(eval(str(latex2sympy(x))), 2)`, by `value_of`; ValueError when it has no value."""
-    value = value_of(text)
+    value = value_of(text, units=False)  # latex2sympy reads "12cm" as 12·c·m, which has no value
     if value is None:
         raise ValueError(text)
     return round(float(value), 2)

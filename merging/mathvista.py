@@ -61,7 +61,8 @@ def _normalise(extraction: str, item: EvalItem) -> tuple[str | None, bool]:
         options = list(LETTERS[:len(item.choices)])
         if extraction in options:
             return item.choices[options.index(extraction)], False
-        return most_similar(extraction, item.choices), True
+        nearest = most_similar(extraction, item.choices)
+        return nearest, nearest != extraction
     try:
         if item.answer_type == "integer":
             return str(int(float(extraction))), False

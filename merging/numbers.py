@@ -78,12 +78,14 @@ def _eval(node: ast.AST, names: dict[str, float]) -> Value:
     raise ValueError("not arithmetic")
 
 
-def _python(text: str) -> tuple[str, set[str]] | None:
-    """The answer as a Python expression and the one-letter variables in it; None when it is not arithmetic."""
+def _python(text: str, units: bool = True) -> tuple[str, set[str]] | None:
+    """The answer as a Python expression and the one-letter variables in it (a trailing unit dropped
+    when `units`); None when it is not arithmetic."""
     s = normalise(text)
     if not s or len(s) > 200 or _PM.search(s):
         return None
-    s = _UNIT.sub("", s) if re.search(r"\d\s*[a-zA-Z]", s) and not re.search(r"\\[a-z]", s) else s
+    if units and re.search(r"\d\s*[a-zA-Z]", s) and not re.search(r"\\[a-z]", s):
+        s = _UNIT.sub("", s)
     for _ in range(3):  # innermost braces first: exponents, roots, then fractions around them
         s = re.sub(r"\^\s*\{([^{}]*)\}", r"^(\1)", s)
         s = re.sub(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"((\1)/(\2))", s)
@@ -103,12 +105,13 @@ def _python(text: str) -> tuple[str, set[str]] | None:
     return " ".join(out), {t for t in out if len(t) == 1 and t.isalpha() and t != "e"}
 
 
-def value_of(text: str, variables: dict[str, float] | None = None) -> Value | None:
+def value_of(text: str, variables: dict[str, float] | None = None, units: bool = True) -> Value | None:
     """The value of a whole answer written as arithmetic — `-5`, `1,000`, `0.5`, `1/2`, `\\frac{1}{2}`,
     `2\\sqrt{3}`, `\\frac{\\pi}{2}`, `2^{10}`, `3 cm`, `25%` (as 25) — exact (`Fraction`) unless a root of a
     non-square or π is in it (then a float); None when it is not one (words, intervals, `±`, letters
-    other than those bound in `variables`). Never raises."""
-    parsed = _python(text)
+    other than those bound in `variables`; a trailing unit such as "cm" only with `units=False`).
+    Never raises."""
+    parsed = _python(text, units)
     if parsed is None or parsed[1] - set(variables or {}):
         return None
     names = {"pi": math.pi, "e": math.e, **(variables or {})}
@@ -165,13 +168,13 @@ def identical(gold: str, answer: str) -> bool | None:
     positive points (equal polynomials/rational functions agree everywhere; unequal ones at three
     generic points only by accident); None when either is not such an expression or their variables
     differ. Guards math-verify's reported refusals such as `\\frac{1}{\\sqrt{n}}` for `\\sqrt{1/n}`."""
-    parsed_gold, parsed_answer = _python(gold), _python(answer)
+    parsed_gold, parsed_answer = _python(gold, units=False), _python(answer, units=False)
     if parsed_gold is None or parsed_answer is None or not parsed_gold[1] or parsed_gold[1] != parsed_answer[1]:
         return None
     names = sorted(parsed_gold[1])
     for k, point in enumerate(_POINTS):
         binding = {n: point + 0.37 * (i + k) for i, n in enumerate(names)}
-        a, b = value_of(gold, binding), value_of(answer, binding)
+        a, b = value_of(gold, binding, units=False), value_of(answer, binding, units=False)
         if a is None or b is None:
             return None
         if not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12):

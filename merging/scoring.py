@@ -87,23 +87,30 @@ def _letter_from(text: str, choices: tuple[str, ...]) -> str | None:
     return None
 
 
+# an answer that declines ("No idea.", "I cannot tell if it is yes") never names the option it mentions
+_REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|unable|impossible|no idea|not sure|don't know|do not know|"
+                      r"not enough information|insufficient|sorry)\b", re.IGNORECASE)
+
+
 def _option_from(text: str, choices: tuple[str, ...]) -> tuple[str, str] | None:
-    """(letter, rule) for an answer naming an option by its text or by its value (units allowed)."""
+    """(letter, rule) for an answer naming an option by its text or by its value (units allowed): the
+    value of a short answer or its last number; in a longer sentence, its last number only when that
+    is the one option value the sentence mentions ("The angle BOC measures 145 degrees in this figure")."""
     wanted = _key(text)
     exact = [i for i, c in enumerate(choices) if _key(c) == wanted]
     if exact:
         return LETTERS[exact[0]], "option text"
-    value = value_of(text) if len(text) < 40 else None
-    if value is None and len(text) < 40 and (last := last_number(text)):
-        value = last[1]
-    if value is not None:
-        hits = [i for i, c in enumerate(choices) if (v := value_of(c)) is not None and same(value, v)]
-        if len(hits) == 1:
-            return LETTERS[hits[0]], "option value"
     words = normalise(text).lower()
     mentioned = [i for i, c in enumerate(choices) if normalise(c)
                  and re.search(rf"(?<![\w.]){re.escape(normalise(c).lower())}(?![\w.])", words)]
-    if len(mentioned) == 1 and to_number(choices[mentioned[0]]) is None:
+    value = value_of(text) if len(text) < 40 else None
+    if value is None and (last := last_number(text)):
+        value = last[1]
+    if value is not None:
+        hits = [i for i, c in enumerate(choices) if (v := value_of(c)) is not None and same(value, v)]
+        if len(hits) == 1 and (len(text) < 40 or mentioned == hits):
+            return LETTERS[hits[0]], "option value"
+    if len(mentioned) == 1 and to_number(choices[mentioned[0]]) is None and not _REFUSAL.search(words):
         return LETTERS[mentioned[0]], "option text"
     return None
 
