@@ -7,14 +7,18 @@ as published in MathVista's repository (results/llava/output_llava_llama_2_13b.j
 `true_false` verdict the official scorer gave them.
 """
 
+import csv
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from merging.errors import MergescopeError
 from merging.evaluate import EvalItem, load_eval_set
 from merging.mathvista import most_similar
 from merging.scoring import judge, judge_both
+from merging.sweep import cell_row, parse_grid, write_results
 
 ANGLE = EvalItem("mv-3", "∠BOC?", "145°", "multi_choice", ("135°", "140°", "145°", "150°"), benchmark="mathvista")
 DEGREES = EvalItem("mv-d", "Angle?", "45°", "multi_choice", ("15°", "30°", "45°", "60°"), benchmark="mathvista")
@@ -155,3 +159,62 @@ def test_a_bad_field_is_one_line_naming_the_item(tmp_path, fields, message):
     with pytest.raises(MergescopeError, match=message) as error:
         load_eval_set(_write(tmp_path, **fields))
     assert "item 0 (id q1)" in str(error.value) and "\n" not in str(error.value)
+
+
+TEXT = {g: EvalItem("t", "q", g, "text") for g in ("2021", "\\frac{1}{1000000}", "\\frac{1}{2^{99}}", "\\sqrt{1/n}")}
+
+
+@pytest.mark.parametrize("response,gold,correct,rule", [
+    # the reports replayed in issue 23 (Math-Verify #14, #26, #37, #41, #60, #64, #76)
+    ("The answer is $\\pm 2021$", "2021", False, "numeric"),            # ± is two answers, never one
+    ("\\boxed{2021}", "2021", True, "text"),
+    ("\\boxed{\\frac{1}{2000000}}", "\\frac{1}{1000000}", False, "numeric"),  # no absolute 1e-6 for small golds
+    ("\\boxed{0.000001}", "\\frac{1}{1000000}", True, "numeric"),            # exact rational comparison
+    ("\\boxed{\\frac{1}{2^{98}}}", "\\frac{1}{2^{99}}", False, "numeric"),   # decided before math-verify
+    ("\\boxed{2^{-99}}", "\\frac{1}{2^{99}}", True, "numeric"),
+    ("\\boxed{\\frac{1}{\\sqrt{n}}}", "\\sqrt{1/n}", True, "identity check"),  # math-verify refuses it
+])
+def test_numbers_are_compared_exactly_at_every_scale(response, gold, correct, rule):
+    verdict = judge(response, TEXT[gold])
+    assert (verdict.correct, verdict.rule) == (correct, rule), verdict
+
+
+def test_relative_tolerance_holds_for_large_and_small_inexact_values():
+    big, small = EvalItem("b", "q", "1.7320508e9", "text"), EvalItem("s", "q", "1.7320508e-9", "text")
+    assert judge("\\boxed{\\sqrt{3} \\cdot 10^{9}}", big).correct
+    assert judge("\\boxed{\\sqrt{3} \\cdot 10^{-9}}", small).correct
+    assert not judge("\\boxed{\\sqrt{3.1} \\cdot 10^{-9}}", small).correct
+
+
+def _mathvista_shard(tmp_path):
+    """Two testmini records in the hub's parquet layout (precision stored as a float, metadata nested)."""
+    meta = {"split": "testmini", "language": "english", "source": "Geometry3K", "category": "math-targeted-vqa",
+            "context": "geometry diagram", "grade": "high school"}
+    rows = [{"pid": "5", "question": "Find m∠H", "choices": ["97", "102", "107", "122"], "precision": None,
+             "answer": "97", "question_type": "multi_choice", "answer_type": "text", "query": H.question,
+             "metadata": dict(meta, task="geometry problem solving", skills=["algebraic reasoning",
+                                                                              "geometry reasoning"])},
+            {"pid": "1", "question": "Distance d?", "choices": None, "precision": 1.0, "answer": "1.2",
+             "question_type": "free_form", "answer_type": "float", "query": "Hint: one decimal.\nDistance d?",
+             "metadata": dict(meta, task="textbook question answering", skills=["scientific reasoning"])}]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "testmini-00000-of-00001.parquet")
+    return f"mathvista:{tmp_path}"
+
+
+def test_sweep_rows_report_both_scores_per_task_and_skill(tmp_path):
+    items = load_eval_set(_mathvista_shard(tmp_path))
+    assert items[1].precision == 1 and items[0].benchmark == "mathvista"
+    assert ("task", "GPS") in items[0].groups and ("skill", "ALG") in items[0].groups
+    cells, _ = parse_grid("settings: {S: [all]}\nmethods: {M: {preset: constant}}\nalphas: [0.5]\n")
+    # an empty answer (official: the shortest option, 97, the gold) and a float at the item's precision
+    row = cell_row(cells[0], items, {0: {"answer": "", "cached": False},
+                                     1: {"answer": "d is 1.23 m", "cached": True}}, "donor")
+    assert (row["accuracy"], row["official_accuracy"]) == (0.5, 1.0)
+    assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    assert row["by_group"]["task"]["GPS"]["accuracy"] == 0.0 and row["by_group"]["task"]["GPS"]["official_accuracy"] == 1
+    assert row["by_group"]["skill"]["SCI"] == row["by_category"]["textbook question answering"]
+    assert row["answers"][0]["rule"] == "no answer" and row["answers"][0]["official_extracted"] == "97"
+    write_results([row], tmp_path / "out")
+    (line,) = csv.DictReader((tmp_path / "out" / "results.csv").open())
+    assert (line["strict_accuracy"], line["official_accuracy"]) == ("0.5", "1.0")
