@@ -219,11 +219,13 @@ _STRICT = {"multi_choice": _judge_choice, "integer": _judge_number, "float": _ju
 def rule_extraction(response: str, item: EvalItem) -> str:
     """What stands in for MathVista's GPT-4 extractor (`extract_answer.py` asks GPT-4 for the final
     answer when its quick rules find none): the strict judge's own extraction — for multiple choice the
-    letter it finds, else the answer text it read (MathVista then maps that to the nearest option); for
+    letter it finds, else the answer text it read (MathVista then maps that to the nearest option), and
+    the letter label a response opens with ("C) …") even when no option has it, as GPT-4 extracts it; for
     numbers the value it reads (the last number of the concluding sentence), written as Python writes it;
     else the extracted text. Never raises."""
     if item.answer_type == "multi_choice" and item.choices:
-        return _judge_choice(response, item).extracted
+        opening = re.match(r"\s*\(?([A-Z])\)", response)  # "C) …", "(E) None of the above": the label given,
+        return opening.group(1) if opening else _judge_choice(response, item).extracted  # valid or not
     if item.answer_type in ("integer", "float"):
         text, value = _number_in(response)
         if value is None:

@@ -3,7 +3,7 @@
 Items follow the benchmarks' published records (MathVista testmini: gold = the option's *text*,
 `precision` for floats, stored as 1.0 in the hub's parquet; MATH-Vision: gold = a letter or LaTeX).
 Responses are in the styles real models write; the `PUBLISHED` rows are responses of LLaVA-LLaMA-2-13B
-as published in MathVista's repository (results/llava/output_llava_llama_2_13b.json) with the
+and mPLUG-Owl as published in MathVista's repository (results/<model>/output_<model>.json) with the
 `true_false` verdict the official scorer gave them.
 """
 
@@ -122,6 +122,10 @@ PUBLISHED = {
           "The correct answer is (B) 13.", False),
     "10": (EvalItem("10", "Which object comes next?", "E", "multi_choice", ("A", "B", "C", "D", "E"),
                     benchmark="mathvista"), "The correct answer is (E) E.", True),
+    # mPLUG-Owl-7B (results/mplugowl/output_mplugowl_7b_ft.json): a label outside the options, extracted
+    # as given ("C"), then mapped to the nearest option, the gold
+    "584": (EvalItem("584", "Who donated more?", "Connor", "multi_choice", ("Connor", "Aubrey"), benchmark="mathvista"),
+            "C) Aubrey donated more money to arts education.", True),
 }
 
 
