@@ -1,14 +1,16 @@
-"""Judge a model's response to an eval item: extract its final answer, normalise it, compare by type.
+"""Judge a model's response to an eval item, two ways: `strict` (credit only an answer it reads) and
+`official` (the benchmark's published rule chain, `merging.mathvista` / `merging.mathvision`).
 
 Sources, read for the rules below (no code copied):
 - MathVista's evaluator (github.com/lupantech/MathVista, `evaluation/extract_answer.py` and
-  `evaluation/calculate_score.py`): a multiple-choice extraction that is a letter maps to its option,
-  else to the option whose text it matches; integers compare as `int(float(x))`, floats rounded to the
-  item's `precision`, lists element-wise.
+  `evaluation/calculate_score.py`): a multiple-choice extraction that is a letter — or has one in
+  parentheses — maps to its option; integers compare as `int(float(x))`, floats rounded to the item's
+  `precision`. Strict keeps the letter rules and leaves out the nearest-option fallback.
 - MATH-Vision's evaluation (github.com/mathllm/MATH-V, `evaluation/evaluate.py`, `utils.py`): the last
   `\\boxed{}`, else the text after "the final answer is" / "the answer is" / "the correct answer is" /
   "the answer should be"; `\\left`, `\\right`, `\\text{}`, units, `^\\circ`, `\\%` and `\\dfrac` are
   normalised away; an answer is right when it equals the gold letter *or* the gold option's text.
+- Values (`merging.numbers`): exact fractions where both sides are exact, else a relative tolerance.
 - Free-form expressions are compared with Hugging Face's math-verify (github.com/huggingface/Math-Verify)
   in a worker process (`merging.mathverify`), so a pathological answer costs a bounded time in any thread.
 """
