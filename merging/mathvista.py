@@ -59,6 +59,8 @@ def _normalise(extraction: str, item: EvalItem) -> tuple[str | None, bool]:
         if letters:
             extraction = letters[0].upper()
         options = list(LETTERS[:len(item.choices)])
+        if not options:  # an unchecked item without choices: no option can be right
+            return None, False
         if extraction in options:
             return item.choices[options.index(extraction)], False
         nearest = most_similar(extraction, item.choices)
