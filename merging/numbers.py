@@ -117,18 +117,16 @@ def value_of(text: str, variables: dict[str, float] | None = None, units: bool =
     names = {"pi": math.pi, "e": math.e, **(variables or {})}
     try:
         value = _eval(ast.parse(parsed[0], mode="eval").body, names)
+        finite = math.isfinite(float(value))  # beyond a double's range: not an answer anyone wrote
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, TypeError, MemoryError):
         return None
-    return value if isinstance(value, Fraction) or math.isfinite(value) else None
+    return value if finite else None
 
 
 def to_number(text: str) -> float | None:
-    """`value_of(text)` as a float (None when it is not arithmetic or too large for a float). Never raises."""
+    """`value_of(text)` as a float (None when it is not arithmetic). Never raises."""
     value = value_of(text)
-    try:
-        return None if value is None else float(value)
-    except OverflowError:
-        return None
+    return None if value is None else float(value)
 
 
 def same(a: Value, b: Value) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from merging.errors import MergescopeError
 from merging.evaluate import EvalItem, load_eval_set
 from merging.mathvista import most_similar
+from merging.numbers import value_of
 from merging.scoring import judge, judge_both
 from merging.sweep import cell_row, parse_grid, write_results
 
@@ -222,3 +223,10 @@ def test_sweep_rows_report_both_scores_per_task_and_skill(tmp_path):
     write_results([row], tmp_path / "out")
     (line,) = csv.DictReader((tmp_path / "out" / "results.csv").open())
     assert (line["strict_accuracy"], line["official_accuracy"]) == ("0.5", "1.0")
+
+
+@pytest.mark.parametrize("response", ["\\boxed{3^{1000}/7}", "10^{400}", "\\boxed{9^{9^{9^{9}}}}"])
+def test_values_beyond_a_double_are_never_a_value(response):
+    assert value_of(response.removeprefix("\\boxed{").removesuffix("}")) is None
+    for item in (COUNT, SPRING, H):  # judged without an OverflowError, and not credited
+        assert not judge_both(response, item)["strict"].correct
