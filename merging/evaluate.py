@@ -19,9 +19,10 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import MergescopeError
+from .eval_checks import ANSWER_TYPES, LETTERS, checked, mathvista_groups
 
-ANSWER_TYPES = ("multi_choice", "integer", "float", "text", "list")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# the load_* functions below are reached through load_eval_set, which checks the items they build
+__all__ = ["ANSWER_TYPES", "LETTERS", "EvalItem", "load_eval_set", "sample_items"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class EvalItem:
     image_path: Path | None = None
     image_bytes: bytes | None = field(default=None, repr=False)
     category: str | None = None   # for per-category accuracy: the toy's kind, MathVista's task, MATH-V's subject
+    benchmark: str | None = None  # whose official scorer judges it: "mathvista", "mathvision" (None: MathVista's)
+    groups: tuple[tuple[str, str], ...] = ()  # (dimension, value) pairs the benchmark reports, e.g. ("skill", "ALG")
 
     def image(self) -> Image.Image | None:
         if self.image_bytes is not None:
@@ -47,14 +50,16 @@ class EvalItem:
 
 # -- loaders ------------------------------------------------------------------------------------
 def load_eval_set(spec: str | Path) -> list[EvalItem]:
-    """`PATH.jsonl` (project format), `mathvista:PATH` or `mathvision:PATH`."""
+    """`PATH.jsonl` (project format), `mathvista:PATH` or `mathvision:PATH`, every item validated
+    (`merging.eval_checks.checked`): MergescopeError, one line naming the item and the field, for an
+    empty set or a bad item — before any answer is generated."""
     spec = str(spec)
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("mathvista", "mathvision") else ("jsonl", "", spec)
     loader = {"jsonl": load_jsonl, "mathvista": load_mathvista, "mathvision": load_mathvision}[kind]
     items = loader(Path(path))
     if not items:
         raise MergescopeError(f"{spec}: the eval set is empty")
-    return items
+    return [checked(item, f"{spec}: item {i} (id {item.id})") for i, item in enumerate(items)]
 
 
 def _read_records(path: Path, parquet_glob: str) -> list[dict]:
@@ -98,10 +103,10 @@ def load_jsonl(path: Path) -> list[EvalItem]:
             raise MergescopeError(f"{where}: missing {missing}")
         if rec["answer_type"] not in ANSWER_TYPES:
             raise MergescopeError(f"{where}: answer_type {rec['answer_type']!r} is not one of {ANSWER_TYPES}")
-        choices = tuple(rec.get("choices") or ())
+        choices = tuple(str(c) for c in rec.get("choices") or ())
         items.append(EvalItem(str(rec["id"]), _with_choices(rec["question"], choices), str(rec["answer"]),
                               rec["answer_type"], choices, rec.get("precision"), **_image_fields(rec, path.parent),
-                              category=rec.get("category") or rec.get("kind")))
+                              category=rec.get("category") or rec.get("kind"), benchmark=rec.get("benchmark")))
     return items
 
 
@@ -109,13 +114,13 @@ def load_mathvista(path: Path) -> list[EvalItem]:
     root = path if path.is_dir() else path.parent
     items = []
     for rec in _read_records(path, "**/testmini-*.parquet"):
-        choices = tuple(rec.get("choices") or ())
+        choices = tuple(str(c) for c in rec.get("choices") or ())
         kind = "multi_choice" if rec.get("question_type") == "multi_choice" else rec.get("answer_type", "text")
-        precision = rec.get("precision")
+        metadata = rec.get("metadata") or {}
         items.append(EvalItem(str(rec["pid"]), rec.get("query") or _with_choices(rec["question"], choices),
-                              str(rec["answer"]), kind, choices,
-                              int(precision) if precision is not None else None, **_image_fields(rec, root),
-                              category=(rec.get("metadata") or {}).get("task") or rec.get("question_type")))
+                              str(rec["answer"]), kind, choices, rec.get("precision"), **_image_fields(rec, root),
+                              category=metadata.get("task") or rec.get("question_type"), benchmark="mathvista",
+                              groups=mathvista_groups(metadata)))
     return items
 
 
@@ -124,10 +129,11 @@ def load_mathvision(path: Path) -> list[EvalItem]:
     root = path.parent.parent if in_data else (path if path.is_dir() else path.parent)
     items = []
     for rec in _read_records(path, "**/test*.parquet"):
-        choices = tuple(rec.get("options") or ())
+        choices = tuple(str(c) for c in rec.get("options") or ())
         items.append(EvalItem(str(rec["id"]), _with_choices(rec["question"], choices), str(rec["answer"]),
                               "multi_choice" if choices else "text", choices, **_image_fields(rec, root),
-                              category=rec.get("subject")))
+                              category=rec.get("subject"), benchmark="mathvision",
+                              groups=tuple((k, str(rec[k])) for k in ("subject", "level") if rec.get(k) is not None)))
     return items
 
 

@@ -1,141 +1,35 @@
-"""Judge a model's response to an eval item: extract its final answer, normalise it, compare by type.
+"""Judge a model's response to an eval item, two ways: `strict` (credit only an answer it reads) and
+`official` (the benchmark's published rule chain, `merging.mathvista` / `merging.mathvision`).
 
 Sources, read for the rules below (no code copied):
 - MathVista's evaluator (github.com/lupantech/MathVista, `evaluation/extract_answer.py` and
-  `evaluation/calculate_score.py`): a multiple-choice extraction that is a letter maps to its option,
-  else to the option whose text it matches; integers compare as `int(float(x))`, floats rounded to the
-  item's `precision`, lists element-wise.
+  `evaluation/calculate_score.py`): a multiple-choice extraction that is a letter — or has one in
+  parentheses — maps to its option; integers compare as `int(float(x))`, floats rounded to the item's
+  `precision`. Strict keeps the letter rules and leaves out the nearest-option fallback.
 - MATH-Vision's evaluation (github.com/mathllm/MATH-V, `evaluation/evaluate.py`, `utils.py`): the last
   `\\boxed{}`, else the text after "the final answer is" / "the answer is" / "the correct answer is" /
   "the answer should be"; `\\left`, `\\right`, `\\text{}`, units, `^\\circ`, `\\%` and `\\dfrac` are
   normalised away; an answer is right when it equals the gold letter *or* the gold option's text.
+- Values (`merging.numbers`): exact fractions where both sides are exact, else a relative tolerance.
 - Free-form expressions are compared with Hugging Face's math-verify (github.com/huggingface/Math-Verify)
   in a worker process (`merging.mathverify`), so a pathological answer costs a bounded time in any thread.
 """
 
 from __future__ import annotations
 
-import ast
-import math
-import operator
 import re
-import unicodedata
-from dataclasses import dataclass
+from fractions import Fraction
 
+from . import mathvision, mathvista
 from .evaluate import LETTERS, EvalItem
 from .mathverify import equivalent
+from .normalise import key as _key
+from .normalise import normalise
+from .numbers import Value, identical, last_number, same, to_number, value_of
+from .verdict import Verdict
 
-__all__ = ["Verdict", "extract_answer", "judge", "normalise", "to_number"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What `judge` decided: the extracted answer (as people read it in results), whether it is right,
-    and the rule that decided ("boxed", "final choice", "letter", "option text", "option value",
-    "numeric", "math-verify", "text", "list", "no answer")."""
-    extracted: str
-    correct: bool
-    rule: str
-
-
-# -- normalisation ------------------------------------------------------------------------------
-_TYPO = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2010": "-", "\u2011": "-",
-                       "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2007": " ", "\u200b": "",
-                       "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00d7": "*", "\u00b7": "*"})
-_LATEX_SUBS = [
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
-    (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
-    (re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)"), r"\\frac\1{\2}"),
-    (re.compile(r"\\(?:text|mathrm|textbf|mathbf|operatorname|mbox)\s*\{([^{}]*)\}"), r"\1"),
-    (re.compile(r"\\(?:left|right|displaystyle)\b|\\[,;:! ]"), ""),
-    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\u00b0|\\degree"), ""),
-    (re.compile(r"\\%|%"), ""),
-    (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),
-    (re.compile(r"\\\$|\$"), ""),
-]
-
-
-def normalise(text: str) -> str:
-    """Shared clean-up: NFKC (full-width digits, ligatures), unicode minus/dashes to '-', odd spaces,
-    thousands separators, `\\dfrac`/`\\tfrac`/`\\frac12`, `\\text{}`/`\\mathrm{}`, `\\left`/`\\right`,
-    degree and percent signs, `$`; trims spaces and trailing periods. Case is kept."""
-    text = unicodedata.normalize("NFKC", text).translate(_TYPO)
-    for pattern, repl in _LATEX_SUBS:
-        text = pattern.sub(repl, text)
-    return re.sub(r"\s+", " ", text).strip().rstrip(".").strip()
-
-
-def _key(text: str) -> str:
-    """Comparison key for text answers: normalised, lower case, no spaces or outer brackets/quotes."""
-    return re.sub(r"\s+", "", normalise(text)).lower().strip("'\"*")
-
-
-# -- numbers ------------------------------------------------------------------------------------
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
-_NUM_TOKEN = r"(?:\d+(?:\.\d+)?|\.\d+)"
-_UNIT = re.compile(r"(?<![a-zA-Z])\s*(?:(?!pi\b)[a-zA-Z]{1,6}(?:\^?\{?[23]\}?)?"
-                   r"|units?|square units|cubic units|degrees?)\s*$")
-
-
-def _eval(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return float(node.value)
-    if isinstance(node, ast.Name) and node.id in ("pi", "e"):
-        return math.pi if node.id == "pi" else math.e
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_eval(node.operand))
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-            raise ValueError("exponent too large")
-        return _OPS[type(node.op)](left, right)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sqrt" \
-            and len(node.args) == 1:
-        return math.sqrt(_eval(node.args[0]))
-    raise ValueError("not arithmetic")
-
-
-def to_number(text: str) -> float | None:
-    """The value of a whole answer written as plain arithmetic — `-5`, `1,000`, `0.5`, `1/2`,
-    `\\frac{1}{2}`, `2\\sqrt{3}`, `\\frac{\\pi}{2}`, `3 cm`, `25%` (as 25) — or None when it is not one
-    (variables, intervals, words). Never raises."""
-    s = normalise(text)
-    if not s or len(s) > 100:
-        return None
-    s = _UNIT.sub("", s) if re.search(r"\d\s*[a-zA-Z]", s) and not re.search(r"\\[a-z]", s) else s
-    for _ in range(3):
-        s = re.sub(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"((\1)/(\2))", s)
-        s = re.sub(r"\\sqrt\s*\{([^{}]*)\}", r"sqrt(\1)", s)
-    s = re.sub(r"\\sqrt\s*(\d+)", r"sqrt(\1)", s)
-    s = s.replace("\\pi", "pi").replace("\\cdot", "*").replace("\\times", "*").replace("^", "**")
-    s = s.replace("{", "(").replace("}", ")")
-    s = re.sub(r"(\d|\))\s*(?=sqrt|pi|\()", r"\1*", s)
-    if not re.fullmatch(r"[\d.+\-*/() sqrtpie]+", s) or not re.search(r"\d|pi", s):
-        return None
-    try:
-        value = _eval(ast.parse(s, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, TypeError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-_LAST_NUMBER = re.compile(
-    r"-?\s*\\frac\s*\{[^{}]*\}\s*\{[^{}]*\}|-?\d+(?:\.\d+)?\s*/\s*\d+(?:\.\d+)?(?![\d.])"
-    rf"|-?\d*\\sqrt\s*\{{[^{{}}]*\}}|-?{_NUM_TOKEN}")
-
-
-def _last_number(text: str) -> tuple[str, float] | None:
-    """The last number (or fraction/root) in free text: a response concludes with its answer."""
-    for match in reversed(list(_LAST_NUMBER.finditer(normalise(text)))):
-        value = to_number(match.group(0))
-        if value is not None:
-            return match.group(0).replace(" ", ""), value
-    return None
-
-
-def _same(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+__all__ = ["MODES", "Verdict", "extract_answer", "judge", "judge_both", "normalise", "to_number"]
+MODES = ("strict", "official")
 
 
 # -- extraction ---------------------------------------------------------------------------------
@@ -195,23 +89,30 @@ def _letter_from(text: str, choices: tuple[str, ...]) -> str | None:
     return None
 
 
+# an answer that declines ("No idea.", "I cannot tell if it is yes") never names the option it mentions
+_REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|unable|impossible|no idea|not sure|don't know|do not know|"
+                      r"not enough information|insufficient|sorry)\b", re.IGNORECASE)
+
+
 def _option_from(text: str, choices: tuple[str, ...]) -> tuple[str, str] | None:
-    """(letter, rule) for an answer naming an option by its text or by its value (units allowed)."""
-    key = _key(text)
-    exact = [i for i, c in enumerate(choices) if _key(c) == key]
+    """(letter, rule) for an answer naming an option by its text or by its value (units allowed): the
+    value of a short answer or its last number; in a longer sentence, its last number only when that
+    is the one option value the sentence mentions ("The angle BOC measures 145 degrees in this figure")."""
+    wanted = _key(text)
+    exact = [i for i, c in enumerate(choices) if _key(c) == wanted]
     if exact:
         return LETTERS[exact[0]], "option text"
-    value = to_number(text) if len(text) < 40 else None
-    if value is None and len(text) < 40 and (last := _last_number(text)):
-        value = last[1]
-    if value is not None:
-        hits = [i for i, c in enumerate(choices) if (v := to_number(c)) is not None and _same(value, v)]
-        if len(hits) == 1:
-            return LETTERS[hits[0]], "option value"
     words = normalise(text).lower()
     mentioned = [i for i, c in enumerate(choices) if normalise(c)
                  and re.search(rf"(?<![\w.]){re.escape(normalise(c).lower())}(?![\w.])", words)]
-    if len(mentioned) == 1 and to_number(choices[mentioned[0]]) is None:
+    value = value_of(text) if len(text) < 40 else None
+    if value is None and (last := last_number(text)):
+        value = last[1]
+    if value is not None:
+        hits = [i for i, c in enumerate(choices) if (v := value_of(c)) is not None and same(value, v)]
+        if len(hits) == 1 and (len(text) < 40 or mentioned == hits):
+            return LETTERS[hits[0]], "option value"
+    if len(mentioned) == 1 and to_number(choices[mentioned[0]]) is None and not _REFUSAL.search(words):
         return LETTERS[mentioned[0]], "option text"
     return None
 
@@ -224,6 +125,16 @@ def _gold_letter(item: EvalItem) -> str | None:
     return found[0] if found else None
 
 
+def _stated_letter(text: str, choices: tuple[str, ...], anywhere: bool) -> str | None:
+    """A letter in parentheses inside the answer text ("choice (B)", "therefore (B)"): MathVista's rule
+    (`calculate_score.py` takes the first parenthesised letter of the extraction); over a whole response
+    (`anywhere`) the last upper-case one, since a response weighs options before it concludes."""
+    valid = LETTERS[:len(choices)]
+    stated = [s.upper() for s in re.findall(r"\(([A-Z])\)" if anywhere else r"\(([a-zA-Z])\)", text)]
+    stated = [s for s in stated if s in valid]
+    return (stated[-1] if anywhere else stated[0]) if stated else None
+
+
 def _judge_choice(response: str, item: EvalItem) -> Verdict:
     text, how = _extract(response)
     text = normalise(text)
@@ -234,41 +145,48 @@ def _judge_choice(response: str, item: EvalItem) -> Verdict:
     rule = "option text" if exact else rule_for_letter
     if letter is None and (found := _option_from(text, item.choices)):
         letter, rule = found
-    if letter is None and how is None:
-        stated = re.findall(r"\(([A-Z])\)", text)
-        stated = [s for s in stated if s in LETTERS[:len(item.choices)]]
-        letter, rule = (stated[-1], "last choice") if stated else (None, rule)
+    if letter is None and (stated := _stated_letter(text, item.choices, anywhere=how is None)):
+        letter, rule = stated, "last choice" if how is None else "letter in parentheses"
     if letter is None:
         return Verdict(text, False, "no answer")
     return Verdict(letter, gold is not None and letter == gold, rule)
 
 
 # -- free-form ----------------------------------------------------------------------------------
-def _judge_number(response: str, item: EvalItem) -> Verdict:
+def _number_in(response: str) -> tuple[str, Value | None]:
+    """(the extracted text, its value): the extraction's value, else its last number (None: no number,
+    or a ± that makes it two answers)."""
     text = _extract(response)[0]
-    value = to_number(text)
-    if value is None:
-        last = _last_number(text)
-        if last is None:
-            return Verdict(normalise(text), False, "no answer")
+    value = value_of(text)
+    if value is None and (last := last_number(text)):
         value = last[1]
-    gold = float(item.answer)
+    return text, value
+
+
+def _judge_number(response: str, item: EvalItem) -> Verdict:
+    text, value = _number_in(response)
+    if value is None:
+        return Verdict(normalise(text), False, "no answer")
+    gold = value_of(item.answer)
+    if gold is None:
+        raise ValueError(f"item {item.id}: the answer {item.answer!r} is not a number")
+    integral = same(value, round(value))
     if item.answer_type == "integer":
-        ok = _same(value, round(value)) and round(value) == round(gold)
-        return Verdict(str(round(value)) if _same(value, round(value)) else str(value), ok, "numeric")
+        return Verdict(str(round(value)) if integral else str(float(value)), integral and round(value) == round(gold),
+                       "numeric")
     places = item.precision if item.precision is not None else 2
-    as_percent = "%" in text and round(value / 100, places) == round(gold, places)
-    ok = round(value, places) == round(gold, places) or as_percent
-    return Verdict(str(round(value, places)), ok, "numeric")
+    as_percent = "%" in text and same(round(float(value) / 100, places), round(float(gold), places))
+    ok = same(round(float(value), places), round(float(gold), places)) or as_percent
+    return Verdict(str(round(float(value), places)), ok, "numeric")
 
 
 def _judge_list(response: str, item: EvalItem) -> Verdict:
     text = normalise(_extract(response)[0])
-    got = [to_number(p) for p in re.split(r"[,;]\s*", text.strip("[]() "))]
-    gold = [to_number(p) for p in re.split(r"[,;]\s*", normalise(item.answer).strip("[]() "))]
+    got = [value_of(p) for p in re.split(r"[,;]\s*", text.strip("[]() "))]
+    gold = [value_of(p) for p in re.split(r"[,;]\s*", normalise(item.answer).strip("[]() "))]
     if not got or None in got or None in gold:
         return Verdict(text, False, "no answer")
-    return Verdict(str(got), len(got) == len(gold) and all(_same(a, b) for a, b in zip(got, gold)), "list")
+    return Verdict(str([float(v) for v in got]), len(got) == len(gold) and all(map(same, got, gold)), "list")
 
 
 def _judge_text(response: str, item: EvalItem) -> Verdict:
@@ -276,30 +194,82 @@ def _judge_text(response: str, item: EvalItem) -> Verdict:
     shown = normalise(text)
     if _key(text) == _key(item.answer):
         return Verdict(shown, True, "text")
-    gold_value = to_number(item.answer)
-    if gold_value is not None:
-        value = to_number(text)
-        if value is None and (last := _last_number(text)):
+    gold_value = value_of(item.answer)
+    if gold_value is not None:  # an exact check first: math-verify never sees two numbers
+        value = value_of(text)
+        last = last_number(text) if value is None else None
+        if last is not None:
             shown, value = last
-        if value is not None:
-            return Verdict(shown, _same(value, gold_value), "numeric")
+        if value is not None or last is not None:  # a ± (value None) is two answers: wrong
+            return Verdict(shown, value is not None and same(value, gold_value), "numeric")
     if re.fullmatch(r"[A-Za-z][A-Za-z ]*", normalise(item.answer)):
         return Verdict(shown, False, "text")
     verdict = equivalent(item.answer, text if how else response)
+    identity = identical(item.answer, text) if how else None
+    if identity is not None and identity != verdict:  # math-verify's reported mistakes on identities
+        return Verdict(shown, identity, "identity check")
     if verdict is None:
         return Verdict(shown, False, "math-verify: no verdict")
     return Verdict(shown, verdict, "math-verify")
 
 
-def judge(response: str, item: EvalItem) -> Verdict:
-    """Judge `response` (str, the model's full answer) against `item` (an `EvalItem`) by its
-    answer_type: multi_choice (an explicit final choice wins over letters seen earlier; option text or
-    value maps to its letter; a bare response equal to an option's text is that option), integer and
-    float (the value of the extracted answer, else the last number of the response, at the item's
-    precision — 2 decimals when unset), list (element-wise), text (normalised text, else numbers, else
-    math-verify equivalence, `merging.mathverify.equivalent`; "math-verify: no verdict" and wrong when it
-    timed out). Never raises on any response; raises ValueError when an integer/float item's answer is
-    not a number and KeyError for an answer_type outside `merging.evaluate.ANSWER_TYPES`."""
-    judges = {"multi_choice": _judge_choice, "integer": _judge_number, "float": _judge_number,
-              "list": _judge_list, "text": _judge_text}
-    return judges[item.answer_type](response, item)
+_STRICT = {"multi_choice": _judge_choice, "integer": _judge_number, "float": _judge_number,
+           "list": _judge_list, "text": _judge_text}
+
+
+# -- official: each benchmark's published chain -------------------------------------------------
+def rule_extraction(response: str, item: EvalItem) -> str:
+    """What stands in for MathVista's GPT-4 extractor (`extract_answer.py` asks GPT-4 for the final
+    answer when its quick rules find none): the strict judge's own extraction — for multiple choice the
+    letter it finds, else the answer text it read (MathVista then maps that to the nearest option), and
+    the letter label a response opens with ("C) …") even when no option has it, as GPT-4 extracts it; for
+    numbers the value it reads (the last number of the concluding sentence), written as Python writes it;
+    else the extracted text. Never raises."""
+    if item.answer_type == "multi_choice" and item.choices:
+        opening = re.match(r"\s*\(?([A-Z])\)", response)  # "C) …", "(E) None of the above": the label given,
+        return opening.group(1) if opening else _judge_choice(response, item).extracted  # valid or not
+    if item.answer_type in ("integer", "float"):
+        text, value = _number_in(response)
+        if value is None:
+            return normalise(text)
+        return str(value.numerator) if isinstance(value, Fraction) and value.denominator == 1 else str(float(value))
+    return normalise(_extract(response)[0])
+
+
+def _official(response: str, item: EvalItem) -> Verdict:
+    if item.benchmark == "mathvision":
+        return mathvision.judge(response, item)
+    quick = mathvista.quick_extraction(response, item)
+    extraction = quick if quick is not None else rule_extraction(response, item)
+    return mathvista.verdict(extraction, item, "mathvista quick" if quick is not None else "mathvista rules")
+
+
+def judge(response: str, item: EvalItem, mode: str = "strict") -> Verdict:
+    """Judge `response` (str, the model's full answer) against `item` (an `EvalItem`).
+
+    mode "strict" (the default, what every caller got before modes existed) credits only an answer it
+    reads: by answer_type, multi_choice (an explicit final choice wins over letters seen earlier; option
+    text or value maps to its letter; a letter in parentheses in the concluding answer counts, as in
+    MathVista's rule; a refusal or an empty answer is never any option), integer and float (the value of
+    the extracted answer, else its last number, at the item's precision — 2 decimals when unset; a ±
+    is never one of its values), list (element-wise), text (normalised text, else numbers compared
+    exactly — `merging.numbers.same` —, else math-verify equivalence, `merging.mathverify.equivalent`,
+    checked against `merging.numbers.identical`; "math-verify: no verdict" and wrong when it timed out).
+
+    mode "official" reproduces the benchmark's published scorer: MATH-Vision's `evaluation/` rules for
+    items with `benchmark == "mathvision"` (`merging.mathvision`), MathVista's chain for every other item
+    (`merging.mathvista`), whose GPT-4 extraction step is replaced by `rule_extraction`. It credits what
+    the benchmark credits — a refusal scored as the nearest option is right when that option is the gold.
+
+    Never raises on any response; raises ValueError for an unknown mode or when an integer/float item's
+    answer is not a number, KeyError for an answer_type outside `merging.evaluate.ANSWER_TYPES`."""
+    if mode == "official":
+        return _official(response, item)
+    if mode != "strict":
+        raise ValueError(f"mode {mode!r}: one of {MODES}")
+    return _STRICT[item.answer_type](response, item)
+
+
+def judge_both(response: str, item: EvalItem) -> dict[str, Verdict]:
+    """{"strict": judge(..., "strict"), "official": judge(..., "official")} — what sweeps report side by side."""
+    return {mode: judge(response, item, mode) for mode in MODES}

@@ -35,7 +35,7 @@ from .generate import GenerationSettings
 from .limits import LimitError, bounded_int, brief, parse_document
 from .plan import MergePlan
 from .answerer import Answerer
-from .scoring import judge
+from .scoring import judge_both
 
 BASELINE = ("base VLM", "-", None)
 MAX_GRID_CELLS = 10_000  # the CLI's bound; the public demo passes its own, much smaller one
@@ -130,28 +130,44 @@ def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], sett
 
 
 def cell_row(cell: Cell, items: list[EvalItem], results: dict[int, dict], donor: str) -> dict:
-    """A sweep row: the cell, the donor, accuracy with its Wilson 95 % interval over the items answered
-    (all of them unless the sweep was stopped: `complete`), the same per category, and each answer."""
-    answers, correct, by_category = [], 0, {}
+    """A sweep row: the cell, the donor, both scores with their Wilson 95 % intervals over the items
+    answered (all of them unless the sweep was stopped: `complete`) — `accuracy` is the strict score,
+    `official_accuracy` the benchmark's published rule chain (`merging.scoring.judge`'s two modes) —,
+    the same per category (`by_category`) and per benchmark group (`by_group`: dimension → value →
+    scores, e.g. MathVista's task/skill/language, MATH-Vision's subject/level), and each answer."""
+    answers, by_category, by_group = [], {}, {}
     for i in sorted(results):
         item, result = items[i], results[i]
-        verdict = judge(result["answer"], item)
-        correct += verdict.correct
-        counts = by_category.setdefault(item.category or "all", [0, 0])
-        counts[0] += verdict.correct
-        counts[1] += 1
-        answers.append({"id": item.id, "answer": result["answer"], "extracted": verdict.extracted,
-                        "correct": verdict.correct, "rule": verdict.rule, "cached": result["cached"]})
+        verdicts = judge_both(result["answer"], item)
+        strict, official = verdicts["strict"], verdicts["official"]
+        for tally in [by_category.setdefault(item.category or "all", [0, 0, 0])] + \
+                [by_group.setdefault(d, {}).setdefault(v, [0, 0, 0]) for d, v in dict.fromkeys(item.groups)]:
+            tally[0] += strict.correct
+            tally[1] += official.correct
+            tally[2] += 1
+        answers.append({"id": item.id, "answer": result["answer"], "extracted": strict.extracted,
+                        "correct": strict.correct, "rule": strict.rule, "official_extracted": official.extracted,
+                        "official_correct": official.correct, "official_rule": official.rule,
+                        "cached": result["cached"]})
     n = len(answers)
     computed = sum(not a["cached"] for a in answers)
-    low, high = wilson_interval(correct, n)
     return {"setting": cell.setting, "method": cell.method, "alpha": cell.alpha, "donor": donor,
-            "plan_hash": cell.plan.hash(), "accuracy": correct / n if n else 0.0, "accuracy_low": low,
-            "accuracy_high": high, "items": len(items), "answered": n, "complete": n == len(items),
-            "computed": computed, "cached": n - computed,
-            "by_category": {c: {"accuracy": k / m, "items": m, "low": wilson_interval(k, m)[0],
-                                "high": wilson_interval(k, m)[1]} for c, (k, m) in sorted(by_category.items())},
+            "plan_hash": cell.plan.hash(), **_scores(sum(a["correct"] for a in answers),
+                                                     sum(a["official_correct"] for a in answers), n, "accuracy_"),
+            "items": len(items), "answered": n, "complete": n == len(items), "computed": computed,
+            "cached": n - computed,
+            "by_category": {c: _scores(*t, "") for c, t in sorted(by_category.items())},
+            "by_group": {d: {v: _scores(*t, "") for v, t in sorted(g.items())} for d, g in by_group.items()},
             "answers": answers}
+
+
+def _scores(strict: int, official: int, n: int, prefix: str) -> dict:
+    """Both accuracies of `n` answers with their Wilson intervals, keyed accuracy / {prefix}low / {prefix}high
+    and official_accuracy / official_{prefix}low / official_{prefix}high (items: n)."""
+    (low, high), (o_low, o_high) = wilson_interval(strict, n), wilson_interval(official, n)
+    return {"accuracy": strict / n if n else 0.0, f"{prefix}low": low, f"{prefix}high": high,
+            "official_accuracy": official / n if n else 0.0, f"official_{prefix}low": o_low,
+            f"official_{prefix}high": o_high, "items": n}
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -175,40 +191,54 @@ def record_sweep(cache, rows: list[dict], grid: str, eval_set: str) -> dict | No
         return None
     best = max(rows, key=lambda r: r["accuracy"])
     alpha = "-" if best["alpha"] is None else f"{best['alpha']:g}"
+    official = f", official {100 * best['official_accuracy']:.0f} %" if "official_accuracy" in best else ""
     config = {"kind": "sweep", "grid": grid, "eval_set": eval_set, "donor": rows[0]["donor"],
               "cells": [r["plan_hash"] for r in rows], "items": rows[0]["items"]}
     if cache is not None:
-        cache.put(config, {"best": f"{best['setting']} · {best['method']} · α {alpha}: {100 * best['accuracy']:.0f} %",
+        cache.put(config, {"best": f"{best['setting']} · {best['method']} · α {alpha}: "
+                                   f"strict {100 * best['accuracy']:.0f} %{official}",
                            "answered": sum(r["answered"] for r in rows), "complete": all(r["complete"] for r in rows)})
     return config
 
 
+CSV_COLUMNS = {"setting": "setting", "method": "method", "alpha": "alpha", "donor": "donor",
+               "strict_accuracy": "accuracy", "strict_low": "accuracy_low", "strict_high": "accuracy_high",
+               "official_accuracy": "official_accuracy", "official_low": "official_accuracy_low",
+               "official_high": "official_accuracy_high", "items": "items", "answered": "answered",
+               "computed": "computed", "cached": "cached", "plan_hash": "plan_hash"}  # column: row key
+
+
 def write_results(rows: list[dict], out: Path) -> None:
-    """results.json (with per-item answers), results.csv and heatmap.html in `out`."""
+    """results.json (with per-item answers, both verdicts each), results.csv (one line per cell, both
+    scores: strict_accuracy / official_accuracy with their Wilson bounds) and heatmap.html in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    fields = ["setting", "method", "alpha", "donor", "accuracy", "accuracy_low", "accuracy_high", "items",
-              "answered", "computed", "cached", "plan_hash"]
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({column: r.get(key) for column, key in CSV_COLUMNS.items()} for r in rows)
     heatmap(rows).write_html(out / "heatmap.html", include_plotlyjs=True)
 
 
 def heatmap(rows: list[dict]):
-    """Setting × Method rows, α columns, accuracy in percent; the baseline in the title."""
+    """Setting × Method rows, α columns, the strict accuracy in percent (the official one on hover);
+    the baseline in the title."""
     import plotly.graph_objects as go
     merged = [r for r in rows if r["alpha"] is not None]
     labels = list(dict.fromkeys(f"{r['setting']} · {r['method']}" for r in merged))
     alphas = sorted({r["alpha"] for r in merged})
     z = [[None] * len(alphas) for _ in labels]
+    official = [[None] * len(alphas) for _ in labels]
     for r in merged:
-        z[labels.index(f"{r['setting']} · {r['method']}")][alphas.index(r["alpha"])] = 100 * r["accuracy"]
+        at = labels.index(f"{r['setting']} · {r['method']}"), alphas.index(r["alpha"])
+        z[at[0]][at[1]] = 100 * r["accuracy"]
+        official[at[0]][at[1]] = 100 * r.get("official_accuracy", float("nan"))
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     fig = go.Figure(go.Heatmap(z=z, x=[f"α={a:g}" for a in alphas], y=labels, colorscale="RdBu", zmid=base,
                                text=[[f"{v:.1f}" if v is not None else "" for v in row] for row in z],
-                               texttemplate="%{text}", colorbar={"title": "accuracy %"}))
-    title = "Accuracy by setting, method and α" + (f" (base VLM: {base:.1f} %)" if base is not None else "")
+                               texttemplate="%{text}", colorbar={"title": "strict accuracy %"}, customdata=official,
+                               hovertemplate="%{y}, %{x}: strict %{z:.1f} %, official %{customdata:.1f} %"
+                                             "<extra></extra>"))
+    title = "Strict accuracy by setting, method and α" + (f" (base VLM: {base:.1f} %)" if base is not None else "")
     fig.update_layout(title=title, yaxis={"autorange": "reversed"})
     return fig

@@ -67,7 +67,7 @@ def test_sweep_writes_results_and_reuses_the_cache(qwen_dirs, eval_set, tmp_path
     assert "sweep" in first.stderr  # the progress bar
     rows = json.loads((out / "results.json").read_text())
     assert all(len(r["answers"]) == 3 and "extracted" in r["answers"][0] for r in rows)
-    assert (out / "results.csv").read_text().splitlines()[0].startswith("setting,method,alpha,donor,accuracy")
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("setting,method,alpha,donor,strict_accuracy,strict_low,strict_high,official_accuracy")
     assert "plotly" in (out / "heatmap.html").read_text()[:5_000_000].lower()
     second = subprocess.run(_sweep_cmd(qwen_dirs, grid, eval_set, out), capture_output=True, text=True, timeout=300)
     assert all(c["computed"] == 0 and c["cached"] == 3 for c in json.loads(second.stdout)["cells"])

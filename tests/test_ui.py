@@ -200,6 +200,7 @@ def test_sweep_shows_progress_and_heatmap(page):
     page.wait_for_selector("#sweep-plot .main-svg", timeout=30_000)
     page.wait_for_selector("#sweep-lines .main-svg", timeout=30_000)
     assert "Setting 2" in page.locator("#sweep-table").inner_text()
+    assert "official accuracy" in page.locator("#sweep-table").inner_text()  # both scores, named
 
 
 def test_history_restores_a_plan(page, server):

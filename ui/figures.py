@@ -43,14 +43,17 @@ def distance_figure(rows: list[dict], metric: str, donor: str | None = None) -> 
 
 
 def _interval_text(r: dict) -> str:
+    """Both scores of a sweep row for hover text: strict (Wilson 95 %), official, over how many answers."""
     low, high = r.get("accuracy_low"), r.get("accuracy_high")
     done = "" if r.get("complete", True) else " (stopped: partial)"
-    return (f"{100 * r['accuracy']:.1f} %, Wilson 95 %: {100 * low:.0f}–{100 * high:.0f} % "
-            f"over {r.get('answered', '?')} answers{done}") if low is not None else f"{100 * r['accuracy']:.1f} %"
+    official = f"; official {100 * r['official_accuracy']:.1f} %" if "official_accuracy" in r else ""
+    return (f"strict {100 * r['accuracy']:.1f} %, Wilson 95 %: {100 * low:.0f}–{100 * high:.0f} %{official} "
+            f"over {r.get('answered', '?')} answers{done}") if low is not None \
+        else f"strict {100 * r['accuracy']:.1f} %{official}"
 
 
 def sweep_heatmap(rows: list[dict]) -> go.Figure:
-    """merging.sweep's heatmap, with each cell's Wilson 95 % interval on hover."""
+    """merging.sweep's heatmap; on hover each cell's strict score, its Wilson 95 % interval, its official score."""
     fig = _heatmap(rows)
     merged = [r for r in rows if r["alpha"] is not None]
     labels, alphas = list(fig.data[0].y), sorted({r["alpha"] for r in merged})
@@ -77,7 +80,7 @@ def sweep_lines(rows: list[dict]) -> go.Figure:
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     if base is not None:
         fig.add_hline(y=base, line_dash="dash", annotation_text="base VLM")
-    fig.update_layout(height=320, xaxis_title="α", yaxis_title="accuracy %",
+    fig.update_layout(height=320, xaxis_title="α", yaxis_title="strict accuracy %",
                       margin={"l": 40, "r": 10, "t": 20, "b": 40})
     return fig
 

@@ -43,22 +43,27 @@ def sweep_plan(explorer: Explorer, grid, spec, limit) -> tuple[list, list, objec
 
 
 def sweep_summary(rows: list[dict]) -> pd.DataFrame:
-    """One line per cell: accuracy with its Wilson 95 % interval, over how many answers."""
+    """One line per cell: the strict and the official accuracy, each with its Wilson 95 % interval, over
+    how many answers."""
     return pd.DataFrame([{"setting": r["setting"], "method": r["method"], "alpha": r["alpha"],
-                          "accuracy": r["accuracy"], "95 % interval": _interval(r), "answered": r.get("answered"),
+                          "strict accuracy": r["accuracy"], "95 % interval": _interval(r),
+                          "official accuracy": r.get("official_accuracy"), "official 95 %": _interval(r, "official_"),
+                          "answered": r.get("answered"),
                           "complete": r.get("complete", True), "computed": r["computed"], "cached": r["cached"]}
                          for r in rows])
 
 
-def _interval(row: dict) -> str:
-    low, high = row.get("accuracy_low"), row.get("accuracy_high")
+def _interval(row: dict, prefix: str = "") -> str:
+    low, high = row.get(f"{prefix}accuracy_low"), row.get(f"{prefix}accuracy_high")
     return f"{100 * low:.0f}–{100 * high:.0f} %" if low is not None and high is not None else ""
 
 
 def category_table(rows: list[dict]) -> pd.DataFrame:
-    """Accuracy per category (columns, in %, with its Wilson 95 % interval) for each cell (rows)."""
+    """Accuracy per category (columns: the strict one in %, with its Wilson 95 % interval, then the
+    official one) for each cell (rows)."""
     def shown(v: dict) -> str:
-        return f"{100 * v['accuracy']:.0f} % ({100 * v['low']:.0f}–{100 * v['high']:.0f})"
+        official = f" · official {100 * v['official_accuracy']:.0f} %" if "official_accuracy" in v else ""
+        return f"{100 * v['accuracy']:.0f} % ({100 * v['low']:.0f}–{100 * v['high']:.0f}){official}"
     return pd.DataFrame([{"cell": f"{r['setting']} · {r['method']} · α {r['alpha']}",
                           **{k: shown(v) for k, v in (r.get("by_category") or {}).items()}} for r in rows])
 
@@ -125,8 +130,9 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     with gr.Row():
         sweep_plot = gr.Plot(label="Accuracy", elem_id="sweep-plot")
         sweep_line_plot = gr.Plot(label="Accuracy against α", elem_id="sweep-lines")
-    sweep_table = gr.Dataframe(label="Cells (accuracy with its Wilson 95 % interval)", elem_id="sweep-table")
-    categories = gr.Dataframe(label="Accuracy per category", elem_id="sweep-categories")
+    sweep_table = gr.Dataframe(label="Cells (strict and official accuracy, each with its Wilson 95 % interval)",
+                               elem_id="sweep-table")
+    categories = gr.Dataframe(label="Accuracy per category (strict, then official)", elem_id="sweep-categories")
     run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
               [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
     stop.click(on_stop_sweep, None, status, **CHEAP)
