@@ -244,7 +244,8 @@ def _print_search(report: dict, out) -> None:
         cells = "  ".join(f"{k} {100 * f['accuracy']:.1f} % [{100 * f['low']:.0f}–{100 * f['high']:.0f}]"
                           for k, f in entry["objectives"].items())
         test = "vs base p=" + f"{entry['vs_base']['p_value']:.3g}" if "vs_base" in entry else ""
-        print(f"{name:<12} test: {cells}  macro {100 * entry['macro_mean']:.1f} %  {test}")
+        print(f"{name:<12} test (strict): {cells}  macro {100 * entry['macro_mean']:.1f} %  "
+              f"official {100 * entry['official']['accuracy']:.1f} %  {test}")
     print(f"best trial {best['trial']} of {sum(report['trials'].values())}; "
           f"wrote {', '.join(report['files'])} in {out}")
 

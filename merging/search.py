@@ -37,7 +37,7 @@ from .errors import MergescopeError, PlanError
 from .evaluate import EvalItem, sample_items
 from .generate import GenerationSettings
 from .plan import MergePlan
-from .scoring import judge
+from .scoring import judge_both
 from .search_space import SearchSpace
 
 FITNESSES = ("accuracy", "gold_logprob")
@@ -117,7 +117,8 @@ def rung_sizes(n_items: int, min_items: int, factor: int) -> list[int]:
 # -- fitness ---------------------------------------------------------------------------------------
 def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitness: str,
                 settings: GenerationSettings, batch_size: int | None = None) -> dict[str, Any]:
-    """{"scores": one float per item (accuracy: 1.0 right / 0.0 wrong; gold_logprob: nats ≤ 0),
+    """{"scores": one float per item (accuracy: 1.0 right / 0.0 wrong by the strict judge; gold_logprob:
+    nats ≤ 0), "official" (accuracy only: the benchmark's published rule chain, `scoring.judge_both`),
     "apply_seconds", "eval_seconds", "answers" (accuracy only, else None)} for `plan` on `items`,
     through the answerer's cache. The apply is timed on its own (the answerer's own apply is then a
     no-op: nothing differs)."""
@@ -129,12 +130,14 @@ def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitn
         requests = [(item.question, item.image) for item in items]
         results = dict(answerer.ask_many(plan, requests, settings, batch_size=batch_size))
         answers = [results[i]["answer"] for i in range(len(items))]
-        scores = [float(judge(a, item).correct) for a, item in zip(answers, items)]
+        verdicts = [judge_both(a, item) for a, item in zip(answers, items)]
+        scores = [float(v["strict"].correct) for v in verdicts]
+        official = [float(v["official"].correct) for v in verdicts]
     else:
-        answers = None
+        answers = official = None
         scores = answerer.gold_logprobs(plan, [(item.question, item.image, item.answer) for item in items])
-    return {"scores": scores, "apply_seconds": applied - begin, "eval_seconds": time.perf_counter() - applied,
-            "answers": answers}
+    return {"scores": scores, "official": official, "apply_seconds": applied - begin,
+            "eval_seconds": time.perf_counter() - applied, "answers": answers}
 
 
 def objective_values(space: SearchSpace, items: list[EvalItem], scores: list[float]) -> list[float]:

@@ -53,14 +53,16 @@ def plan_of(trial: optuna.trial.FrozenTrial) -> MergePlan:
 
 def test_figures(answerer: Answerer, plan: MergePlan, test: list[EvalItem], space: SearchSpace,
                  settings: GenerationSettings, batch_size: int | None = None) -> dict[str, Any]:
-    """Accuracy of `plan` on `test` (always accuracy: the honest figure, whatever the search's fitness):
-    overall, per objective and per category, each {accuracy, low, high, items} with its Wilson 95 %
-    interval, the macro mean over the categories the objectives name (every category when one
-    objective takes all items), and the per-item verdicts ("correct", for McNemar)."""
-    correct = [s == 1.0 for s in item_scores(answerer, plan, test, "accuracy", settings, batch_size)["scores"]]
+    """Accuracy of `plan` on `test` (always accuracy: the honest figure, whatever the search's fitness)
+    by the strict judge — overall, per objective and per category, each {accuracy, low, high, items}
+    with its Wilson 95 % interval, the macro mean over the categories the objectives name (every category when one
+    objective takes all items) — the overall accuracy by the benchmark's official rule chain
+    ("official", `scoring.judge_both`), and the per-item strict verdicts ("correct", for McNemar)."""
+    scored = item_scores(answerer, plan, test, "accuracy", settings, batch_size)
+    correct = [s == 1.0 for s in scored["scores"]]
 
-    def figure(mask: list[bool]) -> dict[str, Any]:
-        k, n = sum(c for c, m in zip(correct, mask) if m), sum(mask)
+    def figure(mask: list[bool], verdicts: list[bool] = correct) -> dict[str, Any]:
+        k, n = sum(c for c, m in zip(verdicts, mask) if m), sum(mask)
         low, high = wilson_interval(k, n)
         return {"accuracy": k / n if n else 0.0, "low": low, "high": high, "items": n}
 
@@ -71,8 +73,10 @@ def test_figures(answerer: Answerer, plan: MergePlan, test: list[EvalItem], spac
     named = None if any(cats is None for _, cats in space.objectives) else \
         {c for _, cats in space.objectives for c in cats}
     counted = [f["accuracy"] for c, f in per_category.items() if named is None or c in named]
+    official = [s == 1.0 for s in scored["official"]]
     return {"overall": figure([True] * len(test)), "objectives": objectives, "categories": per_category,
-            "macro_mean": sum(counted) / len(counted), "correct": correct}
+            "macro_mean": sum(counted) / len(counted), "official": figure([True] * len(test), official),
+            "correct": correct}
 
 
 def best_grid_cell(answerer: Answerer, cells: list[Cell], dev: list[EvalItem], space: SearchSpace,

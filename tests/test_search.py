@@ -154,6 +154,7 @@ def test_report_compares_with_the_base_and_the_grid_on_the_same_items(toy, items
             24 * (entry["overall"]["accuracy"] - base["overall"]["accuracy"]))
         assert 0.0 <= entry["vs_base"]["p_value"] <= 1.0
     assert "vs_grid_best" in best
+    assert 0.0 <= best["official"]["accuracy"] <= 1.0 and best["official"]["items"] == 24  # both scores
     low, high = best["overall"]["low"], best["overall"]["high"]
     assert low <= best["overall"]["accuracy"] <= high
 

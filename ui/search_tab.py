@@ -141,7 +141,9 @@ def _summary(report: dict) -> str:
     base = report["base"]["objectives"]
     shown = "; ".join(f"{n} {100 * f['accuracy']:.0f} % (base {100 * base[n]['accuracy']:.0f} %)"
                       for n, f in best["objectives"].items())
-    return (f"Search done: best trial {best['trial']} on {report['test_items']} held-out items: {shown}; "
+    return (f"Search done: best trial {best['trial']} on {report['test_items']} held-out items (strict score): "
+            f"{shown}; official score {100 * best['official']['accuracy']:.0f} % "
+            f"(base {100 * report['base']['official']['accuracy']:.0f} %); "
             f"McNemar vs base p = {best['vs_base']['p_value']:.3g}")
 
 
