@@ -419,7 +419,7 @@ def test_stop_leaves_a_partial_sweep(page, server):
     with explorer.engine.lock:
         page.locator("#run-sweep").click()
         _wait_status(page, "#sweep-status", "Sweep: 2/11 cells")
-        assert sweep_tab._STOPS
+        assert sweep_tab.STOPS
         page.locator("#stop-sweep").click()
         _wait_status(page, "#sweep-status", "Stopping after the current batch")
     status = _wait_status(page, "#sweep-status", "stopped at")
@@ -453,10 +453,10 @@ def test_search_starts_stops_resumes_and_opens_the_best_plan_in_compare(page, se
         page.locator("#start-search").click()
         page.wait_for_function("() => true")  # let the click reach the server
         for _ in range(600):
-            if search_tab._STOPS:
+            if search_tab.STOPS:
                 break
             page.wait_for_timeout(100)
-        assert search_tab._STOPS, "the search never started"
+        assert search_tab.STOPS, "the search never started"
         page.locator("#stop-search").click()
         _wait_status(page, "#search-status", "Stopping after the current trial")
     status = _wait_status(page, "#search-status", "Search stopped at")

@@ -284,7 +284,7 @@ def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeyp
 
     def run_sweep(answerer, cells, items, settings, donor=None, progress=None, should_stop=lambda: False):
         if cells[0] == 0.4:  # Stop pressed during the second cell: it ends half-way
-            assert sweep_tab.on_stop_sweep(request).startswith("Stopping")
+            assert sweep_tab.STOPS.stop(request).startswith("Stopping")
             return [_row(0.4, answered=2, complete=False)] if should_stop() else [_row(0.4)]
         return [_row(cells[0])]
     monkeypatch.setattr(sweep_tab, "run_sweep", run_sweep)
@@ -294,4 +294,4 @@ def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeyp
     assert list(table["complete"]) == [True, False] and list(table["95 % interval"]) == ["15–85 %"] * 2
     assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]
     assert categories["colour"][0] == "50 % (15–85)"
-    assert sweep_tab._STOPS == {}  # nothing left behind
+    assert not sweep_tab.STOPS  # nothing left behind

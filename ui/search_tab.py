@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from merging.search_space import SearchSpace, parse_space
 from .compare_tab import component_choices
 from .explorer import CHEAP, GPU, PUBLIC_MAX_SEARCH_ITEMS, PUBLIC_MAX_SEARCH_TRIALS, Explorer, bind
 from .plan_panel import GROUPS, editor_state
+from .stops import Stops
 
 DEFAULT_SAMPLER = "default (TPE; NSGA-II for two objectives)"
 TOY_OBJECTIVES = """objectives:
@@ -79,14 +79,7 @@ def trials_table(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_STOPS: dict[str, threading.Event] = {}  # per session: Stop sets it, the running search reads it between trials
-
-
-def on_stop_search(request: gr.Request = None):
-    stop = _STOPS.get(getattr(request, "session_hash", None) or "")
-    if stop is not None:
-        stop.set()
-    return "Stopping after the current trial…" if stop is not None else ""
+STOPS = Stops("Stopping after the current trial…")  # read between trials
 
 
 def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_items, seed, request: gr.Request = None):
@@ -102,8 +95,7 @@ def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_item
     except MergescopeError as exc:
         yield f"⚠️ {exc}", keep, keep, keep, keep
         return
-    key, stop = getattr(request, "session_hash", None) or "", threading.Event()
-    _STOPS[key] = stop
+    stop = STOPS.start(request)
     settings = GenerationSettings(max_new_tokens=space.max_new_tokens)
     evaluator = LocalEvaluator(explorer.answerer, options.fitness, settings, options.batch_size)
     layers = explorer.num_layers
@@ -124,8 +116,7 @@ def on_search(explorer: Explorer, space_text, fitness, sampler, trials, max_item
     except MergescopeError as exc:
         yield f"⚠️ {exc}", keep, keep, str(folder), keep
     finally:
-        if _STOPS.get(key) is stop:
-            del _STOPS[key]
+        STOPS.end(request, stop)
 
 
 def _best(study: optuna.Study):
@@ -200,7 +191,7 @@ def build_search_tab(explorer: Explorer, compare) -> None:
         open_button = gr.Button("Open in Compare", elem_id="open-trial")
     start.click(bind(on_search, explorer), [space, fitness, sampler, trials, items, seed],
                 [status, figure, table, folder, trial], api_name="on_search", **GPU)
-    stop.click(on_stop_search, None, status, **CHEAP)
+    stop.click(STOPS.stop, None, status, **CHEAP)
     open_button.click(bind(on_open_trial, explorer), [folder, trial],
                       [compare.separate, compare.group_ticks, *compare.group_curves, compare.components, compare.curve,
                        compare.method, compare.status], **CHEAP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import gradio as gr
 import pandas as pd
@@ -15,6 +14,7 @@ from merging.sweep import parse_grid, record_sweep, run_sweep
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
 from .figures import sweep_heatmap, sweep_lines
+from .stops import Stops
 
 DEFAULT_GRID = """settings:
   Setting 1: [all]
@@ -68,14 +68,7 @@ def category_table(rows: list[dict]) -> pd.DataFrame:
                           **{k: shown(v) for k, v in (r.get("by_category") or {}).items()}} for r in rows])
 
 
-_STOPS: dict[str, threading.Event] = {}  # per session: Stop sets it, the running sweep reads it between batches
-
-
-def on_stop_sweep(request: gr.Request = None):
-    stop = _STOPS.get(getattr(request, "session_hash", None) or "")
-    if stop is not None:
-        stop.set()
-    return "Stopping after the current batch…" if stop is not None else ""
+STOPS = Stops("Stopping after the current batch…")  # read between batches
 
 
 def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
@@ -88,8 +81,7 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
     except MergescopeError as exc:
         yield f"⚠️ {exc}", keep, keep, keep, keep
         return
-    key, stop = getattr(request, "session_hash", None) or "", threading.Event()
-    _STOPS[key] = stop
+    stop = STOPS.start(request)
     rows, total = [], len(cells) * len(items)
     if progress is not None:
         progress((0, total), desc="sweep", unit="answers")
@@ -108,8 +100,7 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
             if stop.is_set():
                 return
     finally:
-        if _STOPS.get(key) is stop:
-            del _STOPS[key]
+        STOPS.end(request, stop)
         grid_name = "grid " + hashlib.sha256(str(grid).encode()).hexdigest()[:8]
         config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec)
         if explorer.public and config is not None:  # a visitor's History lists their own sweeps
@@ -135,4 +126,4 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     categories = gr.Dataframe(label="Accuracy per category (strict, then official)", elem_id="sweep-categories")
     run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
               [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
-    stop.click(on_stop_sweep, None, status, **CHEAP)
+    stop.click(STOPS.stop, None, status, **CHEAP)
