@@ -250,6 +250,7 @@ class MergeEngine:
     def _write_all(self, targets: dict[str, Target], report: ApplyReport) -> None:
         done: list[tuple[str, Target | None]] = []
         batch = WriteBatch()
+        self._reads.new_batch()
         try:
             for name in list(self._state) + [n for n in targets if n not in self._state]:
                 target = targets.get(name)
@@ -258,8 +259,9 @@ class MergeEngine:
                 self._state[name] = _DIRTY
                 self._compute(self._slots[name], target, self._params[name], report, batch)
                 done.append((name, target))
-            self._reads.before_batch()
-            batch.run()
+            if len(batch):
+                self._reads.before_batch()
+                batch.run()
         except BaseException:
             self._pool.finish(raise_error=False)  # no write may still be running when recovery starts
             raise

@@ -28,6 +28,10 @@ class ApplyReads:
         self._checked = {c for c in checked if c is not None}
         self._reading = set()
 
+    def new_batch(self) -> None:
+        """A new batch of writes starts (a failed one's reads are not the next one's)."""
+        self._reading = set()
+
     def method_ran(self) -> None:
         """A merge method's code ran: every file is checked again before its next read."""
         self._checked = set()
