@@ -259,9 +259,10 @@ class MergeEngine:
                 self._state[name] = _DIRTY
                 self._compute(self._slots[name], target, self._params[name], report, batch)
                 done.append((name, target))
+                if batch.full:
+                    self._run(batch)
             if len(batch):
-                self._reads.before_batch()
-                batch.run()
+                self._run(batch)
         except BaseException:
             self._pool.finish(raise_error=False)  # no write may still be running when recovery starts
             raise
@@ -273,6 +274,10 @@ class MergeEngine:
             else:
                 self._state[name] = target
                 report.written.append(name)
+
+    def _run(self, batch: WriteBatch) -> None:
+        self._reads.before_batch()
+        batch.run()
 
     def _recover(self, previous: MergePlan) -> None:
         try:
@@ -387,8 +392,7 @@ class MergeEngine:
             self._reads.start()  # the files are checked before the export reads them
             try:
                 self._compute(slot, target, scratch, ApplyReport(""), batch := WriteBatch())
-                self._reads.before_batch()
-                batch.run()
+                self._run(batch)
             finally:
                 self._pool.finish()
             return scratch.to("cpu")

@@ -36,12 +36,23 @@ def lerp_fusable(out: torch.Tensor, vlm: torch.Tensor, donor: torch.Tensor) -> b
 
 
 class WriteBatch:
-    """Copies and lerps queued during one apply, written by `run()` (shapes must match per pair)."""
+    """Copies and lerps queued during one apply, written by `run()` (shapes must match per pair).
+
+    The queued inputs stay allocated until `run` (on a GPU: device copies of the originals and donor
+    tensors), so the caller runs the batch whenever `full` says it holds FLUSH_BYTES of inputs."""
+
+    FLUSH_BYTES = 512 * 2**20
 
     def __init__(self):
         self._copies: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = defaultdict(
             lambda: ([], []))
         self._lerps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = []
+        self._held = 0  # bytes of queued inputs
+
+    @property
+    def full(self) -> bool:
+        """Whether the queued inputs hold FLUSH_BYTES or more."""
+        return self._held >= self.FLUSH_BYTES
 
     def __len__(self) -> int:
         return sum(len(outs) for outs, _ in self._copies.values()) + len(self._lerps)
@@ -51,15 +62,17 @@ class WriteBatch:
         outs, srcs = self._copies[out.device]
         outs.append(out)
         srcs.append(src)
+        self._held += src.numel() * src.element_size()
 
     def lerp(self, out: torch.Tensor, vlm: torch.Tensor, donor: torch.Tensor, alpha: float) -> None:
         """Queue `torch.lerp(vlm, donor, alpha, out=out)` (see `lerp_fusable`)."""
         self._lerps.append((out, vlm, donor, alpha))
+        self._held += 2 * out.numel() * out.element_size()
 
     def run(self) -> None:
         """Write everything queued; the batch is empty afterwards, also when a kernel raised."""
         copies, lerps = self._copies, self._lerps
-        self._copies, self._lerps = defaultdict(lambda: ([], [])), []
+        self._copies, self._lerps, self._held = defaultdict(lambda: ([], [])), [], 0
         for outs, srcs in copies.values():
             torch._foreach_copy_(outs, srcs)
         for out, vlm, donor, alpha in lerps:

@@ -246,15 +246,18 @@ def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, l
 
 
 # -- issue 27: the switch's fast paths (pool, group calls) write what the linear method writes --------
-@pytest.mark.parametrize("path", ["pool", "group calls"])
+@pytest.mark.parametrize("path", ["pool", "group calls", "group calls, run every tensor"])
 def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkeypatch, path):
     import merging.cpu_pool as cpu_pool
+    from merging.fused import WriteBatch
     from merging.methods import linear
     from toy.tiny import build_llava_pair
     if path == "pool":
         monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 300)  # tensors are cut into chunks and batched
     else:
         monkeypatch.setattr(cpu_pool, "POOL_MIN_ELEMENTS", 2**62)  # nothing goes to the pool
+    if path.endswith("every tensor"):
+        monkeypatch.setattr(WriteBatch, "FLUSH_BYTES", 1)  # the batch is full after each tensor
     # bf16 (linear is one torch.lerp), and 3 VLM vocabulary rows the donor lacks (kept as they are)
     pair = load_pair(*build_llava_pair(tmp_path, dtype=torch.bfloat16, vocab_extra=3))
     engine = MergeEngine(pair)
