@@ -340,9 +340,10 @@ class MergeEngine:
         if target is None:
             self._copy(out, original, batch)
             return
+        head, vlm_rows, alpha = out, original, target.alpha
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
             self._copy(out[rows:], original[rows:], batch)
-        head, vlm_rows, alpha = out[:rows], original[:rows], target.alpha
+            head, vlm_rows = out[:rows], original[:rows]
         if target.method == "linear" and alpha in (0, 1):  # linear's endpoints are exact copies
             self._copy(head, vlm_rows if alpha == 0 else donor, batch)
         elif target.method == "linear" and lerp_fusable(head, vlm_rows, donor):
