@@ -105,9 +105,11 @@ class CpuPool:
         return all(t.device.type == "cpu" and t.is_contiguous() and t.numel() == real[0].numel() for t in real)
 
     @staticmethod
-    def worth(*tensors: torch.Tensor | None) -> bool:
-        """Whether the tensors `fits` and hold at least POOL_MIN_ELEMENTS elements."""
-        return tensors[0].numel() >= POOL_MIN_ELEMENTS and CpuPool.fits(*tensors)
+    def worth(*tensors: torch.Tensor) -> bool:
+        """For CPU tensors (the caller knows): whether they can be cut into matching flat chunks
+        (contiguous, one numel) and hold at least POOL_MIN_ELEMENTS elements."""
+        n = tensors[0].numel()
+        return n >= POOL_MIN_ELEMENTS and all(t.is_contiguous() and t.numel() == n for t in tensors)
 
     def submit(self, fn: Callable[..., None], out: torch.Tensor, *inputs: torch.Tensor | None) -> None:
         """Queue `fn(out_chunk, *input_chunks)` for every chunk (None inputs stay None). Tensors smaller

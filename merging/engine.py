@@ -6,20 +6,18 @@ then writes only the tensors whose target differs and restores the ones that lef
 Each write recomputes from the VLM's original and the donor — never from the current, possibly
 merged, value — so the same plan gives bit-identical weights whatever was applied before.
 
-Originals are re-read from the VLM's own safetensors (memory-mapped: no extra resident memory).
-On first touch the engine checks that the file value, cast to the parameter's dtype, equals the
-loaded parameter bit for bit; where it does not (a dtype cast the loader did differently, weights
-edited after loading), it keeps a copy of that one tensor on the CPU instead.
+Originals are re-read from the VLM's own safetensors (memory-mapped: no extra resident memory). On
+first touch the engine checks that the file value, cast to the parameter's dtype, equals the loaded
+parameter bit for bit; where it does not (a dtype cast the loader did differently, weights edited
+after loading), it keeps a copy of that one tensor on the CPU instead.
 
 Element-wise writes (restores, `linear` on half types) skip the methods' per-tensor machinery: on the
-CPU they go to a small pool of single-threaded workers, small tensors in batches and large ones in
-chunks (merging/cpu_pool.py: no OpenMP fork-join per kernel); elsewhere they are gathered over the
-apply and written as group calls (merging/fused.py: one `_foreach_copy_`, one tight lerp loop);
-`apply` returns once everything has landed. The bookkeeping is per apply, not per tensor: each file
-is checked for changes (one stat) once per apply, and again only after a method's own code ran
-(merging/reads.py); originals and donor tensors are the checkpoints' kept memory-mapped views. On a
-GPU the inputs come from an LRU device cache (`device_cache_bytes`) or through pinned staging
-buffers (merging/staging.py); both hand over bit-exact copies, so the weights do not depend on them.
+CPU they go to a pool of single-threaded workers, small tensors batched, large ones chunked
+(merging/cpu_pool.py); elsewhere they are gathered into group calls (merging/fused.py). Bookkeeping
+is per apply: each file is checked for changes once per apply, and again only after a method's own
+code ran (merging/reads.py); inputs are the checkpoints' kept memory-mapped views. On a GPU they come
+from an LRU device cache (`device_cache_bytes`) or through pinned staging buffers
+(merging/staging.py); both hand over bit-exact copies, so the weights do not depend on them.
 
 If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
 (or, should even that fail, to the pure VLM) before re-raising: the weights are never left
@@ -97,6 +95,7 @@ class MergeEngine:
         self._verified: set[str] = set()
         self._snapshots: dict[str, torch.Tensor] = {}  # originals the files could not reproduce
         self._reads = ApplyReads()
+        self._resolved: dict[tuple[str, bool], tuple[Layout, dict[str, Target]]] = {}  # plan → targets, by layout
         linears = set(decoder_linears(pair.vlm))
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
@@ -158,7 +157,13 @@ class MergeEngine:
             return self._targets(plan)
 
     def _targets(self, plan: MergePlan) -> dict[str, Target]:
-        targets = plan.targets(self.pair.layout, has_base=self.pair.base is not None)
+        key = (plan.hash(), self.pair.base is not None)  # resolving walks every slot: reuse the last few
+        layout, resolved = self._resolved.get(key, (None, None))
+        if layout is not self.pair.layout:
+            layout, resolved = self._resolved[key] = self.pair.layout, plan.targets(self.pair.layout, key[1])
+            while len(self._resolved) > 16:
+                del self._resolved[next(iter(self._resolved))]
+        targets = dict(resolved)  # Targets are immutable; the dict is the caller's
         # non-linear tensors of a regmean rule are merged linearly: only linear layers need Grams
         needing = {name: t.method for name, t in targets.items()
                    if get_method(t.method).needs_grams and name in self.gram_set.linear_modules}
@@ -260,9 +265,8 @@ class MergeEngine:
                 self._compute(self._slots[name], target, self._params[name], report, batch)
                 done.append((name, target))
                 if batch.full:
-                    self._run(batch)
-            if len(batch):
-                self._run(batch)
+                    batch.run(self._reads.before_batch)
+            batch.run(self._reads.before_batch)
         except BaseException:
             self._pool.finish(raise_error=False)  # no write may still be running when recovery starts
             raise
@@ -274,10 +278,6 @@ class MergeEngine:
             else:
                 self._state[name] = target
                 report.written.append(name)
-
-    def _run(self, batch: WriteBatch) -> None:
-        self._reads.before_batch()
-        batch.run()
 
     def _recover(self, previous: MergePlan) -> None:
         try:
@@ -329,33 +329,33 @@ class MergeEngine:
         """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it).
 
         Element-wise writes are queued on `batch` or, large ones on the CPU, on the write pool: the
-        caller's `self._run(batch)` and `self._pool.finish()` make them land."""
-        param = self._params[slot.name]
+        caller's `batch.run` and `self._pool.finish()` make them land."""
+        param, device = self._params[slot.name], out.device
         method = get_method(target.method) if target is not None else None
         rows = slot.shared_rows or param.shape[0]
         needs_base = method is not None and method.needs_base
-        original, donor, base = self._inputs(slot, target, param, out.device, rows, needs_base)
+        original, donor, base = self._inputs(slot, target, param, device, rows, needs_base)
         report.bytes_read += sum(t.numel() * t.element_size() for t in (original, donor, base) if t is not None)
         report.bytes_written += out.numel() * out.element_size()
+        cpu = device.type == "cpu"
         if target is None:
-            self._copy(out, original, batch)
-            return
+            return self._copy(out, original, batch, cpu)
         head, vlm_rows, alpha = out, original, target.alpha
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
-            self._copy(out[rows:], original[rows:], batch)
+            self._copy(out[rows:], original[rows:], batch, cpu)
             head, vlm_rows = out[:rows], original[:rows]
         if target.method == "linear" and alpha in (0, 1):  # linear's endpoints are exact copies
-            self._copy(head, vlm_rows if alpha == 0 else donor, batch)
+            self._copy(head, vlm_rows if alpha == 0 else donor, batch, cpu)
         elif target.method == "linear" and lerp_fusable(head, vlm_rows, donor):
-            if out.device.type == "cpu" and CpuPool.worth(head, vlm_rows, donor):
+            if cpu and CpuPool.worth(head, vlm_rows, donor):
                 self._pool.submit(lambda o, v, d: torch.lerp(v, d, alpha, out=o), head, vlm_rows, donor)
             else:
                 batch.lerp(head, vlm_rows, donor, alpha)
         else:
             self._method(slot, method, target, head, vlm_rows, donor, base)
 
-    def _copy(self, out: torch.Tensor, src: torch.Tensor, batch: WriteBatch) -> None:
-        if out.device.type == "cpu" and CpuPool.worth(out, src):
+    def _copy(self, out: torch.Tensor, src: torch.Tensor, batch: WriteBatch, cpu: bool) -> None:
+        if cpu and CpuPool.worth(out, src):
             self._pool.submit(torch.Tensor.copy_, out, src)
         else:
             batch.copy(out, src)
@@ -393,7 +393,7 @@ class MergeEngine:
             self._reads.start()  # the files are checked before the export reads them
             try:
                 self._compute(slot, target, scratch, ApplyReport(""), batch := WriteBatch())
-                self._run(batch)
+                batch.run(self._reads.before_batch)
             finally:
                 self._pool.finish()
             return scratch.to("cpu")

@@ -22,6 +22,7 @@ fork-join per kernel — on a shared CPU one preempted OpenMP thread stalls ever
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import torch
 
@@ -69,8 +70,12 @@ class WriteBatch:
         self._lerps.append((out, vlm, donor, alpha))
         self._held += 2 * out.numel() * out.element_size()
 
-    def run(self) -> None:
-        """Write everything queued; the batch is empty afterwards, also when a kernel raised."""
+    def run(self, before: Callable[[], None]) -> None:
+        """Write everything queued, after calling `before()` (the caller's file checks) if anything is;
+        the batch is empty afterwards, also when a kernel raised."""
+        if not len(self):
+            return
+        before()
         copies, lerps = self._copies, self._lerps
         self._copies, self._lerps, self._held = defaultdict(lambda: ([], [])), [], 0
         for outs, srcs in copies.values():
