@@ -39,7 +39,7 @@ The switch beside its memory-traffic limit (`switch_figures`), for the attention
 - switch_grouped_{attention,full}_s   the same switches written by the caller's group calls
                       (merging/fused.py, torch's own threads) instead of the CPU write pool: CPU only
 
-Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda] [--repeats 9]
+Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda] [--repeats 21] [--pair-dir DIR]
 """
 
 from __future__ import annotations
@@ -76,6 +76,17 @@ def log(msg: str) -> None:
 
 def plan(components: list[str], curve: dict) -> merging.MergePlan:
     return merging.MergePlan.from_dict({"rules": [{"components": components, "method": "linear", "curve": curve}]})
+
+
+def constant(components: list[str], alpha: float) -> merging.MergePlan:
+    return plan(components, {"preset": "constant", "value": alpha})
+
+
+def pair_folders(root: Path, sync) -> tuple[float, tuple[Path, Path]]:
+    """(seconds spent building, (vlm_dir, llm_dir)): the pair in `root`, built there unless it already is."""
+    if (root / "llm" / "config.json").is_file():
+        return 0.0, (root / "vlm", root / "llm")
+    return timed(lambda: build_qwen_pair(root, SHAPE, dtype=torch.bfloat16, noise=0.3), sync)
 
 
 def timed(fn, sync) -> tuple[float, object]:
@@ -235,7 +246,7 @@ def copy_bandwidth(device: str, sync, nbytes: int = 256 * 2**20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--repeats", type=int, default=15, help="switches (and limits) per plan")
+    parser.add_argument("--repeats", type=int, default=21, help="switches (and limits) per plan")
     parser.add_argument("--pair-dir", help="build the pair here once and reuse it (default: a temporary folder)")
     args = parser.parse_args()
     device = args.device
@@ -245,12 +256,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     with tempfile.TemporaryDirectory(dir=args.pair_dir) as tmp:
-        root = Path(args.pair_dir or tmp)
-        if (root / "llm" / "config.json").is_file():
-            build_s, (vlm_dir, llm_dir) = 0.0, (root / "vlm", root / "llm")
-        else:
-            build_s, (vlm_dir, llm_dir) = timed(lambda: build_qwen_pair(root, SHAPE, dtype=torch.bfloat16, noise=0.3),
-                                                sync)
+        build_s, (vlm_dir, llm_dir) = pair_folders(Path(args.pair_dir or tmp), sync)
         log(f"built pair in {build_s:.1f}s")
         pair = merging.load_pair(vlm_dir, llm_dir, dtype="bfloat16", device=device)
         engine = merging.MergeEngine(pair)
@@ -259,17 +265,14 @@ def main() -> None:
         nbytes = lambda s: params[s.name].numel() * params[s.name].element_size()  # noqa: E731
         log(f"loaded pair: {sum(p.numel() for p in pair.vlm.parameters()) / 1e9:.3f} B params, {L} layers")
 
-        attn = plan(["self_attn"], {"preset": "constant", "value": ALPHA})
-        full = plan(["all"], {"preset": "constant", "value": ALPHA})
+        attn, full = constant(["self_attn"], ALPHA), constant(["all"], ALPHA)
         custom = plan(["all"], {"preset": "custom", "values": [ALPHA] * L})
         one = [ALPHA] * L
         one[L // 2] = 0.7  # a middle layer: layer 0's α would also move embed/norm/lm_head
         custom_one = plan(["all"], {"preset": "custom", "values": one})
 
-        between = lambda a: plan(["self_attn"], {"preset": "constant", "value": a})  # noqa: E731
-        everything = lambda a: plan(["all"], {"preset": "constant", "value": a})  # noqa: E731
-        figures = switch_figures(engine, {"attention": (between(ALPHA), between(SWITCH_TO)),
-                                          "full": (everything(ALPHA), everything(SWITCH_TO))},
+        figures = switch_figures(engine, {"attention": (attn, constant(["self_attn"], SWITCH_TO)),
+                                          "full": (full, constant(["all"], SWITCH_TO))},
                                  sync, args.repeats, [vlm_dir, llm_dir] if device == "cpu" else None)
         warm_s, _ = timed(lambda: (engine.apply(full), engine.restore()), sync)
         log(f"warm-up apply+restore (verifies originals) {warm_s:.2f}s")

@@ -207,7 +207,7 @@ class MergeEngine:
         with self.lock, torch.no_grad():
             targets = self._targets(plan)  # under the lock: it reads the attached Gram files
             # a file truncated under us fails here, before the first write (CheckpointError), so the
-            # weights keep the current plan; reads check again after a method's own code ran (_read)
+            # weights keep the current plan; reads check again after a method's own code ran (reads.py)
             self.pair.check_files()
             self._reads.start(self.pair.vlm_files, self.pair.donor, self.pair.base)
             start = time.perf_counter()
@@ -328,8 +328,8 @@ class MergeEngine:
                  batch: WriteBatch) -> None:
         """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it).
 
-        Element-wise writes are queued on `batch` or, large ones on the CPU, on the write pool: the
-        caller's `batch.run` and `self._pool.finish()` make them land."""
+        Element-wise writes go to the write pool on the CPU (cpu_pool.POOL_MIN_ELEMENTS and up), else
+        on `batch`: the caller's `batch.run` and `self._pool.finish()` make them land."""
         param, device = self._params[slot.name], out.device
         method = get_method(target.method) if target is not None else None
         rows = slot.shared_rows or param.shape[0]
