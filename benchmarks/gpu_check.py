@@ -9,6 +9,10 @@ untied, bf16; random weights, toy/sharded.py) loaded on the GPU, prints ONE JSON
 - same_weights_with_cache: the attention plan's tensors with the cache equal those without, bit for bit
 - restore_bit_exact: after everything, every merged tensor equals the VLM file
 - extra_device_bytes: device memory held by the cached engine (cache entries) after its applies
+- switch_vs_limit: benchmarks/switch.py's `switch_figures` on this pair with the cached engine: a fresh
+  engine's first apply, the warm switch α 0.4 ↔ 0.5 and, interleaved, its memory-traffic limit (one
+  torch.lerp per written tensor on device copies made beforehand), switch_over_limit and the
+  per-tensor overhead in µs, for the attention-only and the full plan
 - generation tokens/s at batch 1 and batch 32 (model.generate on left-padded random-id prompts,
   greedy, a fixed number of new tokens, no early stop)
 - sweep answers/s: one at a time (merging.generate.answer per question) vs batched (one
@@ -32,6 +36,7 @@ import torch
 import transformers
 
 import merging
+from benchmarks.switch import SWITCH_TO, switch_figures
 from merging.generate import GenerationSettings, answer, chat_prompt, text_tokenizer
 from toy.sharded import write_qwen_pair_sharded
 from toy.tiny import DecoderShape
@@ -165,6 +170,13 @@ def run(args) -> dict:
     result["extra_device_bytes"] = (torch.cuda.memory_allocated() - allocated if device.startswith("cuda")
                                     else cached.device_cache_stats()["used"])
     result["device_cache"] = cached.device_cache_stats()
+    constant = lambda components, a: plan(components, {"preset": "constant", "value": a})  # noqa: E731
+    result["switch_vs_limit"] = switch_figures(
+        cached, {"attention": (plans["attention"], constant(["self_attn"], SWITCH_TO)),
+                 "full": (plans["full"], constant(["all"], SWITCH_TO))}, timer.sync, args.repeats, None)
+    log(f"switch vs limit: {result['switch_vs_limit']}")
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the limit's device copies go back
     result["extra_resident_bytes"] = cached.extra_resident_bytes()
     cached.restore()
     params = dict(pair.vlm.named_parameters())

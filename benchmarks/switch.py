@@ -21,17 +21,38 @@ loads them with `merging.load_pair`, and prints ONE JSON object to stdout (logs 
 - restore_bit_exact   after everything, every merged parameter equals the VLM file bit for bit
 - params, language_model_bytes, attention_bytes, torch_threads, device
 
-Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda]
+The switch beside its memory-traffic limit (`switch_figures`), for the attention-only and the full plan:
+- first_apply_{attention,full}_s   the FIRST apply of the session (a fresh engine: originals verified on
+                      first touch; on the CPU the pair's files are first dropped from the page cache with
+                      posix_fadvise, so their pages are read from disk as a user's first switch reads them)
+- switch_{attention,full}_s    median of `--repeats` switches α 0.4 ↔ 0.5 of the same plan (every
+                      tensor of the plan changes; no restore in between)
+- limit_{attention,full}_s     in the same run, interleaved with the switches: one torch.lerp(V, L, α,
+                      out=θ) per tensor over exactly the tensors the switch writes, on views prepared
+                      beforehand (one pass over memory: what the switch cannot beat)
+- switch_over_limit_{attention,full}   median over the repeats of switch / the limit measured right
+                      after it (the way with the lower median)                 target ≤ 1.2
+- per_tensor_overhead_us_{attention,full}   (switch − limit) / tensors written
+- tensors_{attention,full}     tensors a switch writes
+- limit_{attention,full}_{openmp,threads}_s   the limit's two ways (see `limit_writes`); the limit
+                      is the faster one
+- switch_grouped_{attention,full}_s   the same switches written by the caller's group calls
+                      (merging/fused.py, torch's own threads) instead of the CPU write pool: CPU only
+
+Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda] [--repeats 21] [--pair-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,11 +61,13 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import merging
+import merging.cpu_pool
 from toy.tiny import DecoderShape, build_qwen_pair
 
 SHAPE = DecoderShape(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16,
                      num_key_value_heads=4, intermediate_size=4096)
 ALPHA = 0.4
+SWITCH_TO = 0.5  # a switch: ALPHA ↔ SWITCH_TO
 
 
 def log(msg: str) -> None:
@@ -53,6 +76,17 @@ def log(msg: str) -> None:
 
 def plan(components: list[str], curve: dict) -> merging.MergePlan:
     return merging.MergePlan.from_dict({"rules": [{"components": components, "method": "linear", "curve": curve}]})
+
+
+def constant(components: list[str], alpha: float) -> merging.MergePlan:
+    return plan(components, {"preset": "constant", "value": alpha})
+
+
+def pair_folders(root: Path, sync) -> tuple[float, tuple[Path, Path]]:
+    """(seconds spent building, (vlm_dir, llm_dir)): the pair in `root`, built there unless it already is."""
+    if (root / "llm" / "config.json").is_file():
+        return 0.0, (root / "vlm", root / "llm")
+    return timed(lambda: build_qwen_pair(root, SHAPE, dtype=torch.bfloat16, noise=0.3), sync)
 
 
 def timed(fn, sync) -> tuple[float, object]:
@@ -99,6 +133,108 @@ def rebuild(pair: merging.ModelPair, vlm_dir: Path, llm_dir: Path, out: Path, sy
     return end - start, end - reload_start
 
 
+def drop_page_cache(folders: list[Path]) -> None:
+    """Evict the folders' safetensors from the page cache (written back first): the next read is cold.
+    Only these files' pages are dropped (posix_fadvise), nothing else on the machine."""
+    for folder in folders:
+        for f in folder.glob("*.safetensors"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def limit_writes(engine, names: list[str], alphas: tuple[float, ...]) -> dict:
+    """The switch's memory-traffic limit: one torch.lerp(V, L, α, out=θ) per tensor `names` lists, on
+    views (and device copies) prepared here, run two ways: {"openmp": a plain loop with torch's own
+    threads, "threads": the tensors cut into 2 Mi-element pieces that `workers` single-threaded threads
+    take from one list} (CPU only; the better of the two is the limit), for each α of `alphas`:
+    {α: {way: run}}. Each writes what the linear plan at α holds, so the weights are unchanged when the
+    engine holds that plan. Assumes linear plans of half-type tensors."""
+    pair, params = engine.pair, dict(engine.pair.vlm.named_parameters())
+    slots = {s.name: s for s in pair.layout.slots}
+    work = []
+    for name in names:
+        slot, param = slots[name], params[name]
+        rows = slot.shared_rows or param.shape[0]
+        vlm = pair.vlm_files.get(slot.vlm_key)[:rows].to(param.device)
+        donor = pair.donor.get(slot.donor_key)[:rows].to(param.device)
+        work.append((param.detach()[:rows], vlm, donor))
+
+    pieces = [tuple(t.view(-1)[i:i + 2**21] for t in (out, vlm, donor))
+              for out, vlm, donor in work for i in range(0, out.numel(), 2**21)]
+    on_cpu = params[names[0]].device.type == "cpu"
+    return {alpha: {"openmp": lambda alpha=alpha: _lerps(work, alpha),
+                    **({"threads": lambda alpha=alpha: _threaded_lerps(pieces, alpha, engine._pool.workers)}
+                       if on_cpu else {})} for alpha in alphas}
+
+
+def _lerps(work: list[tuple], alpha: float) -> None:
+    for out, vlm, donor in work:
+        torch.lerp(vlm, donor, alpha, out=out)
+
+
+def _threaded_lerps(pieces: list[tuple], alpha: float, workers: int) -> None:
+    taken = itertools.count()  # each piece handed out once, in order, across the threads
+
+    def worker() -> None:
+        torch.set_num_threads(1)
+        for k in taken:
+            if k >= len(pieces):
+                return
+            _lerps(pieces[k:k + 1], alpha)
+    runners = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in runners:
+        t.start()
+    for t in runners:
+        t.join()
+
+
+def switch_figures(engine, plans: dict[str, tuple], sync, repeats: int, cold_dirs: list[Path] | None) -> dict:
+    """First apply, warm switch and the limit for each plan: plans = {label: (plan at ALPHA, plan at
+    SWITCH_TO)}; a fresh engine's first apply comes first (see the module docstring)."""
+    out = {}
+    for label, (at, to) in plans.items():
+        engine.restore()
+        if cold_dirs:
+            drop_page_cache(cold_dirs)
+        fresh = merging.MergeEngine(engine.pair)
+        out[f"first_apply_{label}_s"], _ = timed(lambda: fresh.apply(at), sync)
+        fresh.restore()
+        engine.apply(at)
+        report = engine.apply(to)
+        limits = limit_writes(engine, report.written, (SWITCH_TO, ALPHA))
+        switches, bounds = [], {way: [] for way in limits[ALPHA]}
+        for i in range(repeats):  # the weights hold `to` after the report's apply
+            switches.append(timed(lambda: engine.apply(at if i % 2 == 0 else to), sync)[0])
+            for way, run in limits[ALPHA if i % 2 == 0 else SWITCH_TO].items():  # the α just applied
+                bounds[way].append(timed(run, sync)[0])
+        medians = {way: statistics.median(times) for way, times in bounds.items()}
+        switch, bound = statistics.median(switches), min(medians.values())
+        # each switch against the limit measured right after it (the way with the lower median: the
+        # lower of two noisy samples each time would bias the ratio up): the load changes less between
+        best = min(medians, key=medians.get)
+        ratio = statistics.median(t / b for t, b in zip(switches, bounds[best]))
+        out.update({f"limit_{label}_{way}_s": t for way, t in medians.items()})
+        out.update({f"switch_{label}_s": switch, f"limit_{label}_s": bound,
+                    f"switch_over_limit_{label}": ratio, f"tensors_{label}": len(report.written),
+                    f"per_tensor_overhead_us_{label}": (switch - bound) / len(report.written) * 1e6})
+        if engine.pair.vlm.device.type == "cpu":  # the group calls of merging/fused.py instead of the pool
+            least, merging.cpu_pool.POOL_MIN_ELEMENTS = merging.cpu_pool.POOL_MIN_ELEMENTS, 2**62
+            try:
+                engine.apply(at)
+                grouped = [timed(lambda i=i: engine.apply(at if i % 2 else to), sync)[0] for i in range(repeats)]
+            finally:
+                merging.cpu_pool.POOL_MIN_ELEMENTS = least
+            out[f"switch_grouped_{label}_s"] = statistics.median(grouped)
+        log(f"{label}: first {out[f'first_apply_{label}_s']:.3f}s, switch {switch * 1e3:.1f} ms, "
+            f"limit {bound * 1e3:.1f} ms ({ratio:.2f}×)")
+    engine.restore()
+    return out
+
+
 def copy_bandwidth(device: str, sync, nbytes: int = 256 * 2**20) -> float:
     src = torch.randn(nbytes // 2, device=device).to(torch.bfloat16)
     dst = torch.empty_like(src)
@@ -110,15 +246,17 @@ def copy_bandwidth(device: str, sync, nbytes: int = 256 * 2**20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    device = parser.parse_args().device
+    parser.add_argument("--repeats", type=int, default=21, help="switches (and limits) per plan")
+    parser.add_argument("--pair-dir", help="build the pair here once and reuse it (default: a temporary folder)")
+    args = parser.parse_args()
+    device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     t0 = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        build_s, (vlm_dir, llm_dir) = timed(lambda: build_qwen_pair(root, SHAPE, dtype=torch.bfloat16, noise=0.3), sync)
+    with tempfile.TemporaryDirectory(dir=args.pair_dir) as tmp:
+        build_s, (vlm_dir, llm_dir) = pair_folders(Path(args.pair_dir or tmp), sync)
         log(f"built pair in {build_s:.1f}s")
         pair = merging.load_pair(vlm_dir, llm_dir, dtype="bfloat16", device=device)
         engine = merging.MergeEngine(pair)
@@ -127,13 +265,15 @@ def main() -> None:
         nbytes = lambda s: params[s.name].numel() * params[s.name].element_size()  # noqa: E731
         log(f"loaded pair: {sum(p.numel() for p in pair.vlm.parameters()) / 1e9:.3f} B params, {L} layers")
 
-        attn = plan(["self_attn"], {"preset": "constant", "value": ALPHA})
-        full = plan(["all"], {"preset": "constant", "value": ALPHA})
+        attn, full = constant(["self_attn"], ALPHA), constant(["all"], ALPHA)
         custom = plan(["all"], {"preset": "custom", "values": [ALPHA] * L})
         one = [ALPHA] * L
         one[L // 2] = 0.7  # a middle layer: layer 0's α would also move embed/norm/lm_head
         custom_one = plan(["all"], {"preset": "custom", "values": one})
 
+        figures = switch_figures(engine, {"attention": (attn, constant(["self_attn"], SWITCH_TO)),
+                                          "full": (full, constant(["all"], SWITCH_TO))},
+                                 sync, args.repeats, [vlm_dir, llm_dir] if device == "cpu" else None)
         warm_s, _ = timed(lambda: (engine.apply(full), engine.restore()), sync)
         log(f"warm-up apply+restore (verifies originals) {warm_s:.2f}s")
         apply_attention_s, _ = median_apply(engine, attn, sync, engine.restore)
@@ -144,7 +284,7 @@ def main() -> None:
         log(f"apply attn {apply_attention_s:.3f}s, full {apply_full_s:.3f}s, one layer {apply_one_layer_s:.3f}s")
 
         bandwidth = copy_bandwidth(device, sync)
-        rebuild_s, reload_s = rebuild(pair, vlm_dir, llm_dir, root / "rebuilt", sync)
+        rebuild_s, reload_s = rebuild(pair, vlm_dir, llm_dir, Path(tmp) / "rebuilt", sync)
         log(f"rebuild {rebuild_s:.2f}s (reload {reload_s:.2f}s)")
 
         engine.restore()
@@ -172,6 +312,8 @@ def main() -> None:
             "build_s": build_s,
             "torch_threads": torch.get_num_threads(),
             "device": device,
+            **figures,
+            "load_average": os.getloadavg(),
         }
     log(f"total {time.perf_counter() - t0:.1f}s")
     print(json.dumps(result, indent=2))

@@ -7,14 +7,14 @@ copy and no resident memory beyond the OS page cache — unlike `safe_open(...).
 copies every tensor it returns. Every header is validated up front, so a corrupt file fails with a
 clear `CheckpointError` at open time, not halfway through a merge.
 
-Every dtype of the format is accepted in a header (an unused U16 or F4 tensor is no reason to refuse
-a file); a tensor whose dtype we cannot compute with is refused only when it is read as a float
-(`float_problem`), by name. A mapped file that is truncated under us would kill the process with
-SIGBUS on the next read, so every read first checks that the file still has the size and identity
-(st_size, st_ino, st_mtime_ns, st_dev) it had at open; a changed file is re-opened if it holds the
-same checkpoint (a restored copy), refused with a CheckpointError otherwise. Block-scaled FP8 weights
-are dequantized on read (`merging.quantization`); other quantizations are recorded in `quantization`
-for the caller to refuse.
+Every dtype of the format is accepted in a header (an unused U16 or F4 tensor is no reason to refuse a
+file); a tensor whose dtype we cannot compute with is refused only when it is read as a float
+(`float_problem`), by name. A mapped file truncated under us would kill the process with SIGBUS on the
+next read, so reads first check that the file still has the size and identity (st_size, st_ino,
+st_mtime_ns, st_dev) it had at open (the engine: once per file per apply, merging/reads.py); a changed
+file is re-opened if it holds the same checkpoint (a restored copy), refused with a CheckpointError
+otherwise. Views are made once per tensor and kept. Block-scaled FP8 weights are dequantized on read
+(`merging.quantization`); other quantizations are recorded in `quantization` for the caller to refuse.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class _SafetensorsFile:
         self.size, self.data_start = size, 8 + header_len
         self.metadata = header.pop("__metadata__", None) or {}
         self.entries = {name: self._entry(name, info) for name, info in header.items()}
+        self._views: dict[str, torch.Tensor] = {}  # entry name → its view of the current mapping
         self.content = self._content_hash()  # what a re-opened file must match
 
     def _entry(self, name: str, info: object) -> _TensorEntry:
@@ -128,7 +129,7 @@ class _SafetensorsFile:
         """Refuse to read a file that changed since it was opened; re-map one that was restored.
 
         Reading a mapped page past a truncated end is SIGBUS, which no `except` catches, so the file's
-        (st_size, st_ino, st_mtime_ns, st_dev) are compared before every read (one stat call). A file
+        (st_size, st_ino, st_mtime_ns, st_dev) are compared before reads (one stat call). A file
         that changed but holds the same header and sampled bytes (a restored copy) is mapped afresh.
         A truncation between this check and the read itself is not caught (no portable way to).
         """
@@ -149,23 +150,26 @@ class _SafetensorsFile:
                                   f"or load the model again")
         # the old map may still back live views: drop it, never close it under them
         self.mmap, self.identity, self.size = fresh.mmap, fresh.identity, fresh.size
+        self._views = {}
 
-    def view(self, entry: _TensorEntry) -> torch.Tensor:
-        """A zero-copy CPU tensor over `entry`'s bytes in the memory map (shape and dtype from the header).
-
-        Checks the file first (`check`); CheckpointError for a dtype torch has no element type for."""
-        self.check()
+    def view(self, name: str, entry: _TensorEntry, check: bool = True) -> torch.Tensor:
+        """A zero-copy CPU tensor over `entry`'s bytes in the memory map (shape and dtype from the header),
+        kept once made (a fresh one costs more than a small tensor's merge). Checks the file first
+        (`check`) if `check`; CheckpointError for a dtype torch has no element type for."""
+        if check:
+            self.check()
+        if name in self._views:
+            return self._views[name]
         if entry.dtype is None:
             raise CheckpointError(f"{self.path}: tensor of dtype {entry.code} {list(entry.shape)} cannot be "
                                   f"read (no torch element type)")
         count = math.prod(entry.shape)
-        if count == 0:
-            return torch.empty(entry.shape, dtype=entry.dtype)
         with warnings.catch_warnings():  # the mapping is read-only on purpose: a stray write faults
             warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(self.mmap, dtype=entry.dtype, count=count,
-                                    offset=self.data_start + entry.begin)
-        return flat.view(entry.shape)
+            flat = (torch.frombuffer(self.mmap, dtype=entry.dtype, count=count, offset=self.data_start + entry.begin)
+                    if count else torch.empty(0, dtype=entry.dtype))
+        self._views[name] = flat.view(entry.shape)
+        return self._views[name]
 
     def digest(self, hasher: "hashlib._Hash", samples: int = 64, block: int = 65536) -> None:
         """Feed the header, the size and `samples` evenly spaced data blocks into `hasher`."""
@@ -284,15 +288,14 @@ class Checkpoint:
             return f"tensor {name!r} is {entry.code} without its {name + SCALE_INV_SUFFIX!r} block scale"
         return None
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, check: bool = True) -> torch.Tensor:
         """A zero-copy CPU view of tensor `name` (read-only by convention: never write to it); a block-
         scaled FP8 weight is returned dequantized (a new float32 tensor). CheckpointError if the file
-        changed since it was opened."""
+        changed since it was opened; `check=False` skips that stat (the caller checked: merging/reads.py)."""
         entry = self._entry(name)
         scale = self._scale_key(name)
-        if scale is not None:
-            return dequantize_fp8_blocks(entry.file.view(entry), self.get(scale), self.quantization.block)
-        return entry.file.view(entry)
+        raw = entry.file.view(name, entry, check)
+        return raw if scale is None else dequantize_fp8_blocks(raw, self.get(scale, check), self.quantization.block)
 
     def dtype_counts(self) -> dict[str, int]:
         """How many tensors of each stored dtype code the checkpoint holds, e.g. {"BF16": 338, "U16": 1}."""

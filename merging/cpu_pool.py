@@ -25,6 +25,9 @@ from typing import Callable
 import torch
 
 CHUNK_ELEMENTS = 1 << 21          # 4 MiB of bf16: a few hundred µs of work, cache-friendly
+POOL_MIN_ELEMENTS = 0             # smaller element-wise writes go to the caller's group calls
+#                                   (merging/fused.py) instead: 0 = all on the pool, which
+#                                   benchmarks/switch.py measured faster on a shared CPU
 ELEMENTWISE_METHODS = frozenset({"linear"})  # methods whose every output element depends only on
 #                                              the same element of the inputs (no reductions, no RNG)
 
@@ -100,6 +103,13 @@ class CpuPool:
         """Whether the tensors can be cut into matching flat chunks (CPU, contiguous, one numel)."""
         real = [t for t in tensors if t is not None]
         return all(t.device.type == "cpu" and t.is_contiguous() and t.numel() == real[0].numel() for t in real)
+
+    @staticmethod
+    def worth(*tensors: torch.Tensor) -> bool:
+        """For CPU tensors (the caller knows): whether they can be cut into matching flat chunks
+        (contiguous, one numel) and hold at least POOL_MIN_ELEMENTS elements."""
+        n = tensors[0].numel()
+        return n >= POOL_MIN_ELEMENTS and all(t.is_contiguous() and t.numel() == n for t in tensors)
 
     def submit(self, fn: Callable[..., None], out: torch.Tensor, *inputs: torch.Tensor | None) -> None:
         """Queue `fn(out_chunk, *input_chunks)` for every chunk (None inputs stay None). Tensors smaller

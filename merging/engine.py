@@ -6,16 +6,18 @@ then writes only the tensors whose target differs and restores the ones that lef
 Each write recomputes from the VLM's original and the donor — never from the current, possibly
 merged, value — so the same plan gives bit-identical weights whatever was applied before.
 
-Originals are re-read from the VLM's own safetensors (memory-mapped: no extra resident memory).
-On first touch the engine checks that the file value, cast to the parameter's dtype, equals the
-loaded parameter bit for bit; where it does not (a dtype cast the loader did differently, weights
-edited after loading), it keeps a copy of that one tensor on the CPU instead.
+Originals are re-read from the VLM's own safetensors (memory-mapped: no extra resident memory). On
+first touch the engine checks that the file value, cast to the parameter's dtype, equals the loaded
+parameter bit for bit; where it does not (a dtype cast the loader did differently, weights edited
+after loading), it keeps a copy of that one tensor on the CPU instead.
 
-Writes on the CPU that are element-wise (restores, `linear`) go to a small pool of single-threaded
-workers in chunks (merging/cpu_pool.py: no OpenMP fork-join per tensor); `apply` returns once they
-have landed. On a GPU the inputs come from an LRU device cache (`device_cache_bytes`) or through
-pinned staging buffers (merging/staging.py); both hand over bit-exact copies, so the weights do not
-depend on them.
+Element-wise writes (restores, `linear` on half types) skip the methods' per-tensor machinery: on the
+CPU they go to a pool of single-threaded workers, small tensors batched, large ones chunked
+(merging/cpu_pool.py); elsewhere they are gathered into group calls (merging/fused.py). Bookkeeping
+is per apply: each file is checked for changes once per apply, and again only after a method's own
+code ran (merging/reads.py); inputs are the checkpoints' kept memory-mapped views. On a GPU they come
+from an LRU device cache (`device_cache_bytes`) or through pinned staging buffers
+(merging/staging.py); both hand over bit-exact copies, so the weights do not depend on them.
 
 If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
 (or, should even that fail, to the pure VLM) before re-raising: the weights are never left
@@ -42,11 +44,13 @@ import torch
 from .checkpoint import Checkpoint
 from .cpu_pool import ELEMENTWISE_METHODS, CpuPool
 from .errors import LayoutError, MergescopeError, PlanError
+from .fused import WriteBatch, lerp_fusable
 from .grams import GramFile, GramSet, decoder_linears
 from .layout import Layout, Slot, build_layout
-from .methods import get_method
+from .methods import Method, get_method
 from .pair import ModelPair, check_base_covers
 from .plan import MergePlan, Target
+from .reads import ApplyReads
 from .staging import Feeder
 
 _DIRTY = Target("<being written>", float("nan"))  # marks a tensor whose write may have been cut short
@@ -90,6 +94,8 @@ class MergeEngine:
         self._plan = MergePlan()
         self._verified: set[str] = set()
         self._snapshots: dict[str, torch.Tensor] = {}  # originals the files could not reproduce
+        self._reads = ApplyReads()
+        self._resolved: dict[tuple[str, bool], tuple[Layout, dict[str, Target]]] = {}  # plan → targets, by layout
         linears = set(decoder_linears(pair.vlm))
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
@@ -151,7 +157,13 @@ class MergeEngine:
             return self._targets(plan)
 
     def _targets(self, plan: MergePlan) -> dict[str, Target]:
-        targets = plan.targets(self.pair.layout, has_base=self.pair.base is not None)
+        key = (plan.hash(), self.pair.base is not None)  # resolving walks every slot: reuse the last few
+        layout, resolved = self._resolved.get(key, (None, None))
+        if layout is not self.pair.layout:
+            layout, resolved = self._resolved[key] = self.pair.layout, plan.targets(self.pair.layout, key[1])
+            while len(self._resolved) > 16:
+                del self._resolved[next(iter(self._resolved))]
+        targets = dict(resolved)  # Targets are immutable; the dict is the caller's
         # non-linear tensors of a regmean rule are merged linearly: only linear layers need Grams
         needing = {name: t.method for name, t in targets.items()
                    if get_method(t.method).needs_grams and name in self.gram_set.linear_modules}
@@ -195,8 +207,9 @@ class MergeEngine:
         with self.lock, torch.no_grad():
             targets = self._targets(plan)  # under the lock: it reads the attached Gram files
             # a file truncated under us fails here, before the first write (CheckpointError), so the
-            # weights keep the current plan; each read checks again (see Checkpoint.get)
+            # weights keep the current plan; reads check again after a method's own code ran (reads.py)
             self.pair.check_files()
+            self._reads.start(self.pair.vlm_files, self.pair.donor, self.pair.base)
             start = time.perf_counter()
             report = ApplyReport(plan.hash())
             previous = self._plan
@@ -241,14 +254,19 @@ class MergeEngine:
     # -- internals ---------------------------------------------------------------------------
     def _write_all(self, targets: dict[str, Target], report: ApplyReport) -> None:
         done: list[tuple[str, Target | None]] = []
+        batch = WriteBatch()
+        self._reads.new_batch()
         try:
             for name in list(self._state) + [n for n in targets if n not in self._state]:
                 target = targets.get(name)
                 if self._state.get(name) == target:
                     continue
                 self._state[name] = _DIRTY
-                self._compute(self._slots[name], target, self._params[name], report)
+                self._compute(self._slots[name], target, self._params[name], report, batch)
                 done.append((name, target))
+                if batch.full:
+                    batch.run(self._reads.before_batch)
+            batch.run(self._reads.before_batch)
         except BaseException:
             self._pool.finish(raise_error=False)  # no write may still be running when recovery starts
             raise
@@ -273,7 +291,9 @@ class MergeEngine:
         """The VLM's original value of `slot`, in the parameter's dtype, on the CPU."""
         if slot.name in self._snapshots:
             return self._snapshots[slot.name]
-        original = self.pair.vlm_files.get(slot.vlm_key).to(param.dtype)
+        original = self._reads.read(self.pair.vlm_files, slot.vlm_key)
+        if original.dtype != param.dtype:
+            original = original.to(param.dtype)
         if slot.name not in self._verified:
             # first touch: the parameter still holds the loaded original, so compare
             if not torch.equal(original, param.detach().cpu()):
@@ -296,48 +316,66 @@ class MergeEngine:
             return original, None, None
         donor_ckpt = self.pair.donor
         donor = feeder.fetch(("donor", donor_ckpt.fingerprint(), slot.donor_key, rows),
-                             lambda: donor_ckpt.get(slot.donor_key)[:rows])
+                             lambda: self._reads.read(donor_ckpt, slot.donor_key, rows))
         base = None
         if needs_base:
             key = self.pair.base_keys[slot.name]
             base = feeder.fetch(("base", self.pair.base.fingerprint(), key, rows),
-                                lambda: self.pair.base.get(key)[:rows])
+                                lambda: self._reads.read(self.pair.base, key, rows))
         return original, donor, base
 
-    def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport) -> None:
+    def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport,
+                 batch: WriteBatch) -> None:
         """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it).
 
-        Element-wise work on the CPU (restores, `linear`) is queued on the write pool: the caller's
-        `self._pool.finish()` makes it land."""
-        param = self._params[slot.name]
-        device = out.device
+        Element-wise writes go to the write pool on the CPU (cpu_pool.POOL_MIN_ELEMENTS and up), else
+        on `batch`: the caller's `batch.run` and `self._pool.finish()` make them land."""
+        param, device = self._params[slot.name], out.device
         method = get_method(target.method) if target is not None else None
         rows = slot.shared_rows or param.shape[0]
         needs_base = method is not None and method.needs_base
         original, donor, base = self._inputs(slot, target, param, device, rows, needs_base)
         report.bytes_read += sum(t.numel() * t.element_size() for t in (original, donor, base) if t is not None)
         report.bytes_written += out.numel() * out.element_size()
-        pooled = device.type == "cpu" and (target is None or target.method in ELEMENTWISE_METHODS)
+        cpu = device.type == "cpu"
         if target is None:
-            if pooled and CpuPool.fits(out, original):
-                self._pool.submit(torch.Tensor.copy_, out, original)
-            else:
-                out.copy_(original)
-            return
+            return self._copy(out, original, batch, cpu)
+        head, vlm_rows, alpha = out, original, target.alpha
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
-            out[rows:].copy_(original[rows:])
+            self._copy(out[rows:], original[rows:], batch, cpu)
+            head, vlm_rows = out[:rows], original[:rows]
+        if target.method == "linear" and alpha in (0, 1):  # linear's endpoints are exact copies
+            self._copy(head, vlm_rows if alpha == 0 else donor, batch, cpu)
+        elif target.method == "linear" and lerp_fusable(head, vlm_rows, donor):
+            if cpu and CpuPool.worth(head, vlm_rows, donor):
+                self._pool.submit(lambda o, v, d: torch.lerp(v, d, alpha, out=o), head, vlm_rows, donor)
+            else:
+                batch.lerp(head, vlm_rows, donor, alpha)
+        else:
+            self._method(slot, method, target, head, vlm_rows, donor, base)
+
+    def _copy(self, out: torch.Tensor, src: torch.Tensor, batch: WriteBatch, cpu: bool) -> None:
+        if cpu and CpuPool.worth(out, src):
+            self._pool.submit(torch.Tensor.copy_, out, src)
+        else:
+            batch.copy(out, src)
+
+    def _method(self, slot: Slot, method: Method, target: Target, out: torch.Tensor, vlm: torch.Tensor,
+                donor: torch.Tensor, base: torch.Tensor | None) -> None:
+        """One tensor through its method's own function (on the pool when it is element-wise)."""
         params = dict(target.params)
         context = {}
         if "name" in method.context:
             context["name"] = slot.rel
         if "grams" in method.context:
-            context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), device)
-        head, vlm_rows = out[:rows], original[:rows]
-        if pooled and not context and CpuPool.fits(head, vlm_rows, donor, base):
+            context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), out.device)
+        pooled = out.device.type == "cpu" and target.method in ELEMENTWISE_METHODS
+        if pooled and not context and CpuPool.fits(out, vlm, donor, base):
             alpha = target.alpha
-            self._pool.submit(lambda o, v, d, b: method.fn(o, v, d, b, alpha, **params), head, vlm_rows, donor, base)
+            self._pool.submit(lambda o, v, d, b: method.fn(o, v, d, b, alpha, **params), out, vlm, donor, base)
         else:
-            method.fn(head, vlm_rows, donor, base, target.alpha, **params, **context)
+            method.fn(out, vlm, donor, base, target.alpha, **params, **context)
+            self._reads.method_ran()
 
     def export_tensor(self, slot_name: str, target: Target | None) -> torch.Tensor:
         """`target`'s value of one tensor on the CPU, without changing the resident weights.
@@ -352,8 +390,10 @@ class MergeEngine:
             if self._state.get(slot_name) == target:
                 return param.detach().to("cpu", copy=True)
             scratch = torch.empty_like(param)
+            self._reads.start()  # the files are checked before the export reads them
             try:
-                self._compute(slot, target, scratch, ApplyReport(""))
+                self._compute(slot, target, scratch, ApplyReport(""), batch := WriteBatch())
+                batch.run(self._reads.before_batch)
             finally:
                 self._pool.finish()
             return scratch.to("cpu")

@@ -104,6 +104,7 @@ class Feeder:
         self.cache = DeviceCache(budget, self.device)
         use_staging = self.device.type == "cuda" if staging is None else staging
         self.stager = Stager(self.device) if use_staging else None
+        self.direct = self.device.type == "cpu" and self.stager is None
 
     def host_bytes(self) -> int:
         """Host memory this feeder holds: bounce buffers, and cache entries when the device is the CPU."""
@@ -120,6 +121,8 @@ class Feeder:
 
         The key must name the value exactly (checkpoint identity, tensor, dtype, rows): a hit is
         returned without calling `load`."""
+        if self.direct and not self.cache.budget:  # the CPU without cache or staging: nothing to move
+            return load()
         if self.cache.budget:
             hit = self.cache.get(key)
             if hit is not None:

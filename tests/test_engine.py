@@ -243,3 +243,59 @@ def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, l
         engine.set_donor(Checkpoint(llava_dirs[1]))
     assert engine.plan == plan and qwen_pair.donor is donor
     assert_same_weights(qwen_pair, before)
+
+
+# -- issue 27: the switch's fast paths (pool, group calls) write what the linear method writes --------
+@pytest.mark.parametrize("path", ["pool", "group calls", "group calls, run every tensor"])
+def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkeypatch, path):
+    import merging.cpu_pool as cpu_pool
+    from merging.fused import WriteBatch
+    from merging.methods import linear
+    from toy.tiny import build_llava_pair
+    if path == "pool":
+        monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 300)  # tensors are cut into chunks and batched
+    else:
+        monkeypatch.setattr(cpu_pool, "POOL_MIN_ELEMENTS", 2**62)  # nothing goes to the pool
+    if path.endswith("every tensor"):
+        monkeypatch.setattr(WriteBatch, "FLUSH_BYTES", 1)  # the batch is full after each tensor
+    # bf16 (linear is one torch.lerp), and 3 VLM vocabulary rows the donor lacks (kept as they are)
+    pair = load_pair(*build_llava_pair(tmp_path, dtype=torch.bfloat16, vocab_extra=3))
+    engine = MergeEngine(pair)
+    alphas = {"self_attn": 0.37, "mlp": 1.0, "norms": 0.0, "norm": 0.0, "embed_tokens": 0.6, "lm_head": 0.61}
+    p = plan(*(rule([group], {"preset": "constant", "value": a}) for group, a in alphas.items()))
+    engine.apply(plan(rule(["all"], {"preset": "constant", "value": 0.2})))  # the switch starts merged
+    report = engine.apply(p)
+    params = dict(pair.vlm.named_parameters())
+    assert len(report.written) == len(pair.layout.slots)
+    mismatched = 0
+    for slot in pair.layout.slots:
+        vlm, donor = pair.vlm_files.get(slot.vlm_key), pair.donor.get(slot.donor_key)
+        rows = slot.shared_rows or vlm.shape[0]
+        expected = vlm.clone()
+        linear(expected[:rows], vlm[:rows], donor[:rows], None, alphas[slot.group])
+        mismatched += rows < vlm.shape[0]
+        assert torch.equal(params[slot.name], expected), slot.name
+    assert mismatched == 2  # embed_tokens and lm_head kept their extra rows
+    engine.restore()
+    assert all(torch.equal(params[s.name], pair.vlm_files.get(s.vlm_key)) for s in pair.layout.slots)
+
+
+def test_an_apply_checks_each_file_once_not_once_per_tensor(qwen_bf16_dirs, monkeypatch):
+    from merging import checkpoint
+    pair = load_pair(*qwen_bf16_dirs)
+    engine = MergeEngine(pair)
+    stats = {"n": 0}
+    real = checkpoint._SafetensorsFile.check
+
+    def counted(self):
+        stats["n"] += 1
+        return real(self)
+    monkeypatch.setattr(checkpoint._SafetensorsFile, "check", counted)
+    engine.apply(ALL_HALF)
+    assert stats["n"] == 2  # the VLM's file and the donor's, before the first write
+    engine.restore()
+    assert stats["n"] == 4
+    stats["n"] = 0
+    engine.apply(plan(rule(["self_attn"], {"preset": "constant", "value": 0.5}, method="slerp")))
+    # a method's own code ran between tensors: each file is checked again before it is read
+    assert stats["n"] >= sum(s.group == "self_attn" for s in pair.layout.slots)
