@@ -199,7 +199,7 @@ def answers_still_correct(url: str) -> tuple[int, int]:
     from merging.answerer import Answerer
     from merging.generate import GenerationSettings
     from merging.known_pairs import resolve_models
-    from merging.limits import read_image
+    from merging.images import read_image
     hf_logging.disable_progress_bar()
     models = resolve_models(None, None, None, None)
     reference = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)))

@@ -10,7 +10,6 @@ Formats:
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import MergescopeError
+from .images import read_image
 
 ANSWER_TYPES = ("multi_choice", "integer", "float", "text", "list")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -37,12 +37,10 @@ class EvalItem:
     category: str | None = None   # for per-category accuracy: the toy's kind, MathVista's task, MATH-V's subject
 
     def image(self) -> Image.Image | None:
-        if self.image_bytes is not None:
-            return Image.open(io.BytesIO(self.image_bytes)).convert("RGB")
-        if self.image_path is not None:
-            with Image.open(self.image_path) as img:
-                return img.convert("RGB")
-        return None
+        """The item's picture as `merging.images.read_image` reads it (None for a text-only item);
+        MergescopeError (one line) when it cannot be read."""
+        source = self.image_bytes if self.image_bytes is not None else self.image_path
+        return None if source is None else read_image(source)
 
 
 # -- loaders ------------------------------------------------------------------------------------

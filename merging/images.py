@@ -1,0 +1,105 @@
+"""The project's one image reader: a file (or its bytes) becomes the picture a viewer shows, or a one-line error.
+
+Every path that hands the model an image goes through here (the UI, the API, the CLI, eval sets):
+
+- the size is read from the header before any pixel is decoded (a 17 KB PNG can declare 144 MP);
+- EXIF orientation is applied (`PIL.ImageOps.exif_transpose`): a phone photo stored sideways with
+  "rotate 90°" in its EXIF is upright, as every browser shows it;
+- transparency is composited on white (`alpha_on_white`), as a page shows a transparent PNG: a plain
+  RGB conversion drops the alpha and leaves whatever colour the transparent pixels carry (often
+  black), so two different transparent charts could decode to the same pixels;
+- an extreme aspect ratio (a banner, a strip: Qwen2-VL's processor raises above 200) is padded with
+  white to `MAX_ASPECT_RATIO`, and a picture too small for the processor's patches to `MIN_SIDE`
+  pixels, before the processor sees it;
+- large pictures are downscaled, keeping the aspect ratio, to `MAX_MODEL_PIXELS`.
+
+`fit_image` applies the last four rules to an in-memory image (what a library caller passes), so an
+image reaches the processor the same way whichever door it came through.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from .errors import MergescopeError
+from .limits import MAX_IMAGE_PIXELS, LimitError
+
+MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processor sees it
+MAX_ASPECT_RATIO = 100           # long side / short side; Qwen2-VL's processor refuses above 200
+MIN_SIDE = 32                    # Qwen2-VL merges 28-pixel patches: smaller sides are padded up to this
+WHITE = (255, 255, 255)
+
+ImageFile = str | Path | bytes   # a path, or the file's bytes (eval sets that embed their images)
+
+
+def read_image(source: ImageFile, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The RGB picture in `source` (a path or the file's bytes) as a viewer shows it, ready for the model.
+
+    Raises LimitError for an image over `max_pixels` (checked from the header, before decoding) and
+    MergescopeError, one line, for anything unreadable (not an image, truncated, a decompression bomb).
+    """
+    name = "the image" if isinstance(source, bytes) else Path(str(source)).name[:60]
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (not raises) between MAX_IMAGE_PIXELS/2 and MAX_IMAGE_PIXELS; refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise LimitError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
+                                     f"{max_pixels / 1e6:.1f} MP: upload a smaller one")
+                img.load()
+                return fit_image(ImageOps.exif_transpose(img))
+    except LimitError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise LimitError(f"{name}: the image declares more than {max_pixels / 1e6:.1f} MP; upload a smaller "
+                         f"one") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError):
+        # UnidentifiedImageError (an OSError), "image file is truncated", broken chunks, ...
+        raise MergescopeError(f"{name}: not a readable image (PNG, JPEG, WebP, GIF); upload another "
+                              f"file") from None
+
+
+def alpha_on_white(image: Image.Image) -> Image.Image:
+    """`image` in RGB, its transparent parts (alpha channel, or a palette's transparent colour) on white."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def fit_image(image: Image.Image) -> Image.Image:
+    """`image` as the processor should get it: RGB with alpha on white, padded to an aspect ratio of at
+    most MAX_ASPECT_RATIO and sides of at least MIN_SIDE (white, centred), at most MAX_MODEL_PIXELS.
+
+    Raises LimitError for an image over MAX_IMAGE_PIXELS (what `read_image` refuses from the header).
+    Idempotent: a fitted image comes back unchanged.
+    """
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise LimitError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP")
+    image = alpha_on_white(image)
+    long_side = max(width, height)
+    short_side = max(MIN_SIDE, -(-long_side // MAX_ASPECT_RATIO))  # ceil: the ratio ends ≤ MAX_ASPECT_RATIO
+    if min(width, height) < short_side:
+        # shrink a long strip first, so the padded canvas stays within MAX_MODEL_PIXELS
+        scale = min(1.0, (MAX_MODEL_PIXELS / MAX_ASPECT_RATIO) ** 0.5 * MAX_ASPECT_RATIO / long_side)
+        if scale < 1.0:
+            image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+            width, height = image.size
+            short_side = max(MIN_SIDE, -(-max(width, height) // MAX_ASPECT_RATIO))
+        size = (max(width, short_side), max(height, short_side))
+        canvas = Image.new("RGB", size, WHITE)
+        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+        image, (width, height) = canvas, size
+    if width * height > MAX_MODEL_PIXELS:
+        scale = (MAX_MODEL_PIXELS / (width * height)) ** 0.5
+        image = image.resize((max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale))))
+    return image
