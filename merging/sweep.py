@@ -131,24 +131,30 @@ def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], sett
 
 def cell_row(cell: Cell, items: list[EvalItem], results: dict[int, dict], donor: str) -> dict:
     """A sweep row: the cell, the donor, accuracy with its Wilson 95 % interval over the items answered
-    (all of them unless the sweep was stopped: `complete`), the same per category, and each answer."""
+    (all of them unless the sweep was stopped: `complete`), the same per category, and each answer. An
+    item that failed (its result has "error") counts as wrong, with rule "failed" and its error; `failed`
+    counts them."""
     answers, correct, by_category = [], 0, {}
     for i in sorted(results):
         item, result = items[i], results[i]
-        verdict = judge(result["answer"], item)
-        correct += verdict.correct
+        error = result.get("error")  # the item could not be asked (e.g. an unreadable image): wrong, and why
+        verdict = None if error else judge(result["answer"], item)
+        right = bool(verdict and verdict.correct)
+        correct += right
         counts = by_category.setdefault(item.category or "all", [0, 0])
-        counts[0] += verdict.correct
+        counts[0] += right
         counts[1] += 1
-        answers.append({"id": item.id, "answer": result["answer"], "extracted": verdict.extracted,
-                        "correct": verdict.correct, "rule": verdict.rule, "cached": result["cached"]})
+        answers.append({"id": item.id, "answer": result["answer"], "extracted": verdict.extracted if verdict else None,
+                        "correct": right, "rule": verdict.rule if verdict else "failed", "cached": result["cached"]})
+        if error:
+            answers[-1]["error"] = error
     n = len(answers)
     computed = sum(not a["cached"] for a in answers)
     low, high = wilson_interval(correct, n)
     return {"setting": cell.setting, "method": cell.method, "alpha": cell.alpha, "donor": donor,
             "plan_hash": cell.plan.hash(), "accuracy": correct / n if n else 0.0, "accuracy_low": low,
             "accuracy_high": high, "items": len(items), "answered": n, "complete": n == len(items),
-            "computed": computed, "cached": n - computed,
+            "computed": computed, "cached": n - computed, "failed": sum("error" in a for a in answers),
             "by_category": {c: {"accuracy": k / m, "items": m, "low": wilson_interval(k, m)[0],
                                 "high": wilson_interval(k, m)[1]} for c, (k, m) in sorted(by_category.items())},
             "answers": answers}
