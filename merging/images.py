@@ -32,6 +32,8 @@ MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processo
 MAX_ASPECT_RATIO = 100           # long side / short side; Qwen2-VL's processor refuses above 200
 MIN_SIDE = 32                    # Qwen2-VL merges 28-pixel patches: smaller sides are padded up to this
 WHITE = (255, 255, 255)
+# the longest side a padded strip keeps: L²/R + L ≤ MAX_MODEL_PIXELS for L = √(P·R) − R, so the canvas fits
+MAX_PADDED_SIDE = int((MAX_MODEL_PIXELS * MAX_ASPECT_RATIO) ** 0.5) - MAX_ASPECT_RATIO
 
 ImageFile = str | Path | bytes   # a path, or the file's bytes (eval sets that embed their images)
 
@@ -86,20 +88,30 @@ def fit_image(image: Image.Image) -> Image.Image:
         raise LimitError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
                          f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP")
     image = alpha_on_white(image)
-    long_side = max(width, height)
-    short_side = max(MIN_SIDE, -(-long_side // MAX_ASPECT_RATIO))  # ceil: the ratio ends ≤ MAX_ASPECT_RATIO
-    if min(width, height) < short_side:
-        # shrink a long strip first, so the padded canvas stays within MAX_MODEL_PIXELS
-        scale = min(1.0, (MAX_MODEL_PIXELS / MAX_ASPECT_RATIO) ** 0.5 * MAX_ASPECT_RATIO / long_side)
-        if scale < 1.0:
+    long_side, short_side = max(width, height), min(width, height)
+    wanted = max(MIN_SIDE, -(-long_side // MAX_ASPECT_RATIO))  # ceil: the ratio ends ≤ MAX_ASPECT_RATIO
+    if short_side < wanted:
+        if long_side > MAX_PADDED_SIDE:  # shrink a long strip first, so that the padded canvas fits
+            scale = MAX_PADDED_SIDE / long_side
             image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
             width, height = image.size
-            short_side = max(MIN_SIDE, -(-max(width, height) // MAX_ASPECT_RATIO))
-        size = (max(width, short_side), max(height, short_side))
+            wanted = max(MIN_SIDE, -(-max(width, height) // MAX_ASPECT_RATIO))
+        size = (max(width, wanted), max(height, wanted))
         canvas = Image.new("RGB", size, WHITE)
         canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
         image, (width, height) = canvas, size
     if width * height > MAX_MODEL_PIXELS:
-        scale = (MAX_MODEL_PIXELS / (width * height)) ** 0.5
-        image = image.resize((max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale))))
+        image = image.resize(_within(width, height, MAX_MODEL_PIXELS))
     return image
+
+
+def _within(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size of at most `max_pixels` with the long side rounded down and the short one up, so
+    the aspect ratio never grows (a fitted image then fits again, unchanged)."""
+    long_side, short_side = max(width, height), min(width, height)
+    new_long = int(long_side * (max_pixels / (width * height)) ** 0.5)
+    new_short = -(-new_long * short_side // long_side)
+    while new_long * new_short > max_pixels:
+        new_long -= 1
+        new_short = -(-new_long * short_side // long_side)
+    return (new_long, new_short) if width >= height else (new_short, new_long)
