@@ -9,8 +9,8 @@ Every path that hands the model an image goes through here (the UI, the API, the
   RGB conversion drops the alpha and leaves whatever colour the transparent pixels carry (often
   black), so two different transparent charts could decode to the same pixels;
 - an extreme aspect ratio (a banner, a strip: Qwen2-VL's processor raises above 200) is padded with
-  white to `MAX_ASPECT_RATIO`, and a picture too small for the processor's patches to `MIN_SIDE`
-  pixels, before the processor sees it;
+  white to `MAX_ASPECT_RATIO` before the processor sees it (tiny pictures need nothing: the processor
+  scales them up to its minimum itself);
 - large pictures are downscaled, keeping the aspect ratio, to `MAX_MODEL_PIXELS`.
 
 `fit_image` applies the last four rules to an in-memory image (what a library caller passes), so an
@@ -30,7 +30,6 @@ from .limits import MAX_IMAGE_PIXELS, LimitError
 
 MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processor sees it
 MAX_ASPECT_RATIO = 100           # long side / short side; Qwen2-VL's processor refuses above 200
-MIN_SIDE = 32                    # Qwen2-VL merges 28-pixel patches: smaller sides are padded up to this
 WHITE = (255, 255, 255)
 # the longest side a padded strip keeps: L²/R + L ≤ MAX_MODEL_PIXELS for L = √(P·R) − R, so the canvas fits
 MAX_PADDED_SIDE = int((MAX_MODEL_PIXELS * MAX_ASPECT_RATIO) ** 0.5) - MAX_ASPECT_RATIO
@@ -78,7 +77,7 @@ def alpha_on_white(image: Image.Image) -> Image.Image:
 
 def fit_image(image: Image.Image) -> Image.Image:
     """`image` as the processor should get it: RGB with alpha on white, padded to an aspect ratio of at
-    most MAX_ASPECT_RATIO and sides of at least MIN_SIDE (white, centred), at most MAX_MODEL_PIXELS.
+    most MAX_ASPECT_RATIO (white below or right of it), at most MAX_MODEL_PIXELS.
 
     Raises LimitError for an image over MAX_IMAGE_PIXELS (what `read_image` refuses from the header).
     Idempotent: a fitted image comes back unchanged.
@@ -89,16 +88,16 @@ def fit_image(image: Image.Image) -> Image.Image:
                          f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP")
     image = alpha_on_white(image)
     long_side, short_side = max(width, height), min(width, height)
-    wanted = max(MIN_SIDE, -(-long_side // MAX_ASPECT_RATIO))  # ceil: the ratio ends ≤ MAX_ASPECT_RATIO
+    wanted = -(-long_side // MAX_ASPECT_RATIO)  # ceil: the ratio ends ≤ MAX_ASPECT_RATIO
     if short_side < wanted:
         if long_side > MAX_PADDED_SIDE:  # shrink a long strip first, so that the padded canvas fits
             scale = MAX_PADDED_SIDE / long_side
             image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
             width, height = image.size
-            wanted = max(MIN_SIDE, -(-max(width, height) // MAX_ASPECT_RATIO))
+            wanted = -(-max(width, height) // MAX_ASPECT_RATIO)
         size = (max(width, wanted), max(height, wanted))
         canvas = Image.new("RGB", size, WHITE)
-        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+        canvas.paste(image, (0, 0))  # top left, as a page lays an image out on its background
         image, (width, height) = canvas, size
     if width * height > MAX_MODEL_PIXELS:
         image = image.resize(_within(width, height, MAX_MODEL_PIXELS))

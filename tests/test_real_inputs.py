@@ -46,8 +46,8 @@ def test_phone_photos_are_read_upright(image_items, tmp_path):
         upright = read_image(item.image_path)
         phone_photo(upright, tmp_path / "photo.png", "PNG")  # lossless: the very same pixels
         assert image_digest(read_image(tmp_path / "photo.png")) == image_digest(upright)
-        phone_photo(Image.new("RGB", (80, 48), "red"), tmp_path / "photo.jpg", "JPEG")
-        assert read_image(tmp_path / "photo.jpg").size == (80, 48)
+        phone_photo(Image.new("RGB", (40, 20), "red"), tmp_path / "photo.jpg", "JPEG")
+        assert read_image(tmp_path / "photo.jpg").size == (40, 20)
 
 
 def test_phone_photos_get_the_upright_pictures_answers(toy_engine, image_items, tmp_path):
@@ -84,7 +84,7 @@ def test_transparent_charts_are_on_white_and_stay_different(tmp_path):
 def test_banners_and_strips_reach_the_processor_padded(toy_engine, tmp_path, size):
     Image.new("RGB", size, "black").save(tmp_path / "strip.png")
     image = read_image(tmp_path / "strip.png")
-    assert max(image.size) / min(image.size) <= MAX_ASPECT_RATIO and min(image.size) >= 28
+    assert max(image.size) / min(image.size) <= MAX_ASPECT_RATIO
     answerer = Answerer(toy_engine)
     assert isinstance(answerer.ask(MergePlan(), "What is it?", image, GenerationSettings(max_new_tokens=3))["answer"],
                       str)
