@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,9 +29,9 @@ import time
 import zlib
 from pathlib import Path
 
-import requests
 
 from gradio_client import Client, handle_file
+from served import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]  # app.py and the toy image; the library is the installed package
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,12 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RATE_LIMIT = 12  # app.py's default
 TOY_IMAGE = REPO / "assets/toy/eval/images/colour-00000.png"
 STALL_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
@@ -84,16 +77,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
         [sys.executable, "app.py", "--public", "--port", str(port), "--cache-dir", str(root / "cache"),
          "--proxy-hops", "1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, GRADIO_TEMP_DIR=str(root / "uploads"), GRADIO_ANALYTICS_ENABLED="False"))
-    deadline = time.monotonic() + 300
-    while True:
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return server, url
-        except requests.RequestException:
-            time.sleep(0.5)
+    wait_until_serving(server, url, root / "server.log")
+    return server, url
 
 
 class Visitor:
