@@ -78,7 +78,8 @@ def numbers_arg(value: Any, what: str, low: float, high: float, max_items: int,
                 default: list[float] | None = None) -> list[float]:
     """A list of 1 to `max_items` finite numbers in [low, high]: a real list, one number, or the list as
     JSON text ("[0, 0.5, 1]"). None or "" gives `default` (refused when there is none)."""
-    shape = f"a list of 1 to {max_items} numbers in [{low:g}, {high:g}], e.g. [{low:g}, {high:g}]"
+    shape = (f"a list of 1 to {max_items} numbers in [{low:g}, {high:g}] (or that JSON list as text), "
+             f"e.g. [{low:g}, {high:g}]")
     if value is None or value == "":
         if default is None:
             raise LimitError(f"{what}: give {shape}")
