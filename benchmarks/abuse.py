@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -29,9 +30,8 @@ import time
 import zlib
 from pathlib import Path
 
-
+import requests
 from gradio_client import Client, handle_file
-from served import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]  # app.py and the toy image; the library is the installed package
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,6 +55,26 @@ def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
     body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 300) -> None:
+    """Return once `url` answers 200; SystemExit with the log's tail if the server exits or takes longer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(0.5)
 
 
 def proc_kib(pid: int, field: str) -> int:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from gradio_client import Client, handle_file
-from served import free_port, wait_until_serving
+from abuse import free_port, wait_until_serving  # benchmarks/: the script's own folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the fresh process checks with this checkout's code, as the server runs it
