@@ -31,7 +31,6 @@ import zlib
 from pathlib import Path
 
 import requests
-
 from gradio_client import Client, handle_file
 
 REPO = Path(__file__).resolve().parents[1]  # app.py and the toy image; the library is the installed package
@@ -40,12 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RATE_LIMIT = 12  # app.py's default
 TOY_IMAGE = REPO / "assets/toy/eval/images/colour-00000.png"
 STALL_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
@@ -62,6 +55,26 @@ def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
     body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 300) -> None:
+    """Return once `url` answers 200; SystemExit with the log's tail if the server exits or takes longer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(0.5)
 
 
 def proc_kib(pid: int, field: str) -> int:
@@ -84,16 +97,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
         [sys.executable, "app.py", "--public", "--port", str(port), "--cache-dir", str(root / "cache"),
          "--proxy-hops", "1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, GRADIO_TEMP_DIR=str(root / "uploads"), GRADIO_ANALYTICS_ENABLED="False"))
-    deadline = time.monotonic() + 300
-    while True:
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return server, url
-        except requests.RequestException:
-            time.sleep(0.5)
+    wait_until_serving(server, url, root / "server.log")
+    return server, url
 
 
 class Visitor:
@@ -199,7 +204,7 @@ def answers_still_correct(url: str) -> tuple[int, int]:
     from merging.answerer import Answerer
     from merging.generate import GenerationSettings
     from merging.known_pairs import resolve_models
-    from merging.limits import read_image
+    from merging.images import read_image
     hf_logging.disable_progress_bar()
     models = resolve_models(None, None, None, None)
     reference = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)))

@@ -12,6 +12,33 @@ from .device_cache import DEVICE_CACHE_HELP, budget_from_gb
 from .errors import MergescopeError
 
 
+def _whole(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An option's whole number ≥ 1 (0 tokens, 0 workers, a batch of 0 mean nothing)."""
+    return _whole(text, 1)
+
+
+def _natural(text: str) -> int:
+    """An option's whole number ≥ 0 (a seed)."""
+    return _whole(text, 0)
+
+
+def _text(text: str) -> str:
+    """An option's non-empty text (an empty stop string, path or question means nothing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty value means nothing here; give one or leave the option out")
+    return text
+
+
 def _pair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair", help="a known pair (see merging/known_pairs.py), instead of --vlm/--llm/--base; "
                                        "default: the shipped toy pair")
@@ -99,11 +126,12 @@ def cmd_answer(args) -> dict:
     """Answer one question with the base VLM and the merged plan (cached)."""
     from cache import AnswerCache
 
-    from .generate import GenerationSettings, check_question, load_image
+    from .generate import GenerationSettings, check_question
+    from .images import read_image
     from .plan import MergePlan
     from .answerer import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
-    image = load_image(args.image) if args.image else None
+    image = read_image(args.image) if args.image else None
     check_question(args.question)  # a bad question fails before the model is loaded
     answerer = Answerer(_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
@@ -323,45 +351,46 @@ def main(argv: list[str] | None = None) -> int:
     ans = sub.add_parser("answer", help="answer a question (about an image) with a merged model")
     _pair_args(ans)
     _gram_args(ans)
-    ans.add_argument("--plan", help="plan file (YAML or JSON); default: the base VLM")
-    ans.add_argument("--image", help="image file")
-    ans.add_argument("--question", required=True)
-    ans.add_argument("--max-new-tokens", type=int, default=32)
-    ans.add_argument("--seed", type=int, help="sample with this seed (default: greedy)")
-    ans.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ans.add_argument("--cache-dir", help="remember answers here (diskcache, JSON values); a hit skips the model")
+    ans.add_argument("--plan", type=_text, help="plan file (YAML or JSON); default: the base VLM")
+    ans.add_argument("--image", type=_text, help="image file")
+    ans.add_argument("--question", type=_text, required=True)
+    ans.add_argument("--max-new-tokens", type=_positive, default=32)
+    ans.add_argument("--seed", type=_natural, help="sample with this seed (default: greedy)")
+    ans.add_argument("--stop", type=_text, action="append", default=[], help="stop string (repeatable)")
+    ans.add_argument("--cache-dir", type=_text,
+                     help="remember answers here (diskcache, JSON values); a hit skips the model")
     cache = sub.add_parser("cache", help="list, count or clear the answers cache")
     cache.add_argument("action", choices=["ls", "stats", "clear"])
-    cache.add_argument("--cache-dir", required=True)
+    cache.add_argument("--cache-dir", type=_text, required=True)
     cache.add_argument("--json", action="store_true")
     sweep = sub.add_parser("sweep", help="score a grid of plans on an eval set (resumable, cached)")
     _pair_args(sweep)
     _gram_args(sweep)
-    sweep.add_argument("--grid", required=True, help="grid YAML (settings × methods × alphas)")
-    sweep.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    sweep.add_argument("--out", required=True, help="folder for results.csv, results.json, heatmap.html")
-    sweep.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
-    sweep.add_argument("--sample", type=int, help="score a seeded sample of N items, stratified by category")
-    sweep.add_argument("--sample-seed", type=int, default=0, help="seed of --sample (default 0)")
-    sweep.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size on CPU, "
+    sweep.add_argument("--grid", type=_text, required=True, help="grid YAML (settings × methods × alphas)")
+    sweep.add_argument("--eval-set", type=_text, required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    sweep.add_argument("--out", type=_text, required=True, help="folder for results.csv, results.json, heatmap.html")
+    sweep.add_argument("--cache-dir", type=_text, help="answers cache (default: OUT/cache)")
+    sweep.add_argument("--sample", type=_positive, help="score a seeded sample of N items, stratified by category")
+    sweep.add_argument("--sample-seed", type=_natural, default=0, help="seed of --sample (default 0)")
+    sweep.add_argument("--batch-size", type=_positive, help="answers per generate call (default: by model size on CPU, "
                                                      "memory-aware on CUDA)")
-    sweep.add_argument("--workers", type=int, help="run on N Ray workers of a local cluster (pip install ray)")
+    sweep.add_argument("--workers", type=_positive, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
     _search_parser(sub)
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    grams.add_argument("--out", required=True, help="Gram file to write (.safetensors)")
+    grams.add_argument("--out", type=_text, required=True, help="Gram file to write (.safetensors)")
     grams.add_argument("--modules", default="all", choices=["all", "attention"],
                        help="all linear layers (7B: 41.5 GiB) or only q/k/v/o (7B: 2.7 GiB)")
-    grams.add_argument("--max-samples", type=int, help="use at most N items of the eval set")
+    grams.add_argument("--max-samples", type=_positive, help="use at most N items of the eval set")
     grams.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     grams.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
     grams.add_argument("--json", action="store_true", help="print one JSON object")
     export = sub.add_parser("export", help="write the merged VLM as a checkpoint (+ plan, model card, mergekit YAML)")
     _pair_args(export)
-    export.add_argument("--plan", required=True, help="plan file (YAML or JSON)")
-    export.add_argument("--out", required=True, help="new folder for the checkpoint")
+    export.add_argument("--plan", type=_text, required=True, help="plan file (YAML or JSON)")
+    export.add_argument("--out", type=_text, required=True, help="new folder for the checkpoint")
     _gram_args(export)
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")

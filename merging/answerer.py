@@ -21,13 +21,14 @@ from cache import AnswerCache
 from .checkpoint import Checkpoint
 from .engine import MergeEngine
 from .errors import MergescopeError
-from .generate import (GenerationSettings, answer, answer_batch, default_batch_size, stream_answer,
-                       text_tokenizer)
+from .generate import (GenerationSettings, answer, answer_batch, check_question, default_batch_size,
+                       stream_answer, text_tokenizer)
 from .pair import ModelPair
 from .plan import MergePlan
 from .teacher_forcing import reference_logprobs
 from .probe import (TOP_STORED, first_token_id, first_token_logprobs, kl_divergence, probability_of, scale_plan,
                     summarize, token_decoder)
+from .runtime import runtime_fingerprint
 
 DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
 
@@ -68,6 +69,7 @@ class Answerer:
         self.donors: dict[str, Checkpoint] = {default_donor: engine.pair.donor, **(donors or {})}
         self._layouts = {name: engine.pair.layout if ckpt is engine.pair.donor else engine.donor_layout(ckpt)
                          for name, ckpt in self.donors.items()}
+        self._runtime: dict[str, str] | None = None  # read once from the loaded objects (merging.runtime)
 
     def donor_name(self, name: str | None) -> str:
         """`name` checked against the donors on offer (None: the default donor)."""
@@ -87,10 +89,14 @@ class Answerer:
 
     def config(self, plan: MergePlan, question: str, image: Image.Image | None,
                settings: GenerationSettings, donor: str | None = None) -> dict:
-        """Everything that determines an answer: the cache key's contents."""
+        """Everything that determines an answer: the cache key's contents. Besides the plan, question, image
+        and settings: the weights' fingerprints and the runtime (dtype, device, processor, chat template,
+        generation config, code versions: `runtime.runtime_fingerprint`)."""
         checkpoint = self.donors[self._donor_for(plan, donor)]
         models = dict(self.engine.pair.fingerprints(), donor=checkpoint.fingerprint())
-        return {"kind": "answer", "engine": ENGINE_VERSION, "models": models,
+        if self._runtime is None:
+            self._runtime = runtime_fingerprint(self.engine.pair, ENGINE_VERSION)
+        return {"kind": "answer", "engine": ENGINE_VERSION, "models": models, "runtime": self._runtime,
                 "grams": self.engine.gram_fingerprints(checkpoint),
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
@@ -155,12 +161,18 @@ class Answerer:
         finished. `should_stop()` is asked between batches; when it says True, no more are started.
         Results are as `ask`'s; `seconds` is the batch's time shared among its answers. An image may be
         given as a function that loads it (an eval item's `image`), so a large eval set is never decoded
-        all at once. Greedy only (MergescopeError for a seeded `settings`).
+        all at once. An item whose image cannot be read (or whose question is refused) comes back at once
+        as failed: its result has "error" (one line) and an empty "answer", and the others go on.
+        Greedy only (MergescopeError for a seeded `settings`).
         """
-        configs = [self.config(plan, q, _load(image), settings, donor) for q, image in requests]
-        missing = []
-        for i, config in enumerate(configs):
-            hit = self.cache.get(config) if self.cache is not None else None
+        configs, missing = {}, []
+        for i, (question, image) in enumerate(requests):
+            try:  # one unreadable image or bad question fails its item, not the whole run
+                configs[i] = self.config(plan, check_question(question), _load(image), settings, donor)
+            except MergescopeError as exc:
+                yield i, {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "error": str(exc)}
+                continue
+            hit = self.cache.get(configs[i]) if self.cache is not None else None
             if hit is None:
                 missing.append(i)
             else:

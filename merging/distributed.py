@@ -29,6 +29,7 @@ from .plan import MergePlan
 from .sweep import Cell, cell_row
 
 WORKER_NAME = "mergescope-worker-{}"
+MAX_REPLACEMENTS = 8   # workers that die mid-sweep are replaced this often, then the sweep fails
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,17 @@ class SweepWorker:
         from .pair import load_pair
         spec = PairSpec(**spec)
         device = "cuda" if spec.device == "auto-gpu" else spec.device  # Ray sets CUDA_VISIBLE_DEVICES
-        pair = load_pair(spec.vlm, spec.llm, spec.base, dtype=spec.dtype, device=device,
-                         allow_partial=spec.allow_partial)
-        self.answerer = Answerer(MergeEngine(pair, grams=spec.grams))  # no cache: the driver keeps it
+        self.error: str | None = None
+        try:
+            pair = load_pair(spec.vlm, spec.llm, spec.base, dtype=spec.dtype, device=device,
+                             allow_partial=spec.allow_partial)
+            self.answerer = Answerer(MergeEngine(pair, grams=spec.grams))  # no cache: the driver keeps it
+        except Exception as exc:  # kept, not raised: Ray would restart the actor, and the driver never learn why
+            self.error = str(exc) if isinstance(exc, MergescopeError) else f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> str | None:
+        """None once the pair is loaded; else why it could not be (one line, as the single-process path says)."""
+        return None if self.error is None else " ".join(self.error.split())[:500]
 
     def configs(self, plan: dict, items: list[EvalItem], settings: dict) -> list[dict]:
         """The cache key contents of each item's answer under `plan`."""
@@ -100,6 +109,7 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
     sweep = _RaySweep(ray, spec, on_gpu, cells, items, _settings_dict(settings), cache, batch_size)
     count = workers or (gpus if on_gpu and gpus else 2)
     sweep.idle.extend(sweep.start() for _ in range(count))
+    sweep.check_started(list(sweep.idle))  # all load at once; a worker that cannot start ends the sweep here
     queue = deque(range(len(cells)))
     while queue or sweep.pending:
         while queue and sweep.idle:
@@ -138,6 +148,23 @@ class _RaySweep:
         name = WORKER_NAME.format(self.started)
         self.started += 1
         return name, self.actor_class.options(name=name).remote(self.spec)
+
+    def check_started(self, workers: list[tuple[str, Any]]) -> None:
+        """Wait until `workers` have loaded the pair; MergescopeError with the first one's reason (all of
+        this sweep's workers killed) when one could not, so a bad --vlm fails as it does without Ray."""
+        try:
+            errors = self.ray.get([actor.ready.remote() for _, actor in workers])
+        except self.ray.exceptions.RayActorError as exc:  # died while loading (out of memory, a crash)
+            errors = [" ".join(str(exc).split())[:500]]
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            self.kill_all(workers)
+            raise MergescopeError(f"a Ray worker could not start: {failed}")
+
+    def kill_all(self, others: list[tuple[str, Any]] = ()) -> None:
+        """Kill every worker of this sweep (idle, busy, and `others` not yet counted)."""
+        for _, actor in [*others, *self.idle, *((n, a) for _, n, a, *_ in self.pending.values())]:
+            self.ray.kill(actor)
 
     def dispatch(self, c: int) -> str | None:
         """Serve cell `c` from the cache, sending what is missing to an idle worker; the worker's name,
@@ -183,5 +210,12 @@ class _RaySweep:
         return None
 
     def _replace(self) -> None:
-        self.idle.append(self.start())
+        """A fresh worker for one that died (checked like the first ones), at most MAX_REPLACEMENTS per sweep."""
+        if self.requeued >= MAX_REPLACEMENTS:
+            self.kill_all()
+            raise MergescopeError(f"Ray workers died {self.requeued + 1} times during this sweep; giving up "
+                                  f"(see the Ray logs)")
+        worker = self.start()
         self.requeued += 1
+        self.check_started([worker])
+        self.idle.append(worker)

@@ -10,7 +10,6 @@ Formats:
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from PIL import Image
 
 from .errors import MergescopeError
 from .eval_checks import ANSWER_TYPES, LETTERS, checked, mathvista_groups
+from .images import read_image
 
 # the load_* functions below are reached through load_eval_set, which checks the items they build
 __all__ = ["ANSWER_TYPES", "LETTERS", "EvalItem", "load_eval_set", "sample_items"]
@@ -40,12 +40,10 @@ class EvalItem:
     groups: tuple[tuple[str, str], ...] = ()  # (dimension, value) pairs the benchmark reports, e.g. ("skill", "ALG")
 
     def image(self) -> Image.Image | None:
-        if self.image_bytes is not None:
-            return Image.open(io.BytesIO(self.image_bytes)).convert("RGB")
-        if self.image_path is not None:
-            with Image.open(self.image_path) as img:
-                return img.convert("RGB")
-        return None
+        """The item's picture as `merging.images.read_image` reads it (None for a text-only item);
+        MergescopeError (one line) when it cannot be read."""
+        source = self.image_bytes if self.image_bytes is not None else self.image_path
+        return None if source is None else read_image(source)
 
 
 # -- loaders ------------------------------------------------------------------------------------

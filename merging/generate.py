@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
@@ -19,18 +18,19 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import MergescopeError
+from .images import fit_image
 from .pair import ModelPair
 
 MAX_QUESTION_CHARS = 2000
-MAX_IMAGE_PIXELS = 4096 * 4096   # refuse larger images outright (decompression bombs, 100 MP photos)
-MAX_MODEL_PIXELS = 1024 * 1024   # downscale anything larger before the processor sees it
+MAX_STOPS, MAX_STOP_CHARS = 16, 200
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """How an answer is generated: greedy (seed None) or seeded sampling, a token limit and stop strings.
 
-    Raises MergescopeError for max_new_tokens outside [1, 4096] or sampling parameters out of range."""
+    Raises MergescopeError for max_new_tokens outside [1, 4096], sampling parameters out of range, or a
+    stop string that is empty, not text, over MAX_STOP_CHARS (or more than MAX_STOPS of them)."""
     max_new_tokens: int = 32
     seed: int | None = None          # None: greedy. An int: sampling, reproducible with that seed
     temperature: float = 0.7
@@ -42,6 +42,13 @@ class GenerationSettings:
             raise MergescopeError(f"max_new_tokens={self.max_new_tokens} is outside [1, 4096]")
         if self.seed is not None and not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
             raise MergescopeError("sampling needs 0 < temperature ≤ 5 and 0 < top_p ≤ 1")
+        # a stop string that cannot occur, or occurs everywhere (""), means nothing: refuse it, never answer ""
+        for stop in self.stop:
+            if not isinstance(stop, str) or not stop or len(stop) > MAX_STOP_CHARS:
+                raise MergescopeError(f"stop strings must be non-empty text of at most {MAX_STOP_CHARS} characters, "
+                                      f"got {stop!r:.60}")
+        if len(self.stop) > MAX_STOPS:
+            raise MergescopeError(f"{len(self.stop)} stop strings; the limit is {MAX_STOPS}")
 
     def as_dict(self) -> dict:
         """For cache keys: only what changes the answer."""
@@ -51,27 +58,6 @@ class GenerationSettings:
             data.pop("top_p")
         data["stop"] = list(self.stop)
         return data
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image from a file, refused or downscaled as `fit_image` does; MergescopeError if unreadable."""
-    try:
-        with Image.open(path) as img:
-            return fit_image(img).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise MergescopeError(f"{path}: not a readable image ({exc})") from exc
-
-
-def fit_image(image: Image.Image) -> Image.Image:
-    """Refuse huge images; downscale large ones (keeping the aspect ratio) to MAX_MODEL_PIXELS."""
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise MergescopeError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
-                              f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP")
-    if width * height > MAX_MODEL_PIXELS:
-        scale = (MAX_MODEL_PIXELS / (width * height)) ** 0.5
-        image = image.resize((max(1, int(width * scale)), max(1, int(height * scale))))
-    return image
 
 
 def check_question(question: str) -> str:

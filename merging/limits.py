@@ -11,15 +11,13 @@ A public demo must not let a tiny request cost unbounded time or memory. Three r
   characters, however large or deep the value is (formatting first and cutting later is what froze
   the server).
 
-Images are measured from their header before any pixel is decoded (`read_image`).
+Images are read (header first) by `merging.images.read_image`.
 """
 
 from __future__ import annotations
 
 import json
 import reprlib
-import warnings
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -194,36 +192,6 @@ def as_text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise LimitError(f"{what} must be text, got {type(value).__name__}")
     return value
-
-
-def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an uploaded image file, check its size from the header, and only then decode it (RGB).
-
-    Raises LimitError for an image over `max_pixels` (checked before decoding: a 17 KB PNG can
-    declare 144 MP) and MergescopeError, one line, for anything unreadable (not an image, truncated,
-    a decompression bomb). Large images are downscaled by the caller (merging.generate).
-    """
-    name = Path(str(path)).name[:60]
-    try:
-        with warnings.catch_warnings():
-            # PIL warns (not raises) between MAX_IMAGE_PIXELS/2 and MAX_IMAGE_PIXELS; refuse those too
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise LimitError(f"the image is {width}×{height} = {width * height / 1e6:.1f} MP; the limit is "
-                                     f"{max_pixels / 1e6:.1f} MP: upload a smaller one")
-                img.load()
-                return img.convert("RGB")
-    except LimitError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise LimitError(f"{name}: the image declares more than {max_pixels / 1e6:.1f} MP; upload a smaller "
-                         f"one") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError):
-        # UnidentifiedImageError (an OSError), "image file is truncated", broken chunks, ...
-        raise MergescopeError(f"{name}: not a readable image (PNG, JPEG, WebP, GIF); upload another "
-                              f"file") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -130,9 +130,10 @@ def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitn
         requests = [(item.question, item.image) for item in items]
         results = dict(answerer.ask_many(plan, requests, settings, batch_size=batch_size))
         answers = [results[i]["answer"] for i in range(len(items))]
-        verdicts = [judge_both(a, item) for a, item in zip(answers, items)]
-        scores = [float(v["strict"].correct) for v in verdicts]
-        official = [float(v["official"].correct) for v in verdicts]
+        # an item that could not be asked (its result has "error") is wrong by both scores
+        verdicts = [None if "error" in results[i] else judge_both(answers[i], item) for i, item in enumerate(items)]
+        scores = [float(v is not None and v["strict"].correct) for v in verdicts]
+        official = [float(v is not None and v["official"].correct) for v in verdicts]
     else:
         answers = official = None
         scores = answerer.gold_logprobs(plan, [(item.question, item.image, item.answer) for item in items])

@@ -36,8 +36,10 @@ from .limits import LimitError, bounded_int, brief, parse_document
 from .plan import MergePlan
 from .answerer import Answerer
 from .scoring import judge_both
+from .verdict import Verdict
 
 BASELINE = ("base VLM", "-", None)
+FAILED = Verdict(None, False, "failed")  # an item that could not be asked: wrong by both scores
 MAX_GRID_CELLS = 10_000  # the CLI's bound; the public demo passes its own, much smaller one
 
 
@@ -134,12 +136,15 @@ def cell_row(cell: Cell, items: list[EvalItem], results: dict[int, dict], donor:
     answered (all of them unless the sweep was stopped: `complete`) — `accuracy` is the strict score,
     `official_accuracy` the benchmark's published rule chain (`merging.scoring.judge`'s two modes) —,
     the same per category (`by_category`) and per benchmark group (`by_group`: dimension → value →
-    scores, e.g. MathVista's task/skill/language, MATH-Vision's subject/level), and each answer."""
+    scores, e.g. MathVista's task/skill/language, MATH-Vision's subject/level), and each answer. An
+    item that failed (its result has "error", e.g. an unreadable image) is wrong by both scores, with
+    rule "failed" and its error; `failed` counts them."""
     answers, by_category, by_group = [], {}, {}
     for i in sorted(results):
         item, result = items[i], results[i]
-        verdicts = judge_both(result["answer"], item)
-        strict, official = verdicts["strict"], verdicts["official"]
+        error = result.get("error")
+        verdicts = None if error else judge_both(result["answer"], item)
+        strict, official = (verdicts["strict"], verdicts["official"]) if verdicts else (FAILED, FAILED)
         for tally in [by_category.setdefault(item.category or "all", [0, 0, 0])] + \
                 [by_group.setdefault(d, {}).setdefault(v, [0, 0, 0]) for d, v in dict.fromkeys(item.groups)]:
             tally[0] += strict.correct
@@ -148,14 +153,14 @@ def cell_row(cell: Cell, items: list[EvalItem], results: dict[int, dict], donor:
         answers.append({"id": item.id, "answer": result["answer"], "extracted": strict.extracted,
                         "correct": strict.correct, "rule": strict.rule, "official_extracted": official.extracted,
                         "official_correct": official.correct, "official_rule": official.rule,
-                        "cached": result["cached"]})
+                        "cached": result["cached"], **({"error": error} if error else {})})
     n = len(answers)
     computed = sum(not a["cached"] for a in answers)
     return {"setting": cell.setting, "method": cell.method, "alpha": cell.alpha, "donor": donor,
             "plan_hash": cell.plan.hash(), **_scores(sum(a["correct"] for a in answers),
                                                      sum(a["official_correct"] for a in answers), n, "accuracy_"),
             "items": len(items), "answered": n, "complete": n == len(items), "computed": computed,
-            "cached": n - computed,
+            "cached": n - computed, "failed": sum("error" in a for a in answers),
             "by_category": {c: _scores(*t, "") for c, t in sorted(by_category.items())},
             "by_group": {d: {v: _scores(*t, "") for v, t in sorted(g.items())} for d, g in by_group.items()},
             "answers": answers}

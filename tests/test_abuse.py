@@ -25,7 +25,8 @@ from cache import AnswerCache
 from merging import MergeEngine, MergePlan, PlanError, load_pair
 from merging.generate import GenerationSettings
 from merging.known_pairs import resolve_models
-from merging.limits import MAX_IMAGE_PIXELS, LimitError, brief, read_image
+from merging.images import read_image
+from merging.limits import MAX_IMAGE_PIXELS, LimitError, brief
 from merging.answerer import Answerer
 from merging.sweep import parse_grid
 

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import gradio as gr
 
-from merging.errors import MergescopeError
-from merging.generate import GenerationSettings, check_question
-from merging.limits import as_text, bounded_int
-from merging.plan import MergePlan
+from merging.generate import GenerationSettings
 
+from .api_args import endpoint, int_arg, plan_arg, question_arg
 from .explorer import GPU, Explorer, bind
 
 
-def api_answer(explorer: Explorer, plan_yaml_text: str, question_text: str, max_tokens: int = 32,
+@endpoint
+def api_answer(explorer: Explorer, plan_yaml_text: str | dict, question_text: str, max_tokens: int = 32,
                request: gr.Request = None) -> dict:
-    try:
-        explorer.admit(request)
-        plan = MergePlan.from_text(plan_yaml_text or "")
-        question = check_question(as_text(question_text, "the question"))
-        # the public cap clips a large request (as before); only nonsense is refused
-        tokens = min(bounded_int(max_tokens, "max_new_tokens", 1, 4096), explorer.max_new_tokens)
-        settings = GenerationSettings(max_new_tokens=tokens)
-        explorer.remember(request, explorer.answerer.config(plan, question, None, settings))
-        return explorer.answerer.ask(plan, question, None, settings)
-    except MergescopeError as exc:  # a clear message for the caller, never a traceback
-        raise gr.Error(str(exc)) from None
+    """The answer under a plan: {"answer", "cached", "seconds", "plan_hash"}. Arguments as `ui.api_args` reads them."""
+    explorer.admit(request)
+    plan, question = plan_arg(plan_yaml_text), question_arg(question_text)
+    # the public cap clips a large request (as before); only nonsense is refused
+    tokens = min(int_arg(max_tokens, "max_new_tokens", 1, 4096), explorer.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=tokens)
+    explorer.remember(request, explorer.answerer.config(plan, question, None, settings))
+    return explorer.answerer.ask(plan, question, None, settings)
 
 
 def register_api(explorer: Explorer) -> None:

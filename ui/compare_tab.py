@@ -12,7 +12,8 @@ from merging import curves
 from merging.errors import MergescopeError
 from merging.generate import GenerationSettings, check_question
 from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
-from merging.limits import as_text, bounded_int, check_size, read_image
+from merging.images import read_image
+from merging.limits import as_text, bounded_int, check_size
 from merging.methods import REGISTRY
 from merging.plan import MergePlan
 

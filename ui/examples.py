@@ -4,9 +4,10 @@ thumbnail (never a blank one), text-only questions in their own list that ticks 
 from __future__ import annotations
 
 import gradio as gr
-from PIL import Image
 
+from merging.errors import MergescopeError
 from merging.evaluate import EvalItem
+from merging.images import read_image
 
 from .lessons import LESSONS
 
@@ -16,9 +17,8 @@ MAX_EXAMPLES = 40
 def blank(path) -> bool:
     """An image of one flat colour (e.g. an empty toy scene) makes a blank thumbnail."""
     try:
-        with Image.open(path) as img:
-            return all(low == high for low, high in img.convert("RGB").getextrema())
-    except OSError:
+        return all(low == high for low, high in read_image(path).getextrema())
+    except MergescopeError:
         return True
 
 

@@ -5,20 +5,15 @@ gets a one-line message instead."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import gradio as gr
 
 from merging.errors import MergescopeError
-from merging.generate import check_question
-from merging.limits import as_text, bounded_int, brief, read_image
-from merging.plan import MergePlan
 
+from .api_args import ImageArg, endpoint, image_arg, int_arg, numbers_arg, plan_arg, question_arg
 from .explorer import GPU, Explorer, bind
-from .guard import upload_folder
 
 SCAN_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+MAX_SCAN_ALPHAS = 21
 
 
 def can_scan(explorer: Explorer) -> bool:
@@ -64,54 +59,35 @@ def build_scan_panel(explorer: Explorer, compare, text_only, image) -> None:
 
 # -- API ------------------------------------------------------------------------------------------
 
-def api_image(path: str | None):
-    """An image the API may read: None, or a file uploaded to this app (never any other path)."""
-    if path in (None, ""):
-        return None
-    where = Path(str(path)).resolve()
-    if not where.is_relative_to(upload_folder().resolve()):
-        raise MergescopeError(f"image {brief(str(path), 60)}: upload it with the request (gradio_client's "
-                              f"handle_file); other paths are refused")
-    return read_image(where)
-
-
-def api_distribution(explorer: Explorer, plan_yaml: str, question: str, image: str | None = None, top_k: int = 10,
-                     request: gr.Request = None) -> dict:
-    """The next-token distribution under a plan: {"tokens": [[token, p], ...], "p_gold": p or null}."""
+@endpoint
+def api_distribution(explorer: Explorer, plan_yaml: str | dict, question: str, image: ImageArg = None,
+                     top_k: int = 10, request: gr.Request = None) -> dict:
+    """The next-token distribution under a plan: {"tokens": [[token, p], ...], "p_gold": p or null}.
+    `image`: None, or the file as gradio_client's handle_file sends it (ui.api_args)."""
     from .compare_tab import gold_for
-    try:
-        explorer.admit(request)
-        if not callable(getattr(explorer.answerer, "distribution", None)):
-            raise MergescopeError("next-token distributions need `merging.probe` (Answerer.distribution)")
-        plan, q = MergePlan.from_text(plan_yaml or ""), check_question(as_text(question, "the question"))
-        result = explorer.answerer.distribution(plan, q, api_image(image), top_k=bounded_int(top_k, "top_k", 1, 50),
-                                                gold=gold_for(explorer, q))
-        return {"tokens": result["tokens"], "p_gold": result["p_gold"]}
-    except MergescopeError as exc:
-        raise gr.Error(str(exc)) from None
+    explorer.admit(request)
+    if not callable(getattr(explorer.answerer, "distribution", None)):
+        raise MergescopeError("next-token distributions need `merging.probe` (Answerer.distribution)")
+    plan, q, img = plan_arg(plan_yaml), question_arg(question), image_arg(image)
+    result = explorer.answerer.distribution(plan, q, img, top_k=int_arg(top_k, "top_k", 1, 50),
+                                            gold=gold_for(explorer, q))
+    return {"tokens": result["tokens"], "p_gold": result["p_gold"]}
 
 
-def api_scan(explorer: Explorer, plan_yaml: str, question: str, image: str | None = None, alphas: str = "",
-             request: gr.Request = None) -> list:
-    """The plan scaled by each α: [{alpha, answer, p_top, p_gold, kl_to_base}, ...]."""
+@endpoint
+def api_scan(explorer: Explorer, plan_yaml: str | dict, question: str, image: ImageArg = None,
+             alphas: list[float] | float | str = "", request: gr.Request = None) -> list:
+    """The plan scaled by each α: [{alpha, answer, p_top, p_gold, kl_to_base}, ...]. `alphas`: a list of
+    up to 21 numbers in [0, 1] (a real list or JSON text; default 0, 0.1, …, 1)."""
     from .compare_tab import gold_for
-    try:
-        explorer.admit(request)
-        if not can_scan(explorer):
-            raise MergescopeError("the α scan needs `merging.probe` (Answerer.alpha_scan)")
-        plan, q = MergePlan.from_text(plan_yaml or ""), check_question(as_text(question, "the question"))
-        try:
-            chosen = json.loads(alphas) if alphas else SCAN_ALPHAS
-        except ValueError:
-            raise MergescopeError(f"alphas: {brief(alphas, 60)} is not a JSON list of numbers") from None
-        if not isinstance(chosen, list) or not 0 < len(chosen) <= 21 or \
-                not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in chosen):
-            raise MergescopeError("alphas: give a JSON list of 1 to 21 numbers in [0, 1]")
-        keys = ("alpha", "answer", "p_top", "p_gold", "kl_to_base")
-        return [{k: point.get(k) for k in keys} for point in
-                explorer.answerer.alpha_scan(plan, q, api_image(image), alphas=chosen, gold=gold_for(explorer, q))]
-    except MergescopeError as exc:
-        raise gr.Error(str(exc)) from None
+    explorer.admit(request)
+    if not can_scan(explorer):
+        raise MergescopeError("the α scan needs `merging.probe` (Answerer.alpha_scan)")
+    plan, q, img = plan_arg(plan_yaml), question_arg(question), image_arg(image)
+    chosen = numbers_arg(alphas, "alphas", 0.0, 1.0, MAX_SCAN_ALPHAS, default=SCAN_ALPHAS)
+    keys = ("alpha", "answer", "p_top", "p_gold", "kl_to_base")
+    return [{k: point.get(k) for k in keys} for point in
+            explorer.answerer.alpha_scan(plan, q, img, alphas=chosen, gold=gold_for(explorer, q))]
 
 
 def register_probe_api(explorer: Explorer) -> None:
