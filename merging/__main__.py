@@ -8,62 +8,10 @@ import argparse
 import json
 import sys
 
-from .device_cache import DEVICE_CACHE_HELP, budget_from_gb
+from .cli_args import (answerer_for, build_engine, gram_args, load_named_pair, named_models, natural, pair_args,
+                       pair_spec, positive, text)
+from .cli_search import cmd_search, search_parser
 from .errors import MergescopeError
-
-
-def _whole(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a whole number") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """An option's whole number ≥ 1 (0 tokens, 0 workers, a batch of 0 mean nothing)."""
-    return _whole(text, 1)
-
-
-def _natural(text: str) -> int:
-    """An option's whole number ≥ 0 (a seed)."""
-    return _whole(text, 0)
-
-
-def _text(text: str) -> str:
-    """An option's non-empty text (an empty stop string, path or question means nothing)."""
-    if not text:
-        raise argparse.ArgumentTypeError("an empty value means nothing here; give one or leave the option out")
-    return text
-
-
-def _pair_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", help="a known pair (see merging/known_pairs.py), instead of --vlm/--llm/--base; "
-                                       "default: the shipped toy pair")
-    parser.add_argument("--vlm", help="VLM folder or hub id (resident, merged in place)")
-    parser.add_argument("--llm", help="donor text LLM folder or hub id (read lazily)")
-    parser.add_argument("--base", help="optional common base model (for methods that need one)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="merge a donor that lacks some of the VLM's language-model tensors (they keep the "
-                             "VLM's values; reported as 'N of M'); refused without it")
-    parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _models(args):
-    from .known_pairs import resolve_models
-    return resolve_models(args.pair, args.vlm, args.llm, args.base)
-
-
-def _load(args):
-    from .pair import load_pair
-    models = _models(args)
-    return load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device,
-                     allow_partial=args.allow_partial)
 
 
 def _checkpoint_report(pair) -> dict:
@@ -74,25 +22,11 @@ def _checkpoint_report(pair) -> dict:
              "dtypes": ckpt.dtype_counts()} for role, ckpt in models.items()}
 
 
-def _gram_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--grams-vlm", help="the VLM's Gram file (`grams`), for regmean rules")
-    parser.add_argument("--grams-donor", help="the donor's Gram file (`grams`), for regmean rules")
-
-
-def _engine(args):
-    """The pair loaded as named, with the Gram files attached (both or none)."""
-    from .engine import MergeEngine
-    from .grams import gram_paths
-    grams = gram_paths(args.grams_vlm, args.grams_donor)  # bad flags fail before the model is loaded
-    budget = budget_from_gb(args.device_cache_gb)  # a bad flag fails before the model is loaded
-    return MergeEngine(_load(args), grams=grams, device_cache_bytes=budget)
-
-
 def cmd_inspect(args) -> dict:
     """Load the pair, print its layout (coverage, quantization, dtypes), and the donor's distance from
     the VLM per layer and component."""
     from .distance import role_distances
-    pair = _load(args)
+    pair = load_named_pair(args)
     layout = pair.layout
     checkpoints = _checkpoint_report(pair)
     donor_dtypes: dict[tuple, set] = {}
@@ -133,7 +67,7 @@ def cmd_answer(args) -> dict:
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = read_image(args.image) if args.image else None
     check_question(args.question)  # a bad question fails before the model is loaded
-    answerer = Answerer(_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
+    answerer = Answerer(build_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     result = answerer.ask(plan, args.question, image, settings)
     result["seconds"] = round(result["seconds"], 4)
@@ -199,83 +133,12 @@ def cmd_sweep(args) -> dict:
     return {"cells": summary, "items": len(items), "out": str(out)}
 
 
-def _pair_spec(args):
-    """What a Ray worker loads, from the model options."""
-    from .distributed import PairSpec
-    from .grams import gram_paths
-    models = _models(args)
-    return PairSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
-                    args.device, gram_paths(args.grams_vlm, args.grams_donor), args.allow_partial)
-
-
-def answerer_for(args, cache):
-    """The answerer of the loaded pair with `cache`, its donor named as the pair names it."""
-    from .answerer import Answerer
-    return Answerer(_engine(args), cache, default_donor=_models(args).donor_label)
-
-
 def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
     from .distributed import run_sweep_ray
-    models = _models(args)
-    report = run_sweep_ray(_pair_spec(args), cells, items, settings, cache, workers=args.workers, address=args.ray,
+    models = named_models(args)
+    report = run_sweep_ray(pair_spec(args), cells, items, settings, cache, workers=args.workers, address=args.ray,
                            batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
     return report["rows"]
-
-
-def cmd_search(args) -> dict:
-    """Search the space for the best plan on the eval set's dev split; write the output folder."""
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from cache import AnswerCache
-
-    from .evaluate import load_eval_set
-    from .search import SearchOptions, check_study_path
-    from .search_report import run_search
-    from .search_space import load_space
-    from .sweep import load_grid
-    space = load_space(args.space)  # bad files and options fail before the model is loaded
-    options = SearchOptions(fitness=args.objective, sampler=args.sampler, seed=args.seed, trials=args.trials,
-                            pruning=not args.no_pruning, min_items=args.min_items, test_fraction=args.test_fraction,
-                            batch_size=args.batch_size)
-    options.check(len(space.objectives))
-    grid = load_grid(args.compare_grid)[0] if args.compare_grid else None
-    items = load_eval_set(args.eval_set)
-    out = Path(args.out)
-    check_study_path(out, args.resume)
-    cache = AnswerCache(args.cache_dir or out / "cache")
-    answerer = answerer_for(args, cache)
-    evaluator = None
-    if args.workers or args.ray:
-        from .search_ray import RayEvaluator
-        evaluator = RayEvaluator(_pair_spec(args), options.fitness, space.max_new_tokens, str(cache.directory),
-                                 workers=args.workers, address=args.ray, batch_size=args.batch_size)
-    with tqdm(total=options.trials, desc="search", unit="trial", file=sys.stderr, disable=args.json) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-        report = run_search(answerer, Path(args.space).read_text(), space, items, out, options, args.eval_set,
-                            resume=args.resume, grid=grid, evaluator=evaluator, progress=progress)
-    if not args.json:
-        _print_search(report, out)
-    return report
-
-
-def _print_search(report: dict, out) -> None:
-    best = report.get("best")
-    if best is None:
-        print(f"no trial completed; wrote {out}")
-        return
-    for name, entry in (("base VLM", report["base"]), ("grid best", report.get("grid_best")), ("search best", best)):
-        if entry is None:
-            continue
-        cells = "  ".join(f"{k} {100 * f['accuracy']:.1f} % [{100 * f['low']:.0f}–{100 * f['high']:.0f}]"
-                          for k, f in entry["objectives"].items())
-        test = "vs base p=" + f"{entry['vs_base']['p_value']:.3g}" if "vs_base" in entry else ""
-        print(f"{name:<12} test (strict): {cells}  macro {100 * entry['macro_mean']:.1f} %  "
-              f"official {100 * entry['official']['accuracy']:.1f} %  {test}")
-    print(f"best trial {best['trial']} of {sum(report['trials'].values())}; "
-          f"wrote {', '.join(report['files'])} in {out}")
 
 
 def cmd_grams(args) -> dict:
@@ -304,7 +167,7 @@ def cmd_export(args) -> dict:
     from .plan import MergePlan
     plan = MergePlan.load(args.plan)
     max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
-    engine = _engine(args)
+    engine = build_engine(args)
     with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=args.json) as bar:
         def progress(done, total):
             bar.total = total
@@ -318,80 +181,56 @@ def cmd_export(args) -> dict:
     return report
 
 
-def _search_parser(sub) -> None:
-    """The `search` command's options."""
-    search = sub.add_parser("search", help="search the curve space for the best plan (Optuna; resumable, cached)")
-    _pair_args(search)
-    _gram_args(search)
-    search.add_argument("--space", required=True, help="search space YAML (see merging/search_space.py)")
-    search.add_argument("--eval-set", required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    search.add_argument("--trials", type=int, default=50, help="finished trials in the study (default 50)")
-    search.add_argument("--out", required=True, help="folder for study.db, trials.csv, best_plan.yaml, report.json")
-    search.add_argument("--objective", default="accuracy", help="fitness: accuracy (generation, judged) or "
-                                                                 "gold_logprob (teacher-forced, no generation)")
-    search.add_argument("--sampler", help="tpe (default), cmaes, nsga2 (default for two objectives) or random")
-    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and the dev/test split")
-    search.add_argument("--resume", action="store_true", help="continue the study in --out")
-    search.add_argument("--test-fraction", type=float, default=0.5, help="held-out share of items (default 0.5)")
-    search.add_argument("--no-pruning", action="store_true", help="score every trial on the whole dev split")
-    search.add_argument("--min-items", type=int, default=16, help="dev items of the first successive-halving rung")
-    search.add_argument("--compare-grid", help="a sweep grid whose best cell (chosen on dev) the report compares")
-    search.add_argument("--cache-dir", help="answers cache (default: OUT/cache)")
-    search.add_argument("--batch-size", type=int, help="answers per generate call (default: by model size)")
-    search.add_argument("--workers", type=int, help="score trials on N Ray workers of a local cluster")
-    search.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (2 for an error the user can fix)."""
     parser = argparse.ArgumentParser(prog="mergescope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="mapping report and per-layer VLM⇄donor distances")
-    _pair_args(inspect)
+    pair_args(inspect)
     ans = sub.add_parser("answer", help="answer a question (about an image) with a merged model")
-    _pair_args(ans)
-    _gram_args(ans)
-    ans.add_argument("--plan", type=_text, help="plan file (YAML or JSON); default: the base VLM")
-    ans.add_argument("--image", type=_text, help="image file")
-    ans.add_argument("--question", type=_text, required=True)
-    ans.add_argument("--max-new-tokens", type=_positive, default=32)
-    ans.add_argument("--seed", type=_natural, help="sample with this seed (default: greedy)")
-    ans.add_argument("--stop", type=_text, action="append", default=[], help="stop string (repeatable)")
-    ans.add_argument("--cache-dir", type=_text,
+    pair_args(ans)
+    gram_args(ans)
+    ans.add_argument("--plan", type=text, help="plan file (YAML or JSON); default: the base VLM")
+    ans.add_argument("--image", type=text, help="image file")
+    ans.add_argument("--question", type=text, required=True)
+    ans.add_argument("--max-new-tokens", type=positive, default=32)
+    ans.add_argument("--seed", type=natural, help="sample with this seed (default: greedy)")
+    ans.add_argument("--stop", type=text, action="append", default=[], help="stop string (repeatable)")
+    ans.add_argument("--cache-dir", type=text,
                      help="remember answers here (diskcache, JSON values); a hit skips the model")
     cache = sub.add_parser("cache", help="list, count or clear the answers cache")
     cache.add_argument("action", choices=["ls", "stats", "clear"])
-    cache.add_argument("--cache-dir", type=_text, required=True)
+    cache.add_argument("--cache-dir", type=text, required=True)
     cache.add_argument("--json", action="store_true")
     sweep = sub.add_parser("sweep", help="score a grid of plans on an eval set (resumable, cached)")
-    _pair_args(sweep)
-    _gram_args(sweep)
-    sweep.add_argument("--grid", type=_text, required=True, help="grid YAML (settings × methods × alphas)")
-    sweep.add_argument("--eval-set", type=_text, required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    sweep.add_argument("--out", type=_text, required=True, help="folder for results.csv, results.json, heatmap.html")
-    sweep.add_argument("--cache-dir", type=_text, help="answers cache (default: OUT/cache)")
-    sweep.add_argument("--sample", type=_positive, help="score a seeded sample of N items, stratified by category")
-    sweep.add_argument("--sample-seed", type=_natural, default=0, help="seed of --sample (default 0)")
-    sweep.add_argument("--batch-size", type=_positive, help="answers per generate call (default: by model size on CPU, "
+    pair_args(sweep)
+    gram_args(sweep)
+    sweep.add_argument("--grid", type=text, required=True, help="grid YAML (settings × methods × alphas)")
+    sweep.add_argument("--eval-set", type=text, required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
+    sweep.add_argument("--out", type=text, required=True, help="folder for results.csv, results.json, heatmap.html")
+    sweep.add_argument("--cache-dir", type=text, help="answers cache (default: OUT/cache)")
+    sweep.add_argument("--sample", type=positive, help="score a seeded sample of N items, stratified by category")
+    sweep.add_argument("--sample-seed", type=natural, default=0, help="seed of --sample (default 0)")
+    sweep.add_argument("--batch-size", type=positive, help="answers per generate call (default: by model size on CPU, "
                                                      "memory-aware on CUDA)")
-    sweep.add_argument("--workers", type=_positive, help="run on N Ray workers of a local cluster (pip install ray)")
+    sweep.add_argument("--workers", type=positive, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
-    _search_parser(sub)
+    search_parser(sub)
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
-    grams.add_argument("--out", type=_text, required=True, help="Gram file to write (.safetensors)")
+    grams.add_argument("--out", type=text, required=True, help="Gram file to write (.safetensors)")
     grams.add_argument("--modules", default="all", choices=["all", "attention"],
                        help="all linear layers (7B: 41.5 GiB) or only q/k/v/o (7B: 2.7 GiB)")
-    grams.add_argument("--max-samples", type=_positive, help="use at most N items of the eval set")
+    grams.add_argument("--max-samples", type=positive, help="use at most N items of the eval set")
     grams.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     grams.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
     grams.add_argument("--json", action="store_true", help="print one JSON object")
     export = sub.add_parser("export", help="write the merged VLM as a checkpoint (+ plan, model card, mergekit YAML)")
-    _pair_args(export)
-    export.add_argument("--plan", type=_text, required=True, help="plan file (YAML or JSON)")
-    export.add_argument("--out", type=_text, required=True, help="new folder for the checkpoint")
-    _gram_args(export)
+    pair_args(export)
+    export.add_argument("--plan", type=text, required=True, help="plan file (YAML or JSON)")
+    export.add_argument("--out", type=text, required=True, help="new folder for the checkpoint")
+    gram_args(export)
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     args = parser.parse_args(argv)
