@@ -84,6 +84,32 @@ def _settings_dict(settings: GenerationSettings) -> dict:
     return dict(asdict(settings), stop=list(settings.stop))
 
 
+def start_ray(spec: PairSpec, workers: int | None, address: str | None) -> tuple[Any, bool, int]:
+    """(the ray module, whether workers take a GPU, how many workers) after joining `address` or starting
+    a local cluster: `workers` if given, else one per GPU of the cluster for a GPU spec, else 2.
+    Raises MergescopeError when Ray is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise MergescopeError("--workers/--ray need Ray: pip install 'mergescope[ray]' (or pip install ray)") from None
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else max(2, workers or 2), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    on_gpu = spec.device in ("auto-gpu", "cuda") or spec.device.startswith("cuda:")
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return ray, on_gpu, workers or (gpus if on_gpu and gpus else 2)
+
+
+def start_error(ray, actors: list) -> str | None:
+    """Wait until `actors` (SweepWorker actors) have loaded their pair: None, or the first one's reason
+    for not (one line; a worker that died while loading gives Ray's error)."""
+    try:
+        errors = ray.get([actor.ready.remote() for actor in actors])
+    except ray.exceptions.RayActorError as exc:  # died while loading (out of memory, a crash)
+        errors = [" ".join(str(exc).split())[:500]]
+    return next((e for e in errors if e is not None), None)
+
+
 def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
                   cache: AnswerCache, *, workers: int | None = None, address: str | None = None,
                   batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
@@ -97,17 +123,8 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
     `donor_label` names the donor in the rows (as the single-process sweep's answerer does).
     Raises MergescopeError when Ray is not installed.
     """
-    try:
-        import ray
-    except ImportError:
-        raise MergescopeError("--workers/--ray need Ray: pip install 'mergescope[ray]' (or pip install ray)") from None
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else max(2, workers or 2), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    on_gpu = spec.device in ("auto-gpu", "cuda") or spec.device.startswith("cuda:")
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    ray, on_gpu, count = start_ray(spec, workers, address)
     sweep = _RaySweep(ray, spec, on_gpu, cells, items, _settings_dict(settings), cache, batch_size)
-    count = workers or (gpus if on_gpu and gpus else 2)
     sweep.idle.extend(sweep.start() for _ in range(count))
     sweep.check_started(list(sweep.idle))  # all load at once; a worker that cannot start ends the sweep here
     queue = deque(range(len(cells)))
@@ -152,11 +169,7 @@ class _RaySweep:
     def check_started(self, workers: list[tuple[str, Any]]) -> None:
         """Wait until `workers` have loaded the pair; MergescopeError with the first one's reason (all of
         this sweep's workers killed) when one could not, so a bad --vlm fails as it does without Ray."""
-        try:
-            errors = self.ray.get([actor.ready.remote() for _, actor in workers])
-        except self.ray.exceptions.RayActorError as exc:  # died while loading (out of memory, a crash)
-            errors = [" ".join(str(exc).split())[:500]]
-        failed = next((e for e in errors if e is not None), None)
+        failed = start_error(self.ray, [actor for _, actor in workers])
         if failed is not None:
             self.kill_all(workers)
             raise MergescopeError(f"a Ray worker could not start: {failed}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from cache import AnswerCache
 
-from .distributed import WORKER_NAME, PairSpec, SweepWorker
+from .distributed import WORKER_NAME, PairSpec, SweepWorker, start_error, start_ray
 from .errors import MergescopeError
 from .evaluate import EvalItem
 from .generate import GenerationSettings
@@ -31,7 +31,8 @@ class SearchWorker(SweepWorker):
 
     def __init__(self, spec: dict, cache_dir: str):
         super().__init__(spec)
-        self.answerer.cache = AnswerCache(cache_dir)
+        if self.error is None:  # a pair that did not load is reported by `ready`, as the sweep's workers do
+            self.answerer.cache = AnswerCache(cache_dir)
 
     def score(self, plan: dict, items: list[EvalItem], fitness: str, max_new_tokens: int,
               batch_size: int | None) -> dict[str, Any]:
@@ -46,23 +47,17 @@ class RayEvaluator:
 
     def __init__(self, spec: PairSpec, fitness: str, max_new_tokens: int, cache_dir: str, *,
                  workers: int | None = None, address: str | None = None, batch_size: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise MergescopeError("--workers/--ray need Ray: pip install 'mergescope[ray]' "
-                                  "(or pip install ray)") from None
-        if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else max(2, workers or 2), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        on_gpu = spec.device in ("auto-gpu", "cuda") or spec.device.startswith("cuda:")
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        ray, on_gpu, self.capacity = start_ray(spec, workers, address)
         self.ray, self.spec, self.cache_dir = ray, asdict(spec), cache_dir
         self.fitness, self.max_new_tokens, self.batch_size = fitness, max_new_tokens, batch_size
         self.actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=0)(SearchWorker)
-        self.capacity = workers or (gpus if on_gpu and gpus else 2)
         self.started = self.requeued = self.deaths_in_a_row = 0
-        self.idle = deque(self._start() for _ in range(self.capacity))
         self.pending: dict = {}  # object ref → (job, plan dict, items, actor)
+        self.idle = deque(self._start() for _ in range(self.capacity))
+        failed = start_error(ray, list(self.idle))  # all load at once; one that cannot ends the search here
+        if failed is not None:
+            self.close()
+            raise MergescopeError(f"a Ray worker could not start: {failed}")
 
     def _start(self):
         name = WORKER_NAME.format(f"search-{self.started}")

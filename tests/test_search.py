@@ -256,6 +256,10 @@ def test_two_ray_workers_give_the_trials_of_one_process(toy, items, tmp_path):
         evaluator = RayEvaluator(spec, "accuracy", 4, str(tmp_path / "worker-cache"), workers=2)  # computed afresh
         remote = run_search(toy, text, parse_space(text), items, tmp_path / "ray", options, "toy-48",
                             evaluator=evaluator)
+        bad = PairSpec(str(tmp_path / "no-such-vlm"), str(TOY_LLM), dtype="float32")
+        with pytest.raises(MergescopeError, match="a Ray worker could not start: .*no-such-vlm") as info:
+            RayEvaluator(bad, "accuracy", 4, str(tmp_path / "worker-cache"), workers=1)  # says why, never retries
+        assert "\n" not in str(info.value)
     finally:
         ray.shutdown()
     assert _trials(tmp_path / "local") == _trials(tmp_path / "ray")
