@@ -34,6 +34,7 @@ DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is na
 
 SCAN_ALPHAS = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1: the default α scan
 SCAN_SETTINGS = GenerationSettings(max_new_tokens=8)
+GOLD_BATCH = 32  # gold answers scored per forward pass (teacher_forcing.reference_logprobs)
 
 # Bump when a change to the engine or generation would change answers for the same configuration.
 ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
@@ -311,8 +312,10 @@ class Answerer:
         missing = [i for i, v in enumerate(values) if v is None]
         if missing:
             with self._merged(plan, donor):
-                batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in missing]
-                for i, value in zip(missing, reference_logprobs(self.engine.pair, batch)):
-                    values[i] = value
-                    self._put(configs[i], {"logprob": value})
+                for start in range(0, len(missing), GOLD_BATCH):  # images decoded a batch at a time
+                    part = missing[start:start + GOLD_BATCH]
+                    batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in part]
+                    for i, value in zip(part, reference_logprobs(self.engine.pair, batch, GOLD_BATCH)):
+                        values[i] = value
+                        self._put(configs[i], {"logprob": value})
         return values

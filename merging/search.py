@@ -142,9 +142,9 @@ def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitn
 
 
 def objective_values(space: SearchSpace, items: list[EvalItem], scores: list[float]) -> list[float]:
-    """The mean score over each objective's items (its categories; None: every item); NaN-free: an
-    objective with no item among `items` scores the worst possible (0 accuracy, −inf log-probability
-    would break samplers, so −100 nats)."""
+    """The mean score over each objective's items (its categories; None: every item). An objective with
+    no item among `items` (a rung too small to reach its categories) takes the lowest score seen, never
+    NaN, which samplers cannot rank."""
     values = []
     for _, categories in space.objectives:
         mine = [s for item, s in zip(items, scores) if categories is None or item.category in categories]

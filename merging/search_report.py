@@ -119,15 +119,15 @@ def build_report(study: optuna.Study, answerer: Answerer, space: SearchSpace, de
         report["grid_best"] = dict(_public(reference), setting=cell.setting, curve=cell.method, alpha=cell.alpha,
                                    dev=values, vs_base=mcnemar(reference["correct"], base["correct"]),
                                    plan=cell.plan.to_dict())
-    entries = []
-    for trial in front(study):
+    entries, members = [], front(study)
+    for trial in members:
         figures = test_figures(answerer, plan_of(trial), test, space, settings, batch_size)
         entry = dict(_public(figures), trial=trial.number, dev=list(trial.values), params=trial.params,
                      vs_base=mcnemar(figures["correct"], base["correct"]))
         if reference is not None:
             entry["vs_grid_best"] = mcnemar(figures["correct"], reference["correct"])
         entries.append(entry)
-    best = chosen(front(study))
+    best = chosen(members)
     report["front"] = entries
     report["best"] = next(e for e in entries if e["trial"] == best.number)
     return report
