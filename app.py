@@ -13,13 +13,13 @@ from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
 from merging import MergeEngine, MergescopeError, load_pair
-from merging.checkpoint import Checkpoint
-from merging.device_cache import DEVICE_CACHE_HELP, budget_from_gb
-from merging.grams import gram_paths
-from merging.evaluate import load_eval_set
-from merging.known_pairs import KNOWN_PAIRS, resolve_models
-from merging.pair import resolve_model_dir
-from merging.answerer import Answerer
+from merging.io.checkpoint import Checkpoint
+from merging.engine.device_cache import DEVICE_CACHE_HELP, budget_from_gb
+from merging.stats.gram_files import gram_paths
+from merging.evals.eval_sets import load_eval_set
+from merging.model.known_pairs import KNOWN_PAIRS, resolve_models
+from merging.model.pair import resolve_model_dir
+from merging.run.answerer import Answerer
 
 PUBLIC_MAX_UPLOAD = "5mb"
 PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instead of piling up

@@ -201,10 +201,10 @@ def answers_still_correct(url: str) -> tuple[int, int]:
     from transformers.utils import logging as hf_logging
 
     from merging import MergeEngine, MergePlan, load_pair
-    from merging.answerer import Answerer
-    from merging.generate import GenerationSettings
-    from merging.known_pairs import resolve_models
-    from merging.images import read_image
+    from merging.run.answerer import Answerer
+    from merging.run.generate import GenerationSettings
+    from merging.model.known_pairs import resolve_models
+    from merging.io.images import read_image
     hf_logging.disable_progress_bar()
     models = resolve_models(None, None, None, None)
     reference = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)))

@@ -20,8 +20,8 @@ from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.generate import GenerationSettings
-from merging.answerer import Answerer
+from merging.run.generate import GenerationSettings
+from merging.run.answerer import Answerer
 from toy.tiny import DecoderShape, build_qwen_pair
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"],

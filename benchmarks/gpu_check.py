@@ -15,8 +15,8 @@ untied, bf16; random weights, toy/sharded.py) loaded on the GPU, prints ONE JSON
   per-tensor overhead in µs, for the attention-only and the full plan
 - generation tokens/s at batch 1 and batch 32 (model.generate on left-padded random-id prompts,
   greedy, a fixed number of new tokens, no early stop)
-- sweep answers/s: one at a time (merging.generate.answer per question) vs batched (one
-  model.generate over 32 chat prompts) — batched generation is not in merging/generate.py yet
+- sweep answers/s: one at a time (merging.run.generate.answer per question) vs batched (one
+  model.generate over 32 chat prompts) — batched generation is not in merging/run/generate.py yet
 - switch: benchmarks/switch.py --device cuda's own JSON
 
 `--shape tiny --device cpu` runs the same code on a tiny pair (tests' smoke run; figures meaningless).
@@ -37,7 +37,7 @@ import transformers
 
 import merging
 from benchmarks.switch import SWITCH_TO, switch_figures
-from merging.generate import GenerationSettings, answer, chat_prompt, text_tokenizer
+from merging.run.generate import GenerationSettings, answer, chat_prompt, text_tokenizer
 from toy.sharded import write_qwen_pair_sharded
 from toy.tiny import DecoderShape
 

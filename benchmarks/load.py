@@ -24,8 +24,8 @@ from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.generate import GenerationSettings
-from merging.answerer import Answerer
+from merging.run.generate import GenerationSettings
+from merging.run.answerer import Answerer
 from toy.tiny import build_qwen_pair
 from ui.app import Explorer, build_app
 

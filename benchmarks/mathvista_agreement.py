@@ -23,9 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from merging.eval_checks import checked, mathvista_groups
-from merging.evaluate import EvalItem
-from merging.scoring import judge_both
+from merging.evals.eval_checks import checked, mathvista_groups
+from merging.evals.eval_sets import EvalItem
+from merging.evals.scoring import judge_both
 
 DEFAULT = Path(__file__).parent / "data" / "mathvista_published_sample.json"
 

@@ -114,7 +114,7 @@ def measure_engine(vlm_dir: Path, llm_dir: Path, repeats: int) -> tuple[dict, di
     one = [ALPHA] * L
     one[L // 2] = 0.7
     custom_one = plan(["all"], {"preset": "custom", "values": one})
-    from merging.mergekit_config import mergekit_config
+    from merging.export.mergekit_config import mergekit_config
     kit = mergekit_config(attn, pair)
 
     start = time.perf_counter()
@@ -160,7 +160,7 @@ def mergekit_workflow(root: Path, vlm_dir: Path, llm_dir: Path, kit: dict) -> di
     from mergekit.options import MergeOptions
     from safetensors.torch import save_file
 
-    from merging.checkpoint import Checkpoint
+    from merging.io.checkpoint import Checkpoint
 
     text = root / "vlm_text"  # the VLM's text model as a Qwen2 checkpoint: its own shards, a Qwen2 config
     text.mkdir()

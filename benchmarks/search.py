@@ -32,16 +32,16 @@ import torch
 from scipy.stats import spearmanr
 
 from cache import AnswerCache
-from merging.answerer import Answerer
-from merging.engine import MergeEngine
-from merging.evaluate import load_eval_set
-from merging.generate import GenerationSettings
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_SEED, TOY_VLM
-from merging.pair import load_pair
-from merging.search import STUDY_FILE, STUDY_NAME, SearchOptions, item_scores, objective_values, split_items
-from merging.search_report import plan_of, run_search
-from merging.search_space import parse_space
-from merging.sweep import load_grid
+from merging.run.answerer import Answerer
+from merging.engine.merge_engine import MergeEngine
+from merging.evals.eval_sets import load_eval_set
+from merging.run.generate import GenerationSettings
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_SEED, TOY_VLM
+from merging.model.pair import load_pair
+from merging.experiments.search import STUDY_FILE, STUDY_NAME, SearchOptions, item_scores, objective_values, split_items
+from merging.experiments.search_report import plan_of, run_search
+from merging.experiments.search_space import parse_space
+from merging.experiments.sweep import load_grid
 from switch import rebuild  # the same checkpoint workflow the switch benchmark times
 
 REPO = Path(__file__).resolve().parents[1]

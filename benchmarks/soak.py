@@ -135,7 +135,7 @@ def killed_exports(root: Path, count: int) -> dict:
     """A complete CLI export (timing its write: partial folder to rename), then `count` killed (SIGKILL) at
     random moments of that write: how many left a folder at --out that opens as a checkpoint (Checkpoint)
     without being the complete export, byte for byte (`half_exports_that_load`, must be 0)."""
-    from merging.checkpoint import Checkpoint
+    from merging.io.checkpoint import Checkpoint
     from merging.errors import MergescopeError
     plan = root / "plan.yaml"
     plan.write_text(PLANS[1])
@@ -194,8 +194,8 @@ def check_answers(records: list[dict], root: Path, writes_safe_after: float) -> 
     ones returned after the last database fault against the cache the server left."""
     from cache import AnswerCache
     from merging import MergeEngine, MergePlan, load_pair
-    from merging.answerer import Answerer
-    from merging.generate import GenerationSettings
+    from merging.run.answerer import Answerer
+    from merging.run.generate import GenerationSettings
     fresh = Answerer(MergeEngine(load_pair(TOY / "vlm", TOY / "llm")))
     settings, cache = GenerationSettings(max_new_tokens=TOKENS), AnswerCache(root / "cache")
     expected: dict[tuple[str, str], str] = {}

@@ -37,7 +37,7 @@ The switch beside its memory-traffic limit (`switch_figures`), for the attention
 - limit_{attention,full}_{openmp,threads}_s   the limit's two ways (see `limit_writes`); the limit
                       is the faster one
 - switch_grouped_{attention,full}_s   the same switches written by the caller's group calls
-                      (merging/fused.py, torch's own threads) instead of the CPU write pool: CPU only
+                      (merging/engine/fused.py, torch's own threads) instead of the CPU write pool: CPU only
 
 Run (after `pip install -e .`): python benchmarks/switch.py [--device cuda] [--repeats 21] [--pair-dir DIR]
 """
@@ -61,7 +61,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import merging
-import merging.cpu_pool
+import merging.engine.cpu_pool
 from toy.tiny import DecoderShape, build_qwen_pair
 
 SHAPE = DecoderShape(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16,
@@ -221,13 +221,13 @@ def switch_figures(engine, plans: dict[str, tuple], sync, repeats: int, cold_dir
         out.update({f"switch_{label}_s": switch, f"limit_{label}_s": bound,
                     f"switch_over_limit_{label}": ratio, f"tensors_{label}": len(report.written),
                     f"per_tensor_overhead_us_{label}": (switch - bound) / len(report.written) * 1e6})
-        if engine.pair.vlm.device.type == "cpu":  # the group calls of merging/fused.py instead of the pool
-            least, merging.cpu_pool.POOL_MIN_ELEMENTS = merging.cpu_pool.POOL_MIN_ELEMENTS, 2**62
+        if engine.pair.vlm.device.type == "cpu":  # the group calls of merging/engine/fused.py instead of the pool
+            least, merging.engine.cpu_pool.POOL_MIN_ELEMENTS = merging.engine.cpu_pool.POOL_MIN_ELEMENTS, 2**62
             try:
                 engine.apply(at)
                 grouped = [timed(lambda i=i: engine.apply(at if i % 2 else to), sync)[0] for i in range(repeats)]
             finally:
-                merging.cpu_pool.POOL_MIN_ELEMENTS = least
+                merging.engine.cpu_pool.POOL_MIN_ELEMENTS = least
             out[f"switch_grouped_{label}_s"] = statistics.median(grouped)
         log(f"{label}: first {out[f'first_apply_{label}_s']:.3f}s, switch {switch * 1e3:.1f} ms, "
             f"limit {bound * 1e3:.1f} ms ({ratio:.2f}×)")

@@ -7,11 +7,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .cli_args import (answerer_for, build_engine, gram_args, load_named_pair, named_models, natural, pair_args,
-                       pair_spec, positive, text)
-from .cli_search import cmd_search, search_parser
-from .errors import MergescopeError
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
+
+from cache import AnswerCache
+from merging.cli.args import (
+    answerer_for,
+    build_engine,
+    gram_args,
+    load_named_pair,
+    named_models,
+    natural,
+    pair_args,
+    pair_spec,
+    positive,
+    text,
+)
+from merging.cli.search import cmd_search, search_parser
+from merging.errors import MergescopeError
+from merging.evals.eval_sets import load_eval_set, sample_items
+from merging.experiments.distributed import run_sweep_ray
+from merging.experiments.sweep import load_grid, record_sweep, run_sweep, write_results
+from merging.export.writer import export_checkpoint, parse_size
+from merging.io.images import read_image
+from merging.plan.merge_plan import MergePlan
+from merging.run.answerer import Answerer
+from merging.run.collect_grams import run_grams
+from merging.run.generate import GenerationSettings, check_question
+from merging.stats.distance import role_distances
 
 
 def _checkpoint_report(pair) -> dict:
@@ -25,7 +50,6 @@ def _checkpoint_report(pair) -> dict:
 def cmd_inspect(args) -> dict:
     """Load the pair, print its layout (coverage, quantization, dtypes), and the donor's distance from
     the VLM per layer and component."""
-    from .distance import role_distances
     pair = load_named_pair(args)
     layout = pair.layout
     checkpoints = _checkpoint_report(pair)
@@ -58,12 +82,7 @@ def cmd_inspect(args) -> dict:
 
 def cmd_answer(args) -> dict:
     """Answer one question with the base VLM and the merged plan (cached)."""
-    from cache import AnswerCache
 
-    from .generate import GenerationSettings, check_question
-    from .images import read_image
-    from .plan import MergePlan
-    from .answerer import Answerer
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = read_image(args.image) if args.image else None
     check_question(args.question)  # a bad question fails before the model is loaded
@@ -78,7 +97,6 @@ def cmd_answer(args) -> dict:
 
 def cmd_cache(args) -> dict:
     """List, summarise or clear the answers cache."""
-    from cache import AnswerCache
     store = AnswerCache(args.cache_dir)
     if args.action == "clear":
         result = {"cleared": store.clear()}
@@ -95,14 +113,9 @@ def cmd_cache(args) -> dict:
 
 def cmd_sweep(args) -> dict:
     """Score a grid of plans on an eval set; write results.csv, results.json and heatmap.html."""
-    from pathlib import Path
 
-    from tqdm import tqdm
 
-    from cache import AnswerCache
 
-    from .evaluate import load_eval_set, sample_items
-    from .sweep import load_grid, record_sweep, run_sweep, write_results
     cells, settings = load_grid(args.grid)
     items = load_eval_set(args.eval_set)
     if args.sample:
@@ -134,7 +147,6 @@ def cmd_sweep(args) -> dict:
 
 
 def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
-    from .distributed import run_sweep_ray
     models = named_models(args)
     report = run_sweep_ray(pair_spec(args), cells, items, settings, cache, workers=args.workers, address=args.ray,
                            batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
@@ -143,9 +155,7 @@ def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
 
 def cmd_grams(args) -> dict:
     """Compute a model's Gram statistics on an eval set (for RegMean)."""
-    from tqdm import tqdm
 
-    from .grams import run_grams
     with tqdm(desc="grams", unit="sample", file=sys.stderr, disable=args.json) as bar:
         def progress(done, total):
             bar.total = total
@@ -161,10 +171,7 @@ def cmd_grams(args) -> dict:
 
 def cmd_export(args) -> dict:
     """Write the merged checkpoint, its plan, model card and mergekit YAML."""
-    from tqdm import tqdm
 
-    from .export import export_checkpoint, parse_size
-    from .plan import MergePlan
     plan = MergePlan.load(args.plan)
     max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
     engine = build_engine(args)
@@ -234,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
         result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,

@@ -11,7 +11,7 @@ A public demo must not let a tiny request cost unbounded time or memory. Three r
   characters, however large or deep the value is (formatting first and cutting later is what froze
   the server).
 
-Images are read (header first) by `merging.images.read_image`.
+Images are read (header first) by `merging.io.images.read_image`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from .errors import MergescopeError
+from merging.errors import MergescopeError
 
 MAX_DOCUMENT_BYTES = 64 * 1024   # a plan or grid; real ones are a few hundred bytes
 MAX_NODES = 20_000               # scalars + lists + mappings in one document
@@ -32,7 +32,7 @@ MAX_LIST = 4096                  # custom curves: one value per layer (models ha
 MAX_RULES = 256
 MAX_KEY_CHARS = 200              # names of settings and methods in a grid are shown in messages
 MAX_INT_DIGITS = 30              # a seed or layer index, never a 400-digit number
-MAX_IMAGE_PIXELS = 4096 * 4096   # same limit as merging.generate: refuse before decoding
+MAX_IMAGE_PIXELS = 4096 * 4096   # same limit as merging.run.generate: refuse before decoding
 
 # PIL's own guard: beyond this it raises DecompressionBombError in Image.open (and warns above half
 # of it). Set at the project's limit so that no code path that opens an image can decode a bomb.

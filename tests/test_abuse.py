@@ -23,12 +23,12 @@ from gradio_client import Client, handle_file
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, PlanError, load_pair
-from merging.generate import GenerationSettings
-from merging.known_pairs import resolve_models
-from merging.images import read_image
+from merging.run.generate import GenerationSettings
+from merging.model.known_pairs import resolve_models
+from merging.io.images import read_image
 from merging.limits import MAX_IMAGE_PIXELS, LimitError, brief
-from merging.answerer import Answerer
-from merging.sweep import parse_grid
+from merging.run.answerer import Answerer
+from merging.experiments.sweep import parse_grid
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_IMAGE = REPO / "assets/toy/eval/images/colour-00000.png"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.answerer import Answerer
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
+from merging.run.answerer import Answerer
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from ui.api import api_answer
 from ui.app import Explorer, build_app
 from ui.explorer import bind
@@ -154,7 +154,7 @@ def client(explorer):
 
 def test_images_arrive_as_handle_file_sends_them(client, explorer):
     from gradio_client import handle_file
-    from merging.images import read_image
+    from merging.io.images import read_image
     direct = explorer.answerer.distribution(MergePlan(), "What colour?", read_image(TOY_IMAGE), top_k=3)
     sent = client.predict("", "What colour?", handle_file(str(TOY_IMAGE)), 3, api_name="/distribution")
     assert sent["tokens"] == direct["tokens"]

@@ -11,12 +11,12 @@ import pytest
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.answerer import Answerer
+from merging.run.answerer import Answerer
 from merging.errors import MergescopeError
-from merging.evaluate import load_eval_set, sample_items
-from merging.generate import GenerationSettings, answer, answer_batch
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
-from merging.sweep import parse_grid, run_sweep, wilson_interval, write_results
+from merging.evals.eval_sets import load_eval_set, sample_items
+from merging.run.generate import GenerationSettings, answer, answer_batch
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
+from merging.experiments.sweep import parse_grid, run_sweep, wilson_interval, write_results
 
 GRID = ("settings: {Setting 2: [self_attn]}\nmethods: {constant α: {preset: constant}}\n"
         "alphas: [0.4, 0.8]\nmax_new_tokens: 6\n")
@@ -117,7 +117,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'merg
 
 
 def test_ray_sweep_matches_single_process_and_requeues_a_killed_worker(toy_engine, toy_items, tmp_path):
-    from merging.distributed import PairSpec, run_sweep_ray
+    from merging.experiments.distributed import PairSpec, run_sweep_ray
     cells, settings = parse_grid(GRID)
     items = toy_items[:8]
     single = run_sweep(Answerer(toy_engine, default_donor="donor"), cells, items, settings)

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from cache import AnswerCache, config_key
 from merging import MergeEngine, MergePlan, MergescopeError, load_pair
-from merging.checkpoint import Checkpoint
-from merging.generate import GenerationSettings
-from merging.answerer import Answerer
+from merging.io.checkpoint import Checkpoint
+from merging.run.generate import GenerationSettings
+from merging.run.answerer import Answerer
 from toy.tiny import build_qwen_pair
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["self_attn"], "curve": {"preset": "constant", "value": 0.5}}]})

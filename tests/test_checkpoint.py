@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from merging.checkpoint import Checkpoint
+from merging.io.checkpoint import Checkpoint
 from merging.errors import CheckpointError
 
 
@@ -100,7 +100,7 @@ def test_writes_replace_a_planted_link_and_never_follow_it(tmp_path):
     file; the file it pointed to is untouched. The same for safetensors and text files."""
     import torch
 
-    from merging.checkpoint import Checkpoint, write_safetensors, write_text_file
+    from merging.io.checkpoint import Checkpoint, write_safetensors, write_text_file
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
     folder = tmp_path / "exports"

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from merging.curves import layer_alphas, normalize_curve
+from merging.plan.curves import layer_alphas, normalize_curve
 from merging.errors import PlanError
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 
 L = 8
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import merging.cpu_pool as cpu_pool
+import merging.engine.cpu_pool as cpu_pool
 from merging import MergeEngine, MergePlan, MergescopeError, load_pair
-from merging.cpu_pool import CpuPool
-from merging.device_cache import DeviceCache, budget_from_gb, default_budget
-from merging.staging import Feeder, Stager
+from merging.engine.cpu_pool import CpuPool
+from merging.engine.device_cache import DeviceCache, budget_from_gb, default_budget
+from merging.engine.staging import Feeder, Stager
 from tests.conftest import assert_same_weights, lm_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ from PIL import Image
 
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, PlanError, load_pair
-from merging.checkpoint import Checkpoint
+from merging.io.checkpoint import Checkpoint
 from merging.errors import LayoutError
-from merging.generate import answer
+from merging.run.generate import answer
 from toy.tiny import build_qwen_pair
 
 
@@ -248,8 +248,8 @@ def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, l
 # -- issue 27: the switch's fast paths (pool, group calls) write what the linear method writes --------
 @pytest.mark.parametrize("path", ["pool", "group calls", "group calls, run every tensor"])
 def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkeypatch, path):
-    import merging.cpu_pool as cpu_pool
-    from merging.fused import WriteBatch
+    import merging.engine.cpu_pool as cpu_pool
+    from merging.engine.fused import WriteBatch
     from merging.methods import linear
     from toy.tiny import build_llava_pair
     if path == "pool":
@@ -281,7 +281,7 @@ def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkey
 
 
 def test_an_apply_checks_each_file_once_not_once_per_tensor(qwen_bf16_dirs, monkeypatch):
-    from merging import checkpoint
+    from merging.io import checkpoint
     pair = load_pair(*qwen_bf16_dirs)
     engine = MergeEngine(pair)
     stats = {"n": 0}

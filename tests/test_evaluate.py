@@ -1,4 +1,4 @@
-"""Judging real-format answers (merging.scoring) and the eval-set loaders' file layouts."""
+"""Judging real-format answers (merging.evals.scoring) and the eval-set loaders' file layouts."""
 
 import io
 import json
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from merging.errors import MergescopeError
-from merging.evaluate import EvalItem, load_eval_set
-from merging.scoring import Verdict, extract_answer, judge
+from merging.evals.eval_sets import EvalItem, load_eval_set
+from merging.evals.scoring import Verdict, extract_answer, judge
 
 MV_CHOICE = EvalItem("mv-1", "Which is larger?", "1.5", "multi_choice", ("0.5", "1.5", "2.5"))
 MV_INT = EvalItem("mv-2", "How many?", "4", "integer")

@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from merging import MergeEngine, MergePlan, PlanError, load_pair
-from merging.export import export_checkpoint
-from merging.mergekit_config import MERGEKIT_METHODS, MERGEKIT, MergekitUnsupported, mergekit_yaml
+from merging.export.writer import export_checkpoint
+from merging.export.mergekit_config import MERGEKIT_METHODS, MERGEKIT, MergekitUnsupported, mergekit_yaml
 from merging.methods import REGISTRY, get_method
-from merging.sweep import parse_grid
+from merging.experiments.sweep import parse_grid
 from test_mergekit_parity import build_triple
 
 CURVE = {"preset": "loglinear", "start": 0.05, "end": 0.9}

@@ -11,12 +11,13 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from conftest import assert_same_weights, lm_state
-from merging import MergeEngine, MergePlan, MergescopeError, PlanError, curves, load_pair
+from merging import MergeEngine, MergePlan, MergescopeError, PlanError, load_pair
+from merging.plan import curves
 from merging.__main__ import main
-from merging.checkpoint import Checkpoint
-from merging.export import export_checkpoint, parse_size
-from merging.mergekit_config import MergekitUnsupported, mergekit_config, mergekit_yaml
-from merging.generate import build_inputs
+from merging.io.checkpoint import Checkpoint
+from merging.export.writer import export_checkpoint, parse_size
+from merging.export.mergekit_config import MergekitUnsupported, mergekit_config, mergekit_yaml
+from merging.run.generate import build_inputs
 
 IMAGE = Image.new("RGB", (56, 56), (200, 40, 120))
 PLAN = MergePlan.from_dict({"rules": [

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, PlanError, load_pair
-from merging.curves import PRESETS
-from merging.layout import KNOWN_COMPONENTS
+from merging.plan.curves import PRESETS
+from merging.model.layout import KNOWN_COMPONENTS
 from merging.methods import REGISTRY
-from merging.answerer import Answerer
+from merging.run.answerer import Answerer
 from ui.app import Explorer, build_app
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from merging.errors import MergescopeError
-from merging.images import MAX_MODEL_PIXELS, fit_image
-from merging.generate import (GenerationSettings, answer, build_inputs, reference_logprob,
+from merging.io.images import MAX_MODEL_PIXELS, fit_image
+from merging.run.generate import (GenerationSettings, answer, build_inputs, reference_logprob,
                               stream_answer)
 
 IMAGE = Image.new("RGB", (56, 56), (250, 200, 0))

@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 
 from conftest import assert_same_weights, lm_state
-from merging import MergeEngine, MergePlan, MergescopeError, PlanError, curves, load_pair
+from merging import MergeEngine, MergePlan, MergescopeError, PlanError, load_pair
+from merging.plan import curves
 from merging.__main__ import main
-from merging.checkpoint import write_safetensors
-from merging.generate import build_inputs
-from merging.grams import GramAccumulator, GramFile, run_grams
+from merging.io.checkpoint import write_safetensors
+from merging.run.generate import build_inputs
+from merging.run.collect_grams import GramAccumulator, run_grams
+from merging.stats.gram_files import GramFile
 from merging.methods import linear, regmean_solve
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 40, 220), (240, 200, 0), (20, 20, 20), (200, 200, 200)]
@@ -307,7 +309,7 @@ def test_answer_command_attaches_grams_for_regmean(qwen_dirs, gram_files, tmp_pa
 
 
 def test_a_donor_keeps_its_grams_across_a_donor_switch(qwen_dirs, gram_files, tmp_path):
-    from merging.checkpoint import Checkpoint
+    from merging.io.checkpoint import Checkpoint
     from toy.tiny import build_qwen_pair
     files, _ = gram_files
     pair = load_pair(*qwen_dirs)

@@ -7,9 +7,9 @@ from transformers import (Idefics3Config, LlamaConfig, LlavaConfig, Qwen2_5_VLCo
                           Qwen2VLConfig)
 
 from merging.errors import MergescopeError
-from merging.known_pairs import KNOWN_PAIRS, known_pair
-from merging.pair import check_fits, meta_model, weight_bytes
-from merging.layout import build_layout
+from merging.model.known_pairs import KNOWN_PAIRS, known_pair
+from merging.model.pair import check_fits, meta_model, weight_bytes
+from merging.model.layout import build_layout
 
 
 def qwen_text(vocab, hidden, inter, layers, heads, kv, tied):
@@ -112,7 +112,7 @@ def test_memory_estimate_and_refusal():
 
 
 def test_models_resolve_to_the_toy_pair_unless_named():
-    from merging.known_pairs import resolve_models
+    from merging.model.known_pairs import resolve_models
     from toy import TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM
     toy = resolve_models(None, None, None, None)
     assert (toy.vlm, toy.llm, toy.base, toy.eval_set) == (str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), str(TOY_EVAL))

@@ -5,10 +5,10 @@ import torch
 from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from merging.checkpoint import Checkpoint
+from merging.io.checkpoint import Checkpoint
 from merging.errors import LayoutError
-from merging.layout import build_layout, classify
-from merging.pair import load_pair
+from merging.model.layout import build_layout, classify
+from merging.model.pair import load_pair
 from toy.tiny import save_donor
 
 TEXT = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,

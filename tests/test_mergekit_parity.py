@@ -2,7 +2,7 @@
 
 mergekit cannot merge a VLM with a text LLM, so a Qwen2ForCausalLM takes the VLM's role (LLM+LLM
 merges run through the same engine). For each case the plan goes through our own mergekit export
-(`merging.mergekit_config.mergekit_yaml`), mergekit merges the saved safetensors on the CPU
+(`merging.export.mergekit_config.mergekit_yaml`), mergekit merges the saved safetensors on the CPU
 (`mergekit.merge.run_merge`), and its output is compared with what `MergeEngine.apply` wrote:
 
 - task_arithmetic, ties (fp32): bit-identical — both compute the same fp32 operations in the same
@@ -38,8 +38,8 @@ from mergekit.options import MergeOptions  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from merging import MergeEngine, MergePlan, load_pair  # noqa: E402
-from merging.checkpoint import Checkpoint  # noqa: E402
-from merging.mergekit_config import mergekit_yaml  # noqa: E402
+from merging.io.checkpoint import Checkpoint  # noqa: E402
+from merging.export.mergekit_config import mergekit_yaml  # noqa: E402
 from toy.tokenizer import build_tokenizer  # noqa: E402
 
 LAYERS = 24

@@ -12,11 +12,11 @@ import torch
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.answerer import SCAN_ALPHAS, SCAN_SETTINGS, Answerer
-from merging.evaluate import load_eval_set
-from merging.generate import GenerationSettings, answer, build_inputs
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
-from merging.probe import (TOP_STORED, first_token_logprobs, group_plan, kl_divergence, next_token_distribution,
+from merging.run.answerer import SCAN_ALPHAS, SCAN_SETTINGS, Answerer
+from merging.evals.eval_sets import load_eval_set
+from merging.run.generate import GenerationSettings, answer, build_inputs
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
+from merging.run.probe import (TOP_STORED, first_token_logprobs, group_plan, kl_divergence, next_token_distribution,
                            scale_plan, summarize, token_decoder, token_probability)
 
 PLAN = MergePlan.from_dict({"rules": [
@@ -164,7 +164,7 @@ rules:
 
 
 def test_scale_plan_keeps_shape_and_sets_the_maximum():
-    from merging.curves import layer_alphas, non_layer_alpha
+    from merging.plan.curves import layer_alphas, non_layer_alpha
     L = 8
     scaled = scale_plan(PLAN, 0.5, L)
     assert [r.components for r in scaled.rules] == [r.components for r in PLAN.rules]

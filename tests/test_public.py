@@ -8,8 +8,8 @@ from gradio_client import Client
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.generate import GenerationSettings
-from merging.answerer import Answerer
+from merging.run.generate import GenerationSettings
+from merging.run.answerer import Answerer
 from ui.app import Explorer, build_app
 from ui.explorer import PUBLIC_MAX_NEW_TOKENS
 

@@ -12,13 +12,13 @@ from PIL import Image
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.__main__ import main
-from merging.answerer import Answerer, image_digest
+from merging.run.answerer import Answerer, image_digest
 from merging.errors import MergescopeError
-from merging.evaluate import EvalItem, load_eval_set
-from merging.generate import GenerationSettings
-from merging.images import MAX_ASPECT_RATIO, read_image
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
-from merging.sweep import Cell, run_sweep
+from merging.evals.eval_sets import EvalItem, load_eval_set
+from merging.run.generate import GenerationSettings
+from merging.io.images import MAX_ASPECT_RATIO, read_image
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
+from merging.experiments.sweep import Cell, run_sweep
 
 ORIENTATION = 0x0112
 ROTATE_90_CW = 6  # EXIF: "the stored picture is shown turned 90° clockwise"
@@ -161,7 +161,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'merg
 
 @pytest.mark.timeout(300)  # before the fix the sweep restarted the worker for ever
 def test_a_ray_worker_that_cannot_start_fails_the_sweep_with_its_reason(tmp_path, image_items):
-    from merging.distributed import PairSpec, run_sweep_ray
+    from merging.experiments.distributed import PairSpec, run_sweep_ray
     try:
         with pytest.raises(MergescopeError, match="a Ray worker could not start: .*nowhere"):
             run_sweep_ray(PairSpec(str(tmp_path / "nowhere"), str(TOY_LLM), dtype="float32"),

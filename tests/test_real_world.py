@@ -18,11 +18,11 @@ from transformers import AutoModelForImageTextToText
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, load_pair
 from merging.__main__ import main
-from merging.checkpoint import Checkpoint
+from merging.io.checkpoint import Checkpoint
 from merging.errors import CheckpointError, LayoutError
-from merging.export import export_checkpoint
-from merging.generate import build_inputs
-from merging.pair import _mapped_safetensors
+from merging.export.writer import export_checkpoint
+from merging.run.generate import build_inputs
+from merging.model.pair import _mapped_safetensors
 from toy.tiny import DecoderShape, build_qwen_pair
 
 ALL = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.5}}]})
@@ -115,7 +115,7 @@ def fp8_quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Te
 
 
 def reference_dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    """Dequantization written independently of merging.quantization: one block at a time."""
+    """Dequantization written independently of merging.io.quantization: one block at a time."""
     out = torch.empty(q.shape)
     br, bc = block
     for i in range(scale_inv.shape[0]):
@@ -334,7 +334,7 @@ TRUNCATION_SCRIPT = textwrap.dedent("""
     import os, shutil, sys, torch
     from merging import MergeEngine, MergePlan, load_pair
     from merging.errors import CheckpointError
-    from merging.generate import build_inputs
+    from merging.run.generate import build_inputs
     vlm, llm, base = sys.argv[1:4]
     plan = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.4}}]})
     other = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": "task_arithmetic",

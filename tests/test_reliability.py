@@ -11,7 +11,7 @@ import torch
 from cache import AnswerCache
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, load_pair
-from merging.answerer import Answerer
+from merging.run.answerer import Answerer
 
 PLAN = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.4}}]})
 

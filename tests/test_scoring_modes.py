@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from merging.errors import MergescopeError
-from merging.evaluate import EvalItem, load_eval_set
-from merging.mathvista import most_similar
-from merging.numbers import value_of
-from merging.scoring import judge, judge_both
-from merging.sweep import cell_row, parse_grid, write_results
+from merging.evals.eval_sets import EvalItem, load_eval_set
+from merging.evals.mathvista import most_similar
+from merging.evals.numbers import value_of
+from merging.evals.scoring import judge, judge_both
+from merging.experiments.sweep import cell_row, parse_grid, write_results
 
 ANGLE = EvalItem("mv-3", "∠BOC?", "145°", "multi_choice", ("135°", "140°", "145°", "150°"), benchmark="mathvista")
 DEGREES = EvalItem("mv-d", "Angle?", "45°", "multi_choice", ("15°", "30°", "45°", "60°"), benchmark="mathvista")

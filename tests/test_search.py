@@ -21,20 +21,20 @@ from scipy.stats import binomtest
 
 from cache import AnswerCache
 from merging.__main__ import main
-from merging.answerer import Answerer
-from merging.distributed import PairSpec
-from merging.engine import MergeEngine
+from merging.run.answerer import Answerer
+from merging.experiments.distributed import PairSpec
+from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
-from merging.evaluate import load_eval_set, sample_items
-from merging.known_pairs import TOY_EVAL, TOY_LLM, TOY_SEED, TOY_VLM
-from merging.pair import load_pair
-from merging.plan import MergePlan
-from merging.search import STUDY_FILE, STUDY_NAME, SearchOptions, finished_trials, rung_order, rung_sizes
-from merging.search_report import run_search
-from merging.generate import reference_logprob
-from merging.search_space import load_space, parse_space
-from merging.significance import mcnemar
-from merging.sweep import load_grid
+from merging.evals.eval_sets import load_eval_set, sample_items
+from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_SEED, TOY_VLM
+from merging.model.pair import load_pair
+from merging.plan.merge_plan import MergePlan
+from merging.experiments.search import STUDY_FILE, STUDY_NAME, SearchOptions, finished_trials, rung_order, rung_sizes
+from merging.experiments.search_report import run_search
+from merging.run.generate import reference_logprob
+from merging.experiments.search_space import load_space, parse_space
+from merging.evals.significance import mcnemar
+from merging.experiments.sweep import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_OBJECTIVE = """
@@ -256,7 +256,7 @@ def test_a_killed_search_resumes_and_evaluates_no_trial_twice(eval_file, tmp_pat
 
 def test_two_ray_workers_give_the_trials_of_one_process(toy, items, tmp_path):
     ray = pytest.importorskip("ray")
-    from merging.search_ray import RayEvaluator  # imports Ray's module (optional extra)
+    from merging.experiments.search_ray import RayEvaluator  # imports Ray's module (optional extra)
     text = ONE_OBJECTIVE
     options = SearchOptions(trials=4, seed=5, sampler="random", pruning=False)
     local = run_search(toy, text, parse_space(text), items, tmp_path / "local", options, "toy-48")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cache import AnswerCache
 from merging.errors import MergescopeError
-from merging.sweep import load_grid
+from merging.experiments.sweep import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,10 +98,10 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(qwen_dirs, eval_set, t
 
 def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
     from merging import MergeEngine, load_pair
-    from merging.checkpoint import Checkpoint
-    from merging.evaluate import load_eval_set
-    from merging.answerer import Answerer
-    from merging.sweep import parse_grid, run_sweep
+    from merging.io.checkpoint import Checkpoint
+    from merging.evals.eval_sets import load_eval_set
+    from merging.run.answerer import Answerer
+    from merging.experiments.sweep import parse_grid, run_sweep
     from toy.tiny import build_qwen_pair
     other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
     cells, settings = parse_grid("settings: {S1: [all]}\nmethods: {M1: {preset: constant}}\nalphas: [0.8]\n"

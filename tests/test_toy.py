@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from merging import MergeEngine, MergePlan, load_pair
-from merging.evaluate import load_eval_set
-from merging.scoring import judge
-from merging.generate import GenerationSettings, answer
+from merging.evals.eval_sets import load_eval_set
+from merging.evals.scoring import judge
+from merging.run.generate import GenerationSettings, answer
 from toy import TOY_DIR, TOY_EVAL, TOY_LLM, TOY_LLM_NOSEED, TOY_SEED, TOY_VLM, world
 from toy.evaluate_toy import as_eval_item, eval_items, generate_batch
 from toy.train import main as train_main

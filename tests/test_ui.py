@@ -11,11 +11,11 @@ import pytest
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
-from merging.checkpoint import Checkpoint
-from merging.evaluate import load_eval_set
-from merging.known_pairs import NO_SHARED_SEED, resolve_models
-from merging.generate import GenerationSettings
-from merging.answerer import Answerer
+from merging.io.checkpoint import Checkpoint
+from merging.evals.eval_sets import load_eval_set
+from merging.model.known_pairs import NO_SHARED_SEED, resolve_models
+from merging.run.generate import GenerationSettings
+from merging.run.answerer import Answerer
 from ui.app import Explorer, build_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -338,7 +338,7 @@ def test_at_800_px_the_page_is_one_column_with_the_answers_visible(server, brows
 
 
 def test_next_token_bars_for_base_and_merged(page):
-    pytest.importorskip("merging.probe")
+    pytest.importorskip("merging.run.probe")
     _ask_text_only(page)
     page.wait_for_selector("#probs-base .main-svg", timeout=120_000)
     page.wait_for_selector("#probs-merged .main-svg", timeout=120_000)
@@ -346,7 +346,7 @@ def test_next_token_bars_for_base_and_merged(page):
 
 
 def test_the_alpha_scan_fills_in_eleven_points(page):
-    pytest.importorskip("merging.probe")
+    pytest.importorskip("merging.run.probe")
     page.locator("#question textarea").fill(TEXT_Q)
     page.locator("#text-only input").check()
     page.locator("#alpha-scan").get_by_text("α scan").first.click()
@@ -357,7 +357,7 @@ def test_the_alpha_scan_fills_in_eleven_points(page):
 
 
 def test_separate_curves_give_one_editor_per_group_and_compare_uses_them(page, server):
-    pytest.importorskip("merging.probe")
+    pytest.importorskip("merging.run.probe")
     _, explorer = server
     page.locator("#separate-curves input").check()
     for slug in ("attention", "mlp", "norms", "embeddings"):
@@ -402,7 +402,7 @@ def test_a_text_only_example_ticks_text_only_and_shows_its_gold(page):
 
 
 def test_stop_leaves_a_partial_sweep(page, server):
-    from merging.sweep import parse_grid, run_sweep
+    from merging.experiments.sweep import parse_grid, run_sweep
     from ui import sweep_tab
     explorer = server[1]
     page.get_by_role("tab", name="Sweep").click()

@@ -7,7 +7,7 @@ import types
 import gradio as gr
 import pytest
 
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 from ui import compare_tab, export_tab, probe_panel, sweep_tab
 from ui.explorer import bind
 from ui.plan_panel import PARAM_DEFS, table_of
@@ -124,9 +124,9 @@ def test_preset_with_bad_anchors_is_one_line():
 
 
 def test_distributions_fill_the_bars_and_kl(monkeypatch):
-    probe = types.ModuleType("merging.probe")
+    probe = types.ModuleType("merging.run.probe")
     probe.kl_divergence = lambda base, merged: abs(base["p"] - merged["p"])
-    monkeypatch.setitem(sys.modules, "merging.probe", probe)
+    monkeypatch.setitem(sys.modules, "merging.run.probe", probe)
     comps, alphas, method, *params = PLAN
     base, merged, b, kl = compare_tab.on_distributions(FakeExplorer(), None, None, "What colour is it?", True, "",
                                                        "shared", comps, alphas, method, *params)
@@ -138,7 +138,7 @@ def test_distributions_fill_the_bars_and_kl(monkeypatch):
 def test_distributions_without_the_probe_say_so():
     explorer = FakeExplorer()
     explorer.answerer = types.SimpleNamespace()  # an answerer without .distribution
-    assert "merging.probe" in compare_tab.on_distributions(explorer, None, None, "q?", True, "", "shared",
+    assert "merging.run.probe" in compare_tab.on_distributions(explorer, None, None, "q?", True, "", "shared",
                                                            *PLAN)[-1]
 
 
@@ -215,7 +215,7 @@ def test_inspect_names_the_donor_and_redraws_only_once_drawn():
 
 
 def test_separate_curves_make_one_rule_per_group(monkeypatch):
-    probe = types.ModuleType("merging.probe")
+    probe = types.ModuleType("merging.run.probe")
     seen = {}
 
     def group_plan(groups, method="linear", params=None):
@@ -223,7 +223,7 @@ def test_separate_curves_make_one_rule_per_group(monkeypatch):
         return MergePlan.from_dict({"rules": [{"components": [{"Attention": "self_attn", "MLP": "mlp"}[g]],
                                                "method": method, "curve": c} for g, c in groups.items()]})
     probe.group_plan = group_plan
-    monkeypatch.setitem(sys.modules, "merging.probe", probe)
+    monkeypatch.setitem(sys.modules, "merging.run.probe", probe)
     groups = compare_tab.on_groups(True, ["Attention", "MLP"], [0.1] * L, [0.9] * L, [0.0] * L, [0.0] * L)
     assert set(groups) == {"Attention", "MLP"}
     assert compare_tab.on_groups(False, ["Attention"], *[[0.1] * L] * 4) is None  # linked: one curve
@@ -260,7 +260,7 @@ def test_a_lesson_sets_donor_components_curve_question_and_plan_b():
 
 
 def test_examples_put_the_lessons_first_and_leave_out_blank_images():
-    from merging.evaluate import load_eval_set
+    from merging.evals.eval_sets import load_eval_set
     from toy import TOY_EVAL
     from ui import examples, lessons
     items = load_eval_set(TOY_EVAL)

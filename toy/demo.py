@@ -14,12 +14,12 @@ import argparse
 import torch
 from transformers.utils import logging as hf_logging
 
-from merging.engine import MergeEngine
-from merging.evaluate import load_eval_set
-from merging.generate import GenerationSettings, answer
-from merging.known_pairs import known_pair
-from merging.pair import load_pair
-from merging.plan import MergePlan
+from merging.engine.merge_engine import MergeEngine
+from merging.evals.eval_sets import load_eval_set
+from merging.run.generate import GenerationSettings, answer
+from merging.model.known_pairs import known_pair
+from merging.model.pair import load_pair
+from merging.plan.merge_plan import MergePlan
 from . import world
 
 PLANS = {

@@ -5,9 +5,9 @@
 
 Items are the world's held-out stream (`world.EVAL_SEED`, never used in training), N per question
 kind (default 200; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
-tokens, judged by `merging.scoring.judge` (the project's extraction: integers by value, words by
-normalised text). Prompts are built exactly as `merging.generate.build_inputs` builds them, batched
-with left padding; a batched answer equals `merging.generate.answer`'s (a test checks it).
+tokens, judged by `merging.evals.scoring.judge` (the project's extraction: integers by value, words by
+normalised text). Prompts are built exactly as `merging.run.generate.build_inputs` builds them, batched
+with left padding; a batched answer equals `merging.run.generate.answer`'s (a test checks it).
 
 Merges go through `MergeEngine` on the loaded pair (in place), for Setting 1 (components [all]) and
 Setting 2 ([self_attn]) × three curves (constant α; linear 0→α; loglinear 0→α, as in sweep.py's grid)
@@ -24,11 +24,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
-from . import world
-from merging.evaluate import EvalItem
-from merging.generate import chat_prompt, text_tokenizer
-from merging.scoring import judge
+from merging.engine.merge_engine import MergeEngine
+from merging.evals.eval_sets import EvalItem
+from merging.evals.scoring import judge
+from merging.model.pair import load_pair
+from merging.plan.merge_plan import MergePlan
+from merging.run.generate import chat_prompt, text_tokenizer
+
+from . import TOY_DIR, world
 
 MAX_NEW_TOKENS = 6
 SETTINGS = {"Setting 1": ["all"], "Setting 2": ["self_attn"]}
@@ -113,9 +118,6 @@ def prior_table(n: int, kinds=world.KINDS) -> dict[str, float]:
 # -- the card's tables ---------------------------------------------------------------------------
 def merge_grid(vlm_dir, donor_dir, items: list[world.Item], progress=print) -> list[dict]:
     """Accuracy per kind of every grid cell (Setting × curve × α) merged in place with `donor_dir`."""
-    from merging.engine import MergeEngine
-    from merging.pair import load_pair
-    from merging.plan import MergePlan
     pair = load_pair(vlm_dir, donor_dir)
     engine = MergeEngine(pair)
     rows = []
@@ -134,7 +136,6 @@ def merge_grid(vlm_dir, donor_dir, items: list[world.Item], progress=print) -> l
 
 def measure(toy_dir: Path, n: int, progress=print) -> dict:
     """Everything the card reports, as one JSON-able dict."""
-    from merging.pair import load_pair
     start = time.perf_counter()
     items = eval_items(n)
     text_items = eval_items(n, world.TEXT)
@@ -246,7 +247,6 @@ def export_eval(out: Path, n: int = 40) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .  import TOY_DIR
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy-dir", default=str(TOY_DIR), help="folder with vlm/, llm/, llm_noseed/")
     parser.add_argument("--n", type=int, default=200, help="held-out items per question kind")
@@ -257,7 +257,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     if args.export_eval:

@@ -138,7 +138,7 @@ def make_vlm(recipe: Recipe, tokenizer, llm: Qwen2ForCausalLM, init_seed: int) -
 
 # -- batches -------------------------------------------------------------------------------------
 def prompt_text(tokenizer, item: world.Item) -> str:
-    """The chat prompt exactly as merging.generate.build_inputs writes it (processor or tokenizer)."""
+    """The chat prompt exactly as merging.run.generate.build_inputs writes it (processor or tokenizer)."""
     if item.scene is not None:
         content = [{"type": "image"}, {"type": "text", "text": item.question}]
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from merging.generate import GenerationSettings
+from merging.run.generate import GenerationSettings
 
 from .api_args import endpoint, int_arg, plan_arg, question_arg
 from .explorer import GPU, Explorer, bind

@@ -28,10 +28,10 @@ import gradio as gr
 from PIL import Image
 
 from merging.errors import MergescopeError
-from merging.generate import check_question
-from merging.images import read_image
+from merging.run.generate import check_question
+from merging.io.images import read_image
 from merging.limits import LimitError, as_text, bounded_int, brief, check_size
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 
 from .guard import upload_folder
 
@@ -105,7 +105,7 @@ def _is_number(value: Any) -> bool:
 
 
 def image_arg(value: Any) -> Image.Image | None:
-    """The picture of an image argument (None for no image), read by `merging.images.read_image`.
+    """The picture of an image argument (None for no image), read by `merging.io.images.read_image`.
 
     Takes None or "", a path to a file uploaded to this app, or a FileData dict ({"path": ..., "meta":
     {"_type": "gradio.FileData"}}, what `gradio_client.handle_file` sends and a file component holds).

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 import gradio as gr
 
-from merging import curves
+from merging.plan import curves
 from merging.errors import MergescopeError
-from merging.generate import GenerationSettings, check_question
-from merging.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
-from merging.images import read_image
+from merging.run.generate import GenerationSettings, check_question
+from merging.model.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
+from merging.io.images import read_image
 from merging.limits import as_text, bounded_int, check_size
 from merging.methods import REGISTRY
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 
 from .curve_editor import curve_editor
 from .explorer import CHEAP, GPU, Explorer, bind
@@ -232,13 +232,13 @@ def gold_for(explorer: Explorer, question: str) -> str | None:
 
 
 def has_probe(explorer: Explorer) -> bool:
-    """Whether the answerer can give next-token distributions (merging.probe's Answerer.distribution)."""
+    """Whether the answerer can give next-token distributions (merging.run.probe's Answerer.distribution)."""
     return callable(getattr(explorer.answerer, "distribution", None))
 
 
 def distributions(explorer: Explorer, plans: dict, q: str, img, donor_name, top_k: int = 10) -> tuple[dict, float]:
     """{name: distribution} for each plan, and KL(base ‖ merged) in nats."""
-    from merging.probe import kl_divergence
+    from merging.run.probe import kl_divergence
     gold = gold_for(explorer, q)
     out = {name: explorer.answerer.distribution(plan, q, img, top_k=top_k, gold=gold, donor=donor_name)
            for name, plan in plans.items()}
@@ -251,7 +251,7 @@ def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_
     from .figures import probability_figure
     keep = gr.update()
     if not has_probe(explorer):
-        return keep, keep, keep, "KL needs `merging.probe`"
+        return keep, keep, keep, "KL needs `merging.run.probe`"
     try:
         q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, comps, alphas,
                                               method_name, param_values)
@@ -373,7 +373,7 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
 
 
 def _separate_curves(explorer: Explorer, c: dict, start_alphas: list[float]) -> None:
-    """One editor per ticked group, hidden while the curve is linked (needs merging.probe.group_plan)."""
+    """One editor per ticked group, hidden while the curve is linked (needs merging.run.probe.group_plan)."""
     c["separate"] = gr.Checkbox(False, label="Separate curves per group (Attention, MLP, Norms, Embeddings/Head)",
                                 elem_id="separate-curves", visible=has_group_plan())
     with gr.Column(visible=False) as c["group_column"]:
@@ -390,7 +390,7 @@ def _separate_curves(explorer: Explorer, c: dict, start_alphas: list[float]) -> 
 
 def has_group_plan() -> bool:
     try:
-        from merging.probe import group_plan  # noqa: F401
+        from merging.run.probe import group_plan  # noqa: F401
     except ImportError:
         return False
     return True

@@ -6,8 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from merging.errors import MergescopeError
-from merging.evaluate import EvalItem
-from merging.images import read_image
+from merging.evals.eval_sets import EvalItem
+from merging.io.images import read_image
 
 from .lessons import LESSONS
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import gradio as gr
 
 from cache import config_key
-from merging.answerer import Answerer
-from merging.distance import role_distances
-from merging.engine import MergeEngine
-from merging.evaluate import EvalItem
+from merging.run.answerer import Answerer
+from merging.stats.distance import role_distances
+from merging.engine.merge_engine import MergeEngine
+from merging.evals.eval_sets import EvalItem
 
 from .guard import History, RateLimiter, client_id
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from merging.checkpoint import write_text_file
+from merging.io.checkpoint import write_text_file
 from merging.errors import MergescopeError
-from merging.export import export_checkpoint
+from merging.export.writer import export_checkpoint
 from merging.limits import brief
-from merging.mergekit_config import mergekit_yaml
+from merging.export.mergekit_config import mergekit_yaml
 
 from .explorer import CHEAP, GPU, Explorer, bind
 from .plan_panel import plan_of

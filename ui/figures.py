@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from merging.sweep import heatmap as _heatmap
+from merging.experiments.sweep import heatmap as _heatmap
 
 __all__ = ["alpha_figure", "distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
 
@@ -53,7 +53,7 @@ def _interval_text(r: dict) -> str:
 
 
 def sweep_heatmap(rows: list[dict]) -> go.Figure:
-    """merging.sweep's heatmap; on hover each cell's strict score, its Wilson 95 % interval, its official score."""
+    """The sweep heatmap; on hover each cell's strict score, its Wilson 95 % interval, its official score."""
     fig = _heatmap(rows)
     merged = [r for r in rows if r["alpha"] is not None]
     labels, alphas = list(fig.data[0].y), sorted({r["alpha"] for r in merged})

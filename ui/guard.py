@@ -184,7 +184,7 @@ def uploaded_image(**kwargs) -> gr.Image:
 
     gr.Image(type="filepath") still calls PIL.Image.open in preprocessing, so a non-image or a
     declared-huge image failed there, with Gradio's generic error; here the handler gets the path and
-    checks it itself (merging.images.read_image: header first, one-line refusals). An instance, not a
+    checks it itself (merging.io.images.read_image: header first, one-line refusals). An instance, not a
     subclass: Gradio writes a .pyi stub next to the source of every component class.
     """
     image = gr.Image(type="filepath", image_mode=None, **kwargs)

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from merging.methods import REGISTRY
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 
 from .compare_tab import component_choices
 from .explorer import CHEAP, HISTORY_LIMIT, Explorer, bind

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from merging import curves
-from merging.known_pairs import NO_SHARED_SEED
+from merging.plan import curves
+from merging.model.known_pairs import NO_SHARED_SEED
 
 from .explorer import Explorer
 

@@ -9,11 +9,11 @@ import difflib
 
 import pandas as pd
 
-from merging import curves
+from merging.plan import curves
 from merging.errors import MergescopeError, PlanError
 from merging.limits import MAX_LIST, brief
 from merging.methods import REGISTRY, ParamDef
-from merging.plan import MergePlan
+from merging.plan.merge_plan import MergePlan
 
 
 def method_params() -> list[ParamDef]:
@@ -50,20 +50,20 @@ def current_plan(comps, method_name, alphas, *param_values) -> MergePlan:
     return plan_from_ui(comps, method_name, alphas, {p.name: v for p, v in zip(PARAM_DEFS, param_values)})
 
 
-GROUPS = ("Attention", "MLP", "Norms", "Embeddings/Head")  # the separate curves' groups (merging.probe)
+GROUPS = ("Attention", "MLP", "Norms", "Embeddings/Head")  # the separate curves' groups (merging.run.probe)
 
 
 def plan_of(comps, alphas, method_name, groups, *param_values) -> MergePlan:
     """The plan the panel shows: one rule from the linked curve, or with separate curves (`groups`:
-    {group: α per layer}) one rule per ticked group (merging.probe.group_plan)."""
+    {group: α per layer}) one rule per ticked group (merging.run.probe.group_plan)."""
     if not groups:
         return current_plan(comps, method_name, alphas, *param_values)
     if not isinstance(groups, dict) or not set(groups) <= set(GROUPS) or len(groups) > len(GROUPS):
         raise PlanError(f"separate curves: groups must be among {list(GROUPS)}; got {brief(groups)}")
     try:
-        from merging.probe import group_plan
+        from merging.run.probe import group_plan
     except ImportError:
-        raise MergescopeError("separate curves need merging.probe (group_plan), not installed here") from None
+        raise MergescopeError("separate curves need merging.run.probe (group_plan), not installed here") from None
     curves_by_group = {}
     for group, values in groups.items():
         # the same checks as the linked curve's (a list of numbers), via a one-rule plan

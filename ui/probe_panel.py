@@ -1,6 +1,6 @@
 """See the merge: the α scan panel, and the `/distribution` and `/scan` APIs.
 
-They call `Answerer.distribution` and `Answerer.alpha_scan` (merging.probe); an answerer without them
+They call `Answerer.distribution` and `Answerer.alpha_scan` (merging.run.probe); an answerer without them
 gets a one-line message instead."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_
     from .compare_tab import compare_inputs, gold_for
     from .figures import scan_figure
     if not can_scan(explorer):
-        yield gr.update(), "⚠️ the α scan needs `merging.probe` (Answerer.alpha_scan)"
+        yield gr.update(), "⚠️ the α scan needs `merging.run.probe` (Answerer.alpha_scan)"
         return
     try:
         q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", comps, alphas, method_name,
@@ -67,7 +67,7 @@ def api_distribution(explorer: Explorer, plan_yaml: str | dict, question: str, i
     from .compare_tab import gold_for
     explorer.admit(request)
     if not callable(getattr(explorer.answerer, "distribution", None)):
-        raise MergescopeError("next-token distributions need `merging.probe` (Answerer.distribution)")
+        raise MergescopeError("next-token distributions need `merging.run.probe` (Answerer.distribution)")
     plan, q, img = plan_arg(plan_yaml), question_arg(question), image_arg(image)
     result = explorer.answerer.distribution(plan, q, img, top_k=int_arg(top_k, "top_k", 1, 50),
                                             gold=gold_for(explorer, q))
@@ -82,7 +82,7 @@ def api_scan(explorer: Explorer, plan_yaml: str | dict, question: str, image: Im
     from .compare_tab import gold_for
     explorer.admit(request)
     if not can_scan(explorer):
-        raise MergescopeError("the α scan needs `merging.probe` (Answerer.alpha_scan)")
+        raise MergescopeError("the α scan needs `merging.run.probe` (Answerer.alpha_scan)")
     plan, q, img = plan_arg(plan_yaml), question_arg(question), image_arg(image)
     chosen = numbers_arg(alphas, "alphas", 0.0, 1.0, MAX_SCAN_ALPHAS, default=SCAN_ALPHAS)
     keys = ("alpha", "answer", "p_top", "p_gold", "kl_to_base")

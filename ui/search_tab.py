@@ -16,16 +16,16 @@ import gradio as gr
 import optuna
 import pandas as pd
 
-from merging import curves
+from merging.plan import curves
 from merging.errors import MergescopeError
-from merging.evaluate import sample_items
-from merging.generate import GenerationSettings
+from merging.evals.eval_sets import sample_items
+from merging.run.generate import GenerationSettings
 from merging.limits import bounded_int
-from merging.probe import GROUP_COMPONENTS
-from merging.search import (SAMPLERS, STUDY_FILE, LocalEvaluator, SearchOptions, check_objectives, finished_trials,
-                            open_study, run_study, split_items)
-from merging.search_report import build_report, chosen, front, plan_of, search_figure, write_outputs
-from merging.search_space import SearchSpace, parse_space
+from merging.run.probe import GROUP_COMPONENTS
+from merging.experiments.search import (SAMPLERS, STUDY_FILE, LocalEvaluator, SearchOptions, check_objectives,
+                                        finished_trials, open_study, run_study, split_items)
+from merging.experiments.search_report import build_report, chosen, front, plan_of, search_figure, write_outputs
+from merging.experiments.search_space import SearchSpace, parse_space
 
 from .compare_tab import component_choices
 from .explorer import CHEAP, GPU, PUBLIC_MAX_SEARCH_ITEMS, PUBLIC_MAX_SEARCH_TRIALS, Explorer, bind

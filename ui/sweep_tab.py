@@ -8,9 +8,9 @@ import gradio as gr
 import pandas as pd
 
 from merging.errors import MergescopeError
-from merging.evaluate import load_eval_set
+from merging.evals.eval_sets import load_eval_set
 from merging.limits import bounded_int
-from merging.sweep import parse_grid, record_sweep, run_sweep
+from merging.experiments.sweep import parse_grid, record_sweep, run_sweep
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
 from .figures import sweep_heatmap, sweep_lines

@@ -5,20 +5,20 @@ validation, the UI's controls and the README's methods table (see `registry.py` 
 """
 
 # Import order is registration order: the order of the UI's method list and the README's table.
-from .registry import CHUNK_ELEMENTS, REGISTRY, Method, ParamDef, get_method, merge_method, methods_table
-from .interpolation import linear, slerp
-from .task_arithmetic import task_arithmetic
-from .ties import ties
-from .dare import dare_linear, dare_ties
-from .breadcrumbs import breadcrumbs, breadcrumbs_ties
-from .della import della, della_linear
-from .model_stock import model_stock
-from .sce import sce
-from .ram import ram, ramplus_tl
-from .spherical import karcher, multislerp, nuslerp
-from .nearswap import nearswap
-from .arcee_fusion import arcee_fusion
-from .regmean import regmean, regmean_solve
+from merging.methods.registry import CHUNK_ELEMENTS, REGISTRY, Method, ParamDef, get_method, merge_method, methods_table
+from merging.methods.interpolation import linear, slerp
+from merging.methods.task_arithmetic import task_arithmetic
+from merging.methods.ties import ties
+from merging.methods.dare import dare_linear, dare_ties
+from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
+from merging.methods.della import della, della_linear
+from merging.methods.model_stock import model_stock
+from merging.methods.sce import sce
+from merging.methods.ram import ram, ramplus_tl
+from merging.methods.spherical import karcher, multislerp, nuslerp
+from merging.methods.nearswap import nearswap
+from merging.methods.arcee_fusion import arcee_fusion
+from merging.methods.regmean import regmean, regmean_solve
 
 __all__ = ["CHUNK_ELEMENTS", "REGISTRY", "Method", "ParamDef", "arcee_fusion", "breadcrumbs", "breadcrumbs_ties",
            "dare_linear", "dare_ties", "della", "della_linear", "get_method", "karcher", "linear", "merge_method",

@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .interpolation import toward
-from .registry import Tensor, merge_method
+from merging.methods.interpolation import toward
+from merging.methods.registry import Tensor, merge_method
 
 QUANTILES = (0.25, 0.5, 0.75)
 

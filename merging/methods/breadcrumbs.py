@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .registry import ParamDef, Tensor, merge_method
-from .task_arithmetic import LAMBDA, Sparsify, task_vector_merge
-from .ties import task_magnitudes
+from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
+from merging.methods.ties import task_magnitudes
 
 BREADCRUMBS_DENSITY = ParamDef("density", float, 0.9, 0.0, 1.0,
                                "fraction of each task vector kept: the entries ranked below the top `gamma` "

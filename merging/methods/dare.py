@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from .registry import ParamDef, Tensor, merge_method
-from .task_arithmetic import LAMBDA, Sparsify, task_vector_merge
+from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
 
 DARE_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
                         "probability of keeping each task-vector entry; kept ones are scaled by 1/density",

@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from .dare import SEED, stream_generators
-from .registry import CHUNK_ELEMENTS, ParamDef, Tensor, merge_method
-from .task_arithmetic import LAMBDA, Sparsify, task_vector_merge
+from merging.methods.dare import SEED, stream_generators
+from merging.methods.registry import CHUNK_ELEMENTS, ParamDef, Tensor, merge_method
+from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
 
 DELLA_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
                          "mean probability of keeping a task-vector entry (1 keeps everything; mergekit's default)",

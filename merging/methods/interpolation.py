@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .registry import Tensor, chunks, copy_endpoint, merge_method
+from merging.methods.registry import Tensor, chunks, copy_endpoint, merge_method
 
 SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide by, interpolate linearly
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .interpolation import toward
-from .registry import ParamDef, Tensor, merge_method
+from merging.methods.interpolation import toward
+from merging.methods.registry import ParamDef, Tensor, merge_method
 
 FILTER_WISE = ParamDef("filter_wise", int, 0, 0, 1,
                        "1: one angle and ratio per row (filter); 0: one for the whole tensor (mergekit's default)")

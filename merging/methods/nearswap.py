@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from .interpolation import toward_chunks
-from .registry import ParamDef, Tensor, merge_method
+from merging.methods.interpolation import toward_chunks
+from merging.methods.registry import ParamDef, Tensor, merge_method
 
 T = ParamDef("t", float, 1e-4, 0.0, 10.0,
              "distance scale: entries with |θ_L − θ_V| ≤ t take θ_L, farther ones move t/|θ_L − θ_V| of the way "

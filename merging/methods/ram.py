@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from .interpolation import toward_chunks
-from .registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.interpolation import toward_chunks
+from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
 
 RAM_EPSILON = ParamDef("epsilon", float, 1e-5, 0.0, 1.0,
                        "an entry counts as changed by a model where |θ_i − θ_B| > epsilon")

@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..errors import PlanError
-from ..limits import brief
+from merging.errors import PlanError
+from merging.limits import brief
 
 Tensor = torch.Tensor
 CHUNK_ELEMENTS = 1 << 20  # fp32 temporaries stay ≤ 4 MiB each: cache-sized, never model-sized

@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
-from .interpolation import linear
-from .registry import ParamDef, Tensor, merge_method
+from merging.methods.interpolation import linear
+from merging.methods.registry import ParamDef, Tensor, merge_method
 
 GAMMA = ParamDef("gamma", float, 0.9, 0.0, 1.0,
                  "scale of the Gram matrices' off-diagonal: 1 = plain RegMean, 0 = a per-input-feature "

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from .interpolation import toward
-from .registry import ParamDef, Tensor, merge_method
-from .task_arithmetic import sign_agreement
+from merging.methods.interpolation import toward
+from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.task_arithmetic import sign_agreement
 
 SELECT_TOPK = ParamDef("select_topk", float, 1.0, 0.0, 1.0,
                        "fraction of entries kept: those where the task vectors' variance across models is "

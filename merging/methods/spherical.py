@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from .interpolation import toward
-from .registry import ParamDef, Tensor, copy_endpoint, merge_method
+from merging.methods.interpolation import toward
+from merging.methods.registry import ParamDef, Tensor, copy_endpoint, merge_method
 
 ROW_WISE = ParamDef("nuslerp_row_wise", int, 0, 0, 1,
                     "1: slerp each column vector (mergekit: along dim 0); 0: each row, or the whole tensor "

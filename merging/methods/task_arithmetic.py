@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
 
 LAMBDA = ParamDef("lambda", float, 1.0, 0.0, 3.0,
                   "scale λ of the merged task vector added to the base (1 = unscaled)")

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .registry import ParamDef, Tensor, chunks, merge_method
-from .task_arithmetic import LAMBDA, task_vector_merge
+from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.task_arithmetic import LAMBDA, task_vector_merge
 
 TIES_DENSITY = ParamDef("density", float, 0.2, 0.0, 1.0,
                         "fraction of each task vector kept: its largest-magnitude entries", low_open=True)

@@ -1,0 +1,1 @@
+"""The `mergescope` command line: option types, the shared model wiring, the commands."""

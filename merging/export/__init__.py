@@ -1,0 +1,1 @@
+"""Writing a plan out: the merged checkpoint, and the equivalent mergekit configuration."""

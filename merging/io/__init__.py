@@ -1,0 +1,1 @@
+"""Files in and out: safetensors checkpoints (read lazily, written in shards), quantized tensors, images."""
