@@ -15,7 +15,7 @@ from merging.errors import MergescopeError
 
 # The trained toy pair shipped in the repository (written by `python -m toy.train`). The paths are
 # data here: the library names where the assets lie and never imports the toy package that made them.
-TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
+TOY_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy"
 TOY_VLM = TOY_DIR / "vlm"
 TOY_LLM = TOY_DIR / "llm"
 TOY_LLM_NOSEED = TOY_DIR / "llm_noseed"
