@@ -185,7 +185,7 @@ def test_each_request_names_its_donor(qwen_dirs, tmp_path):
         answerer.config(plan, question, IMAGE, GenerationSettings(), donor="other")
     answerer.ask(MergePlan(), question, IMAGE)
     assert answerer.ask(MergePlan(), question, IMAGE, donor="other")["cached"]  # the pure VLM has no donor
-    with answerer.holding("other") as engine:  # what export uses: that donor in, the lock held
-        assert engine.pair.donor is other and engine.plan == MergePlan()
+    # what export uses: that donor in, no other job beside it
+    assert answerer.run(lambda engine: (engine.pair.donor, engine.plan), "other") == (other, MergePlan())
     with pytest.raises(MergescopeError, match="unknown donor 'nobody'"):
         answerer.ask(plan, question, IMAGE, donor="nobody")

@@ -5,16 +5,18 @@ from PIL import Image
 
 from merging.errors import MergescopeError
 from merging.io.images import MAX_MODEL_PIXELS, fit_image
-from merging.run.generate import (GenerationSettings, answer, build_inputs, reference_logprob,
-                              stream_answer)
+from merging.plan.merge_plan import MergePlan
+from merging.run.generate import GenerationSettings, answer, build_inputs, reference_logprob
+from merging.run.worker import Donor, ModelWorker
 
 IMAGE = Image.new("RGB", (56, 56), (250, 200, 0))
 
 
-def test_stream_ends_with_the_full_answer(qwen_pair):
+def test_stream_ends_with_the_full_answer(qwen_engine):
     settings = GenerationSettings(max_new_tokens=12)
-    pieces = list(stream_answer(qwen_pair, "What colour?", IMAGE, settings))
-    assert len(pieces) > 1 and pieces[-1] == answer(qwen_pair, "What colour?", IMAGE, settings)
+    worker, donor = ModelWorker(qwen_engine), Donor("donor", qwen_engine.pair.donor, qwen_engine.pair.layout)
+    pieces = list(worker.stream(MergePlan(), donor, "What colour?", IMAGE, settings))
+    assert len(pieces) > 1 and pieces[-1] == answer(qwen_engine.pair, "What colour?", IMAGE, settings)
     assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))  # grows token by token
 
 

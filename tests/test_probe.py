@@ -82,8 +82,7 @@ def test_distribution_is_normalised_cached_and_gives_the_gold_probability(engine
     summary = first["summary"]
     assert len(summary["top"]) == 400 and summary["rest"] == 0.0 and TOP_STORED >= 400  # the whole vocabulary
     assert math.fsum(p for *_, p in summary["top"]) == pytest.approx(1.0, abs=1e-5)
-    with answerer._merged(PLAN, None):
-        direct = token_probability(engine.pair, item.question, item.image(), item.answer)
+    direct = answerer.run(lambda e: token_probability(e.pair, item.question, item.image(), item.answer), plan=PLAN)
     assert first["p_gold"] == pytest.approx(direct, rel=1e-6)
     assert answerer.distribution(PLAN, item.question, item.image())["p_gold"] is None
 
@@ -92,10 +91,8 @@ def test_kl_is_zero_to_itself_positive_to_a_merge_and_exact_on_the_toy_pair(engi
     answerer = Answerer(engine)
     item = _image_item(items)
     merged = scale_plan(PLAN, 0.8, engine.pair.layout.num_layers)
-    with answerer._merged(MergePlan(), None):
-        base_lp = first_token_logprobs(engine.pair, item.question, item.image())
-    with answerer._merged(merged, None):
-        merged_lp = first_token_logprobs(engine.pair, item.question, item.image())
+    base_lp, merged_lp = (answerer.run(lambda e: first_token_logprobs(e.pair, item.question, item.image()), plan=plan)
+                          for plan in (MergePlan(), merged))
     decode = token_decoder(engine.pair)
     base, other = summarize(base_lp, decode=decode), summarize(merged_lp, decode=decode)
     assert kl_divergence(base, base) == 0.0

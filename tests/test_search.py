@@ -302,9 +302,8 @@ def test_batched_gold_logprobs_equal_one_at_a_time_and_come_from_the_cache(toy, 
     chosen = items[:10]  # images and text-only questions both
     plan = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": "linear",
                                            "curve": {"preset": "constant", "value": 0.37}}]})
-    with toy.holding() as engine:
-        engine.apply(plan)
-        single = [reference_logprob(engine.pair, i.question, i.answer, i.image()) for i in chosen]
+    single = toy.run(lambda engine: [reference_logprob(engine.pair, i.question, i.answer, i.image()) for i in chosen],
+                     plan=plan)
     batched = toy.gold_logprobs(plan, [(i.question, i.image, i.answer) for i in chosen])
     assert batched == pytest.approx(single, abs=1e-5)
     entries = toy.cache.stats()["entries"]

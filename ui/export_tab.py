@@ -20,8 +20,7 @@ def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, metho
     explorer.export_dir.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint":
         out = explorer.export_dir / f"merged-{plan.hash()}"
-        with explorer.answerer.holding(donor_name) as engine:
-            report = export_checkpoint(engine, plan, out, overwrite=True)
+        report = explorer.answerer.run(lambda engine: export_checkpoint(engine, plan, out, overwrite=True), donor_name)
         return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
     path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
     # a fresh file renamed into place: a link planted in the export folder is replaced, never followed

@@ -123,8 +123,7 @@ def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitn
     through the answerer's cache. The apply is timed on its own (the answerer's own apply is then a
     no-op: nothing differs)."""
     begin = time.perf_counter()
-    with answerer.holding() as engine:
-        engine.apply(plan)
+    answerer.run(lambda engine: engine.apply(plan))
     applied = time.perf_counter()
     if fitness == "accuracy":
         requests = [(item.question, item.image) for item in items]

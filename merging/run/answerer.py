@@ -1,8 +1,8 @@
-"""The data flow of one question: plan → cache key → hit, or (lock → apply → generate → store).
+"""The data flow of one question: plan → cache key → hit, or (model worker: apply → generate) → store.
 
-This is what the CLI and the UI call. The base VLM's answer is just the empty plan, cached the same
-way. Apply and generate run under the engine's lock, so concurrent callers with different plans
-never see each other's weights.
+This is what the CLI and the UI call: the cache in front of the model worker. The base VLM's answer is
+just the empty plan, cached the same way. Apply and generate run as one job on the worker's thread
+(merging/run/worker.py), so concurrent callers with different plans never see each other's weights.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from PIL import Image
 
@@ -22,13 +21,14 @@ from merging.io.checkpoint import Checkpoint
 from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.run.generate import (GenerationSettings, answer, answer_batch, check_question, default_batch_size,
-    stream_answer, text_tokenizer)
+    text_tokenizer)
 from merging.model.pair import ModelPair
 from merging.plan.merge_plan import MergePlan
 from merging.run.teacher_forcing import reference_logprobs
 from merging.run.probe import (TOP_STORED, first_token_id, first_token_logprobs, kl_divergence, probability_of,
     scale_plan, summarize, token_decoder)
 from merging.run.runtime import runtime_fingerprint
+from merging.run.worker import Donor, ModelWorker
 
 DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
 
@@ -40,6 +40,7 @@ GOLD_BATCH = 32  # gold answers scored per forward pass (teacher_forcing.referen
 ENGINE_VERSION = "2"  # 2: DARE masks seeded per tensor
 
 
+T = TypeVar("T")
 ImageSource = Image.Image | None | Callable[[], Image.Image | None]  # an image, or a function that loads it
 
 
@@ -61,6 +62,7 @@ class Answerer:
 
     `donors` maps a label to a donor checkpoint of the same architecture as the pair's own, which is
     `DEFAULT_DONOR` unless `default_donor` names it otherwise. Each is checked against the VLM at once.
+    Every model run is a job of the answerer's model worker (`worker`), which owns the weights.
     """
 
     def __init__(self, engine: MergeEngine, cache: AnswerCache | None = None,
@@ -70,6 +72,7 @@ class Answerer:
         self.donors: dict[str, Checkpoint] = {default_donor: engine.pair.donor, **(donors or {})}
         self._layouts = {name: engine.pair.layout if ckpt is engine.pair.donor else engine.donor_layout(ckpt)
                          for name, ckpt in self.donors.items()}
+        self.worker = ModelWorker(engine)
         self._runtime: dict[str, str] | None = None  # read once from the loaded objects (merging.run.runtime)
 
     def donor_name(self, name: str | None) -> str:
@@ -82,6 +85,9 @@ class Answerer:
     def _donor_for(self, plan: MergePlan, name: str | None) -> str:
         # the pure VLM involves no donor: its answers are shared by all of them
         return self.donor_name(name) if plan.rules else self.default_donor
+
+    def _donor(self, name: str) -> Donor:
+        return Donor(name, self.donors[name], self._layouts[name])
 
     def pair_with(self, donor: str | None = None) -> ModelPair:
         """The pair as seen with `donor`, for reading weights (inspect); the resident VLM is shared."""
@@ -102,20 +108,14 @@ class Answerer:
                 "plan": plan.to_dict(), "image": image_digest(image), "question": question.strip(),
                 "generation": settings.as_dict()}
 
-    @contextmanager
-    def holding(self, donor: str | None = None) -> Iterator[MergeEngine]:
-        """The engine with `donor` in, and no other caller, for the block (e.g. to export a merge)."""
-        name = self.donor_name(donor)
-        with self.engine.lock:
-            self.engine.set_donor(self.donors[name], self._layouts[name])
-            yield self.engine
+    def run(self, job: Callable[[MergeEngine], T], donor: str | None = None, plan: MergePlan | None = None) -> T:
+        """`job(engine)` on the model worker, with `donor` in and `plan` applied (None: the weights as they
+        are), no other job beside it (e.g. to export a merge); its result or its exception."""
+        return self.worker.run(plan, self._donor(self.donor_name(donor)), job)
 
-    @contextmanager
-    def _merged(self, plan: MergePlan, donor: str | None) -> Iterator[None]:
-        """The weights hold `plan` merged with `donor` (and no other caller can change them) in this block."""
-        with self.holding(self._donor_for(plan, donor)) as engine:
-            engine.apply(plan)
-            yield
+    def _on_merged(self, plan: MergePlan, donor: str | None, job: Callable[[MergeEngine], T]) -> T:
+        """`job(engine)` on the worker with the weights holding `plan` merged with `donor`."""
+        return self.worker.run(plan, self._donor(self._donor_for(plan, donor)), job)
 
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
             settings: GenerationSettings = GenerationSettings(), donor: str | None = None) -> dict[str, Any]:
@@ -129,9 +129,8 @@ class Answerer:
                donor: str | None = None) -> Iterator[dict[str, Any]]:
         """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
 
-        A cache hit yields once. The engine lock is held from apply to the last token, so the
-        weights cannot change under a running answer; it is held by the generating thread, never
-        across a `yield` (see `stream_answer`).
+        A cache hit yields once. Apply and generation are one job of the model worker, so the weights
+        cannot change under a running answer (`ModelWorker.stream`).
         """
         start = time.perf_counter()
         config = self.config(plan, question, image, settings, donor)
@@ -142,12 +141,11 @@ class Answerer:
             return
         if live:
             text = ""
-            pieces = stream_answer(self.engine.pair, question, image, settings, guard=lambda: self._merged(plan, donor))
+            pieces = self.worker.stream(plan, self._donor(self._donor_for(plan, donor)), question, image, settings)
             for text in pieces:
                 yield dict(result, answer=text, seconds=time.perf_counter() - start)
         else:
-            with self._merged(plan, donor):
-                text = answer(self.engine.pair, question, image, settings)
+            text = self._on_merged(plan, donor, lambda engine: answer(engine.pair, question, image, settings))
         seconds = time.perf_counter() - start
         self._store(config, text, seconds)
         yield dict(result, answer=text, seconds=seconds, done=True)
@@ -184,9 +182,8 @@ class Answerer:
                 return
             part = missing[start:start + batch_size]
             begin = time.perf_counter()
-            with self._merged(plan, donor):
-                batch = [(requests[i][0], _load(requests[i][1])) for i in part]
-                texts = answer_batch(self.engine.pair, batch, settings, batch_size)
+            batch = [(requests[i][0], _load(requests[i][1])) for i in part]
+            texts = self._on_merged(plan, donor, lambda engine: answer_batch(engine.pair, batch, settings, batch_size))
             seconds = (time.perf_counter() - begin) / len(part)
             for i, text in zip(part, texts):
                 self._store(configs[i], text, seconds, batched=True)
@@ -217,7 +214,7 @@ class Answerer:
         """{"tokens": [[token text, p], ...] (the `top_k` most probable first answer tokens, most
         probable first), "p_gold": probability of `gold`'s first token (None without gold), "summary":
         `probe.summarize` of the distribution (what is cached), "cached": whether no forward pass ran}
-        under `plan` merged with `donor`. One forward pass under the engine lock on a miss. Raises
+        under `plan` merged with `donor`. One forward pass on the model worker on a miss. Raises
         MergescopeError for top_k < 1, an empty gold, a bad question or image, PlanError for a bad plan."""
         if top_k < 1:
             raise MergescopeError(f"top_k={top_k} must be ≥ 1")
@@ -230,8 +227,7 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         logprobs = None
         if hit is None:
-            with self._merged(plan, donor):
-                logprobs = first_token_logprobs(self.engine.pair, question, image)
+            logprobs = self._on_merged(plan, donor, lambda engine: first_token_logprobs(engine.pair, question, image))
             summary = summarize(logprobs, decode=token_decoder(self.engine.pair))
             if self.cache is not None:
                 self.cache.put(config, {"summary": summary})
@@ -256,8 +252,8 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is not None:
             return hit["p_gold"], True
-        with self._merged(plan, donor):
-            p_gold = math.exp(float(first_token_logprobs(self.engine.pair, question, image)[gold_id]))
+        logprobs = self._on_merged(plan, donor, lambda engine: first_token_logprobs(engine.pair, question, image))
+        p_gold = math.exp(float(logprobs[gold_id]))
         self._put(config, {"p_gold": p_gold})
         return p_gold, False
 
@@ -300,8 +296,8 @@ class Answerer:
                       donor: str | None = None) -> list[float]:
         """For each (question, image, gold) of `requests`: the mean log-probability per token (nats, ≤ 0)
         of `gold` as the answer under `plan` (`teacher_forcing.reference_logprobs`), cached (kind
-        "gold_logprob"). The missing items go through batched forward passes under one hold of the
-        engine. Raises MergescopeError as `reference_logprobs` does (an empty gold, a bad image)."""
+        "gold_logprob"). The missing items go through batched forward passes on the model worker, one job
+        per batch. Raises MergescopeError as `reference_logprobs` does (an empty gold, a bad image)."""
         configs = []
         for question, image, gold in requests:
             config = self.config(plan, question, _load(image), GenerationSettings(), donor)
@@ -310,12 +306,11 @@ class Answerer:
         hits = [self.cache.get(c) if self.cache is not None else None for c in configs]
         values = [None if hit is None else hit["logprob"] for hit in hits]
         missing = [i for i, v in enumerate(values) if v is None]
-        if missing:
-            with self._merged(plan, donor):
-                for start in range(0, len(missing), GOLD_BATCH):  # images decoded a batch at a time
-                    part = missing[start:start + GOLD_BATCH]
-                    batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in part]
-                    for i, value in zip(part, reference_logprobs(self.engine.pair, batch, GOLD_BATCH)):
-                        values[i] = value
-                        self._put(configs[i], {"logprob": value})
+        for start in range(0, len(missing), GOLD_BATCH):  # images decoded a batch at a time
+            part = missing[start:start + GOLD_BATCH]
+            batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in part]
+            scored = self._on_merged(plan, donor, lambda engine: reference_logprobs(engine.pair, batch, GOLD_BATCH))
+            for i, value in zip(part, scored):
+                values[i] = value
+                self._put(configs[i], {"logprob": value})
         return values

@@ -1,21 +1,18 @@
 """Answer an image + question with the resident model's current weights, and score references.
 
 Greedy decoding by default (deterministic, so answers are cacheable); sampling only with an explicit
-seed. `stream_answer` yields the text as it is generated (the UI consumes it); `score` is the
+seed (streaming: `worker.ModelWorker.stream`). `reference_logprob` is the
 teacher-forced mean log-likelihood of a reference answer — a cheap, smooth metric for sweeps.
-Callers hold the engine's lock around these, so the weights cannot change mid-answer.
+These run on the model worker's thread (merging/run/worker.py), so the weights cannot change mid-answer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from merging.errors import MergescopeError
 from merging.io.images import fit_image
@@ -103,12 +100,13 @@ def build_inputs(pair: ModelPair, question: str, image: Image.Image | None, refe
     return {k: v.to(pair.vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def _generate_kwargs(pair: ModelPair, settings: GenerationSettings) -> dict:
+def generate_kwargs(pair: ModelPair, settings: GenerationSettings) -> dict:
+    """`generate()`'s keyword arguments for `settings` (seeds torch's generator for sampling)."""
     tokenizer = text_tokenizer(pair.processor)
     kwargs = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
               "do_sample": settings.seed is not None}
     if settings.seed is not None:
-        torch.manual_seed(settings.seed)  # under the engine lock: no other generation interleaves
+        torch.manual_seed(settings.seed)  # on the model worker's thread: no other generation interleaves
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -117,7 +115,8 @@ def _generate_kwargs(pair: ModelPair, settings: GenerationSettings) -> dict:
     return kwargs
 
 
-def _trim_stop(text: str, stop: tuple[str, ...]) -> str:
+def trim_stop(text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to the first of the `stop` strings, stripped."""
     for s in stop:
         if s in text:
             text = text[:text.index(s)]
@@ -129,9 +128,9 @@ def answer(pair: ModelPair, question: str, image: Image.Image | None = None,
            settings: GenerationSettings = GenerationSettings()) -> str:
     """The full answer to `question` (about `image`) with whatever weights the VLM holds now."""
     inputs = build_inputs(pair, question, image)
-    output = pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings))
+    output = pair.vlm.generate(**inputs, **generate_kwargs(pair, settings))
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    return _trim_stop(text_tokenizer(pair.processor).decode(new_tokens, skip_special_tokens=True), settings.stop)
+    return trim_stop(text_tokenizer(pair.processor).decode(new_tokens, skip_special_tokens=True), settings.stop)
 
 
 def default_batch_size(pair: ModelPair) -> int:
@@ -200,58 +199,10 @@ def _generate_rows(pair: ModelPair, prepared: list[tuple[str, Image.Image | None
     else:
         inputs = pair.processor(texts, return_tensors="pt", add_special_tokens=False, padding=True)
     inputs = {k: v.to(pair.vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    output = pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings))
+    output = pair.vlm.generate(**inputs, **generate_kwargs(pair, settings))
     tokenizer = text_tokenizer(pair.processor)
-    return [_trim_stop(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
+    return [trim_stop(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
             for row in output[:, inputs["input_ids"].shape[1]:]]
-
-
-class _UntilSet(StoppingCriteria):
-    """Stops generation once `event` is set (the consumer went away)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def stream_answer(pair: ModelPair, question: str, image: Image.Image | None = None,
-                  settings: GenerationSettings = GenerationSettings(),
-                  guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[str]:
-    """Yield the answer so far, growing token by token; the last value equals `answer(...)`.
-
-    Generation runs on its own thread, inside `guard()` (the caller's lock and merge). So the lock
-    is taken and given back by that one thread, even when the consumer is resumed from other threads
-    (Gradio steps a generator on any worker); a consumer that abandons the iterator half-way (a
-    closed tab) stops generation at the next token, so the lock is given back at once.
-    """
-    inputs = build_inputs(pair, question, image)
-    streamer = TextIteratorStreamer(text_tokenizer(pair.processor), skip_prompt=True, skip_special_tokens=True)
-    abandoned = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with guard(), torch.no_grad():
-                pair.vlm.generate(**inputs, **_generate_kwargs(pair, settings), streamer=streamer,
-                                  stopping_criteria=StoppingCriteriaList([_UntilSet(abandoned)]))
-        except BaseException as exc:  # surfaced in the consumer's thread below
-            errors.append(exc)
-            streamer.end()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    text = ""
-    try:
-        for piece in streamer:
-            text += piece
-            yield _trim_stop(text, settings.stop)
-    finally:  # normal end, error, or the consumer closed us (GeneratorExit)
-        abandoned.set()
-    worker.join()
-    if errors:
-        raise errors[0]
 
 
 @torch.no_grad()

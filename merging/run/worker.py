@@ -1,0 +1,112 @@
+"""The model worker: one thread owns the resident weights and runs jobs on them, one at a time.
+
+A job names a plan, the donor it merges with, and what to run on the weights (a function of the
+engine). The worker puts that donor in, applies the plan (writing only the tensors that change) and
+runs the function — all on its own thread, so a plan and the forward passes that read it never
+interleave with another job's, and no caller holds a lock across the weights or is called back to
+apply a merge. The web server and the CLI queue jobs; the worker owns the model (FastChat's model
+worker is the model of the split).
+
+A job submitted from inside a job (the worker's own thread) runs at once, inline: queueing it would
+wait for itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from merging.engine.merge_engine import MergeEngine
+from merging.io.checkpoint import Checkpoint
+from merging.model.layout import Layout
+from merging.plan.merge_plan import MergePlan
+from merging.run.generate import GenerationSettings, build_inputs, generate_kwargs, text_tokenizer, trim_stop
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A donor LLM a job merges with: its label, checkpoint and the layout mapping it onto the VLM."""
+    name: str
+    checkpoint: Checkpoint
+    layout: Layout
+
+
+class _UntilSet(StoppingCriteria):
+    """Stops generation once `event` is set (the consumer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ModelWorker:
+    """Runs jobs on `engine`'s resident weights on one thread of its own, in the order they come.
+
+    The thread lives as long as the worker (a pool of one thread: it ends when the worker is
+    garbage-collected). A job's exception reaches its caller; the engine's own recovery keeps the
+    weights whole when an apply fails half-way.
+    """
+
+    def __init__(self, engine: MergeEngine):
+        self.engine = engine
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
+        self._inside = threading.local()  # set on the worker's thread while it runs a job
+
+    def submit(self, plan: MergePlan | None, donor: Donor, job: Callable[[MergeEngine], T]) -> Future:
+        """Queue `job(engine)` to run with `donor` in and `plan` applied (None: the weights as they are)."""
+        return self._pool.submit(self._run, plan, donor, job)
+
+    def run(self, plan: MergePlan | None, donor: Donor, job: Callable[[MergeEngine], T]) -> T:
+        """`submit`, then wait for the job's result (or raise its exception)."""
+        if getattr(self._inside, "job", False):
+            return self._run(plan, donor, job)
+        return self.submit(plan, donor, job).result()
+
+    def _run(self, plan: MergePlan | None, donor: Donor, job: Callable[[MergeEngine], T]) -> T:
+        outer = getattr(self._inside, "job", False)
+        self._inside.job = True
+        try:
+            with self.engine.lock:  # held by this thread only; another holder (a test, an export) waits us out
+                self.engine.set_donor(donor.checkpoint, donor.layout)
+                if plan is not None:
+                    self.engine.apply(plan)
+                return job(self.engine)
+        finally:
+            self._inside.job = outer
+
+    def stream(self, plan: MergePlan, donor: Donor, question: str, image: Image.Image | None,
+               settings: GenerationSettings) -> Iterator[str]:
+        """Yield the answer so far, growing token by token, as the worker generates it under `plan`; the
+        last value equals `generate.answer`'s. A consumer that stops iterating half-way (a closed tab)
+        stops generation at the next token, so the worker is free again at once."""
+        pair = self.engine.pair
+        streamer = TextIteratorStreamer(text_tokenizer(pair.processor), skip_prompt=True, skip_special_tokens=True)
+        abandoned = threading.Event()
+
+        def generate(engine: MergeEngine) -> None:
+            inputs = build_inputs(engine.pair, question, image)
+            with torch.no_grad():
+                engine.pair.vlm.generate(**inputs, **generate_kwargs(engine.pair, settings), streamer=streamer,
+                                         stopping_criteria=StoppingCriteriaList([_UntilSet(abandoned)]))
+
+        done = self.submit(plan, donor, generate)
+        # also when the apply or the inputs failed: the consumer must never wait for a token that cannot come
+        done.add_done_callback(lambda _: streamer.end())
+        text = ""
+        try:
+            for piece in streamer:
+                text += piece
+                yield trim_stop(text, settings.stop)
+        finally:  # normal end, error, or the consumer closed us (GeneratorExit)
+            abandoned.set()
+        done.result()  # the job's exception, if it had one
