@@ -241,7 +241,7 @@ def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, l
     before, donor = lm_state(qwen_pair), qwen_pair.donor
     with pytest.raises(LayoutError):
         engine.set_donor(Checkpoint(llava_dirs[1]))
-    assert engine.plan == plan and qwen_pair.donor is donor
+    assert engine.plan == plan and engine.pair.donor is donor
     assert_same_weights(qwen_pair, before)
 
 

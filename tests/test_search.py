@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from cache import AnswerCache
 from merging.__main__ import main
 from merging.run.answerer import Answerer
-from merging.experiments.distributed import PairSpec
+from merging.run.stack import ModelSpec
 from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
@@ -260,12 +260,12 @@ def test_two_ray_workers_give_the_trials_of_one_process(toy, items, tmp_path):
     text = ONE_OBJECTIVE
     options = SearchOptions(trials=4, seed=5, sampler="random", pruning=False)
     local = run_search(toy, text, parse_space(text), items, tmp_path / "local", options, "toy-48")
-    spec = PairSpec(str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), dtype="float32")
+    spec = ModelSpec(str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), dtype="float32")
     try:
         evaluator = RayEvaluator(spec, "accuracy", 4, str(tmp_path / "worker-cache"), workers=2)  # computed afresh
         remote = run_search(toy, text, parse_space(text), items, tmp_path / "ray", options, "toy-48",
                             evaluator=evaluator)
-        bad = PairSpec(str(tmp_path / "no-such-vlm"), str(TOY_LLM), dtype="float32")
+        bad = ModelSpec(str(tmp_path / "no-such-vlm"), str(TOY_LLM), dtype="float32")
         with pytest.raises(MergescopeError, match="a Ray worker could not start: .*no-such-vlm") as info:
             RayEvaluator(bad, "accuracy", 4, str(tmp_path / "worker-cache"), workers=1)  # says why, never retries
         assert "\n" not in str(info.value)

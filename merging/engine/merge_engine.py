@@ -198,7 +198,7 @@ class MergeEngine:
                 return
             layout = layout or self.donor_layout(donor)
             self.restore()
-            self.pair.donor, self.pair.layout = donor, layout
+            self.pair = replace(self.pair, donor=donor, layout=layout)  # the loaded pair itself is left as it was
             self._slots = {s.name: s for s in layout.slots}
 
     # -- applying plans ------------------------------------------------------------------------

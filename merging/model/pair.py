@@ -126,9 +126,12 @@ def pick_device(device: str) -> torch.device | str:
     return device
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelPair:
-    """The resident VLM and lazily opened donor/base checkpoints, with the mapping between them."""
+    """The resident VLM and lazily opened donor/base checkpoints, with the mapping between them.
+
+    Frozen: the donor a merge uses now is the engine's state (`MergeEngine.pair` is this pair with the
+    current donor and its layout), never a rewrite of the pair someone else holds."""
 
     vlm: torch.nn.Module
     processor: Any                  # a ProcessorMixin for a VLM, a tokenizer for a causal LM
