@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from merging.io.checkpoint import Checkpoint
-from merging.engine.cpu_pool import ELEMENTWISE_METHODS, CpuPool
+from merging.engine.cpu_pool import CpuPool
 from merging.errors import LayoutError, MergescopeError, PlanError
 from merging.engine.fused import WriteBatch, lerp_fusable
 from merging.stats.gram_files import GramFile, GramSet, decoder_linears
@@ -369,7 +369,7 @@ class MergeEngine:
             context["name"] = slot.rel
         if "grams" in method.context:
             context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), out.device)
-        pooled = out.device.type == "cpu" and target.method in ELEMENTWISE_METHODS
+        pooled = out.device.type == "cpu" and method.elementwise
         if pooled and not context and CpuPool.fits(out, vlm, donor, base):
             alpha = target.alpha
             self._pool.submit(lambda o, v, d, b: method.fn(o, v, d, b, alpha, **params), out, vlm, donor, base)
