@@ -34,7 +34,7 @@ from merging.evals.eval_sets import load_eval_set, sample_items
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.experiments.sweep import parse_grid, run_sweep
 
-GRID = ("settings: {Setting 2: [self_attn]}\nmethods: {constant α: {preset: constant}}\n"
+GRID = ("components: {Setting 2: [self_attn]}\ncurves: {constant α: {preset: constant}}\n"
         "alphas: [0.4, 0.8]\nmax_new_tokens: 6\n")
 
 

@@ -18,7 +18,7 @@ from merging.run.generate import GenerationSettings, answer, answer_batch
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.experiments.sweep import parse_grid, run_sweep, wilson_interval, write_results
 
-GRID = ("settings: {Setting 2: [self_attn]}\nmethods: {constant α: {preset: constant}}\n"
+GRID = ("components: {Setting 2: [self_attn]}\ncurves: {constant α: {preset: constant}}\n"
         "alphas: [0.4, 0.8]\nmax_new_tokens: 6\n")
 
 

@@ -143,7 +143,7 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_items():
 
 def test_report_compares_with_the_base_and_the_grid_on_the_same_items(toy, items, tmp_path):
     grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text("settings: {S1: [all]}\nmethods: {constant: {preset: constant}}\nalphas: [0.3, 0.9]\n")
+    grid_file.write_text("components: {S1: [all]}\ncurves: {constant: {preset: constant}}\nalphas: [0.3, 0.9]\n")
     text = ONE_OBJECTIVE
     report = run_search(toy, text, parse_space(text), items, tmp_path / "g",
                         SearchOptions(trials=3, min_items=6, seed=3), "toy-48", grid=load_grid(grid_file)[0])

@@ -152,7 +152,7 @@ def test_export_is_off_without_a_folder():
 
 
 def test_sweep_refuses_a_bad_grid_in_one_line():
-    (status, *_), = list(sweep_tab.on_sweep(FakeExplorer(), "settings: [", "", 1, "shared", progress=None))
+    (status, *_), = list(sweep_tab.on_sweep(FakeExplorer(), "components: [", "", 1, "shared", progress=None))
     assert status.startswith("⚠️") and "\n" not in status
 
 
