@@ -10,9 +10,9 @@ import pandas as pd
 from merging.methods import REGISTRY
 from merging.plan.merge_plan import MergePlan
 
-from .compare_tab import component_choices
 from .explorer import CHEAP, HISTORY_LIMIT, Explorer, bind
-from .plan_panel import PARAM_DEFS, editor_state, plan_summary, table_of
+from .panel import PARAM_DEFS, component_choices
+from .plan_panel import editor_state, plan_summary, table_of
 
 
 def on_refresh(explorer: Explorer, request: gr.Request = None):
