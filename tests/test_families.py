@@ -1,0 +1,98 @@
+"""Families whose layout needs more than names, on tiny random models built here (issue #24).
+
+Llama 3.2 Vision (Mllama) interleaves cross-attention layers with the self-attention layers of the
+Llama it was built from: VLM layer i pairs with donor layer `layer_map[i]`, the cross-attention
+layers never merge, and nothing blames the donor for them."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from merging import MergeEngine, MergePlan, load_pair
+from merging.__main__ import main
+from merging.errors import LayoutError
+from merging.run.generate import GenerationSettings, answer, answer_batch
+from test_real_world import drop_layer1_attention, edited_copy
+from toy.families import build_mllama_pair
+
+CROSS = (1, 3)  # VLM layers 0, 2, 4 are self-attention: donor layers 0, 1, 2
+LINEAR = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "linear", "start": 0.2,
+                                                                        "end": 0.8}}]})
+
+
+@pytest.fixture(scope="module")
+def mllama_dirs(tmp_path_factory):
+    return build_mllama_pair(tmp_path_factory.mktemp("mllama"), cross_attention_layers=CROSS)
+
+
+@pytest.fixture(scope="module")
+def mllama_engine(mllama_dirs):
+    return MergeEngine(load_pair(*mllama_dirs))
+
+
+def test_mllama_layers_map_around_the_cross_attention_layers(mllama_engine):
+    layout = mllama_engine.pair.layout
+    assert layout.layer_map == {0: 0, 2: 1, 4: 2} and layout.num_layers == 3 and layout.interleaved == list(CROSS)
+    assert not layout.unmatched and not layout.mismatched  # a complete donor is complete
+    decoder = mllama_engine.pair.vlm.get_decoder()
+    cross = {f"model.language_model.layers.{i}.{k}" for i in CROSS for k, _ in decoder.layers[i].named_parameters()}
+    assert set(layout.vlm_only) == cross and not cross & {s.name for s in layout.slots}
+    assert {s.layer for s in layout.slots if s.layer is not None} == {0, 1, 2}
+    q4 = next(s for s in layout.slots if s.name == "model.language_model.layers.4.self_attn.q_proj.weight")
+    assert (q4.layer, q4.donor_key) == (2, "model.layers.2.self_attn.q_proj.weight")
+    assert any("VLM-only and never merge" in n and "(1, 3)" in n for n in layout.notes)
+
+
+def test_mllama_merges_mapped_layers_exactly_and_keeps_cross_attention(mllama_dirs, mllama_engine):
+    vlm_dir, llm_dir = mllama_dirs
+    stored, donor_file = load_file(vlm_dir / "model.safetensors"), load_file(llm_dir / "model.safetensors")
+    # Mllama saves its hub layout: language_model.model.layers.N... for model.language_model.layers.N...
+    vlm_file = {"model.language_model." + k.removeprefix("language_model.model."): v for k, v in stored.items()}
+    mllama_engine.apply(LINEAR)
+    try:
+        params = dict(mllama_engine.pair.vlm.named_parameters())
+        alphas = {0: 0.2, 1: 0.5, 2: 0.8}  # the linear curve over the 3 mapped layers
+        for vlm_index, mapped in {0: 0, 2: 1, 4: 2}.items():
+            prefix = f"model.language_model.layers.{vlm_index}."
+            names = [n for n in params if n.startswith(prefix)]
+            assert len(names) == 9
+            for name in names:
+                v = vlm_file[name]
+                d = donor_file[f"model.layers.{mapped}." + name[len(prefix):]]
+                expected = (1 - alphas[mapped]) * v + alphas[mapped] * d
+                assert torch.allclose(params[name], expected, atol=1e-6, rtol=0), name
+        for i in CROSS:
+            prefix = f"model.language_model.layers.{i}."
+            cross = [n for n in params if n.startswith(prefix)]
+            assert cross and all(torch.equal(params[n], vlm_file[n]) for n in cross)
+        rows = donor_file["model.embed_tokens.weight"].shape[0]
+        embed = params["model.language_model.embed_tokens.weight"]
+        assert embed.shape[0] == rows + 8  # Mllama's extra rows (the image token): the donor has none
+        assert torch.equal(embed[rows:], vlm_file["model.language_model.embed_tokens.weight"][rows:])
+        assert not torch.equal(embed[:rows], vlm_file["model.language_model.embed_tokens.weight"][:rows])
+    finally:
+        mllama_engine.apply(MergePlan())
+
+
+def test_mllama_partial_donor_names_only_mapped_tensors(mllama_dirs, tmp_path, capsys):
+    vlm_dir, llm_dir = mllama_dirs
+    partial = edited_copy(llm_dir, tmp_path / "partial", drop_layer1_attention)  # donor layer 1 = VLM layer 2
+    with pytest.raises(LayoutError, match=r"partial checkpoint — 4 of the VLM's 30 language-model tensors .*"
+                                          r"model\.language_model\.layers\.2\.self_attn\.q_proj\.weight") as info:
+        load_pair(vlm_dir, partial)
+    assert "cross_attn" not in str(info.value) and "layers.1." not in str(info.value)
+    assert main(["inspect", "--vlm", str(vlm_dir), "--llm", str(llm_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["coverage"] == "30 of 30" and report["vlm_only_layers"] == list(CROSS)
+    assert len(report["vlm_only"]) == 26 and {r["layer"] for r in report["distances"]} == {None, 0, 1, 2}
+
+
+def test_mllama_answers_with_and_without_an_image(mllama_engine):
+    pair = mllama_engine.pair
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    settings = GenerationSettings(max_new_tokens=4)
+    alone = [answer(pair, "What is in the image?", image, settings), answer(pair, "How many?", None, settings)]
+    assert answer_batch(pair, [("What is in the image?", image), ("How many?", None)], settings) == alone
