@@ -14,6 +14,11 @@ from safetensors.torch import load_file
 from merging import MergeEngine, MergePlan, load_pair
 from merging.__main__ import main
 from merging.errors import LayoutError
+from merging.export.mergekit_config import mergekit_config
+from merging.methods import regmean_solve
+from merging.methods.mergekit import MergekitUnsupported
+from merging.run.collect_grams import run_grams
+from merging.stats.gram_files import GramFile
 from merging.run.generate import GenerationSettings, answer, answer_batch
 from test_real_world import drop_layer1_attention, edited_copy
 from toy.families import build_mllama_pair
@@ -96,3 +101,26 @@ def test_mllama_answers_with_and_without_an_image(mllama_engine):
     settings = GenerationSettings(max_new_tokens=4)
     alone = [answer(pair, "What is in the image?", image, settings), answer(pair, "How many?", None, settings)]
     assert answer_batch(pair, [("What is in the image?", image), ("How many?", None)], settings) == alone
+
+
+def test_mllama_regmean_reads_the_donor_gram_of_the_mapped_layer(mllama_dirs, tmp_path):
+    vlm_dir, llm_dir = mllama_dirs
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "red.png")
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "question": q, "answer": "1", "answer_type": "integer", "image": "red.png"}) + "\n"
+        for i, q in enumerate(["How many shapes?", "What is in the image?"])))
+    files = {role: tmp_path / f"{role}.safetensors" for role in ("vlm", "donor")}
+    run_grams(vlm_dir, tmp_path / "eval.jsonl", files["vlm"])
+    run_grams(llm_dir, tmp_path / "eval.jsonl", files["donor"])
+    engine = MergeEngine(load_pair(vlm_dir, llm_dir), grams={k: str(v) for k, v in files.items()})
+    engine.apply(MergePlan.from_dict({"rules": [{"components": ["self_attn"], "method": "regmean",
+                                                 "curve": {"preset": "constant", "value": 0.5},
+                                                 "params": {"gamma": 1.0}}]}))
+    pair = engine.pair
+    slot = next(s for s in pair.layout.slots if s.name == "model.language_model.layers.4.self_attn.q_proj.weight")
+    v, d = pair.vlm_files.get(slot.vlm_key), pair.donor.get(slot.donor_key)
+    grams = [GramFile(files["vlm"]).get("layers.4.self_attn.q_proj"), GramFile(files["donor"]).get("layers.2.self_attn.q_proj")]
+    want = regmean_solve([v, d], grams, [0.5, 0.5], 1.0)
+    assert torch.equal(dict(pair.vlm.named_parameters())[slot.name], want.to(v.dtype))
+    with pytest.raises(MergekitUnsupported, match=r"layers 1, 3 have no counterpart in the donor"):
+        mergekit_config(LINEAR, pair)
