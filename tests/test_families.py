@@ -1,4 +1,6 @@
-"""Families whose layout needs more than names, on tiny random models built here (issue #24).
+"""Every family end to end on tiny random models built here with their real processors (issue #24):
+inspect, apply, answers with and without an image (batched = one at a time), the next-token
+distribution, export → from_pretrained → the same weights and answers.
 
 Llama 3.2 Vision (Mllama) interleaves cross-attention layers with the self-attention layers of the
 Llama it was built from: VLM layer i pairs with donor layer `layer_map[i]`, the cross-attention
@@ -19,9 +21,13 @@ from merging.methods import regmean_solve
 from merging.methods.mergekit import MergekitUnsupported
 from merging.run.collect_grams import run_grams
 from merging.stats.gram_files import GramFile
+from merging.export.writer import export_checkpoint
 from merging.run.generate import GenerationSettings, answer, answer_batch
+from merging.run.probe import next_token_distribution
 from test_real_world import drop_layer1_attention, edited_copy
+from toy import families
 from toy.families import build_mllama_pair
+from toy.tiny import build_llava_pair, build_qwen_pair
 
 CROSS = (1, 3)  # VLM layers 0, 2, 4 are self-attention: donor layers 0, 1, 2
 LINEAR = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "linear", "start": 0.2,
@@ -95,20 +101,12 @@ def test_mllama_partial_donor_names_only_mapped_tensors(mllama_dirs, tmp_path, c
     assert len(report["vlm_only"]) == 26 and {r["layer"] for r in report["distances"]} == {None, 0, 1, 2}
 
 
-def test_mllama_answers_with_and_without_an_image(mllama_engine):
-    pair = mllama_engine.pair
-    image = Image.new("RGB", (40, 30), (200, 30, 30))
-    settings = GenerationSettings(max_new_tokens=4)
-    alone = [answer(pair, "What is in the image?", image, settings), answer(pair, "How many?", None, settings)]
-    assert answer_batch(pair, [("What is in the image?", image), ("How many?", None)], settings) == alone
-
-
 def test_mllama_regmean_reads_the_donor_gram_of_the_mapped_layer(mllama_dirs, tmp_path):
     vlm_dir, llm_dir = mllama_dirs
     Image.new("RGB", (56, 56), "red").save(tmp_path / "red.png")
     (tmp_path / "eval.jsonl").write_text("".join(
         json.dumps({"id": str(i), "question": q, "answer": "1", "answer_type": "integer", "image": "red.png"}) + "\n"
-        for i, q in enumerate(["How many shapes?", "What is in the image?"])))
+        for i, q in enumerate(["How many shapes?"])))
     files = {role: tmp_path / f"{role}.safetensors" for role in ("vlm", "donor")}
     run_grams(vlm_dir, tmp_path / "eval.jsonl", files["vlm"])
     run_grams(llm_dir, tmp_path / "eval.jsonl", files["donor"])
@@ -124,3 +122,69 @@ def test_mllama_regmean_reads_the_donor_gram_of_the_mapped_layer(mllama_dirs, tm
     assert torch.equal(dict(pair.vlm.named_parameters())[slot.name], want.to(v.dtype))
     with pytest.raises(MergekitUnsupported, match=r"layers 1, 3 have no counterpart in the donor"):
         mergekit_config(LINEAR, pair)
+
+
+
+# -- every family: the same checks ---------------------------------------------------------------
+BUILDERS = {"qwen2.5-vl": build_qwen_pair, "llava": build_llava_pair, "qwen3-vl": families.build_qwen3_vl_pair,
+            "gemma3": families.build_gemma3_pair, "mistral3": families.build_mistral3_pair,
+            "llava-onevision": families.build_llava_onevision_pair, "internvl": families.build_internvl_pair,
+            "mllama": build_mllama_pair}
+HALF = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.5}}]})
+SHORT = GenerationSettings(max_new_tokens=3)
+QUESTIONS = [("What is in the image?", Image.new("RGB", (40, 30), (200, 30, 30))), ("How many?", None),
+             ("Describe the picture.", Image.new("RGB", (30, 44), (20, 160, 90)))]
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def family(request, tmp_path_factory):
+    """(name, vlm_dir, llm_dir, engine merged with HALF) for each family."""
+    vlm_dir, llm_dir = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+    engine = MergeEngine(load_pair(vlm_dir, llm_dir))
+    engine.apply(HALF)
+    return request.param, vlm_dir, llm_dir, engine
+
+
+def test_family_maps_completely_and_merges_exactly(family):
+    name, _, _, engine = family
+    pair = engine.pair
+    layout = pair.layout
+    assert not layout.unmatched and not layout.mismatched, name
+    decoder = pair.vlm.get_decoder()
+    untied = pair.vlm.get_output_embeddings().weight is not decoder.get_input_embeddings().weight
+    assert len(layout.slots) + len(layout.vlm_only) == sum(1 for _ in decoder.parameters()) + untied
+    params = dict(pair.vlm.named_parameters())
+    for slot in layout.slots:  # (1−α)·V + α·L on the shared rows; the VLM's own rows untouched
+        v, d = pair.vlm_files.get(slot.vlm_key), pair.donor.get(slot.donor_key)
+        rows = slot.shared_rows or v.shape[0]
+        assert torch.allclose(params[slot.name][:rows], 0.5 * v[:rows] + 0.5 * d[:rows], atol=1e-6, rtol=0), slot.name
+        assert torch.equal(params[slot.name][rows:], v[rows:]), slot.name
+    if name in ("qwen3-vl", "gemma3"):
+        assert {"q_norm", "k_norm"} <= set(layout.roles())
+    if name == "gemma3":
+        assert "lm_head" not in layout.roles() and {"pre_feedforward_layernorm", "post_feedforward_layernorm"} <= set(layout.roles())
+    if name == "qwen3-vl":
+        assert any(n.startswith("DeepStack: vision features are added to the hidden states of decoder layers 0–1")
+                   for n in layout.notes)
+
+
+def test_family_answers_batched_like_one_at_a_time(family):
+    _, _, _, engine = family
+    pair = engine.pair
+    alone = [answer(pair, q, image, SHORT) for q, image in QUESTIONS]
+    assert answer_batch(pair, QUESTIONS, SHORT) == alone
+    top = next_token_distribution(pair, *QUESTIONS[0], top_k=5)
+    probabilities = [p for _, p in top]
+    assert len(top) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1 + 1e-6
+
+
+def test_family_export_reloads_to_the_same_weights_and_answers(family, tmp_path):
+    name, _, llm_dir, engine = family
+    export_checkpoint(engine, HALF, tmp_path / "out")
+    reloaded = load_pair(tmp_path / "out", llm_dir)  # the exported folder as a VLM: weights, config, processor
+    merged, fresh = dict(engine.pair.vlm.named_parameters()), dict(reloaded.vlm.named_parameters())
+    differing = [n for n, p in merged.items() if not torch.equal(fresh[n], p)]
+    assert not differing, f"{name}: {differing[:3]}"
+    question, image = QUESTIONS[0]
+    assert answer(reloaded, question, image, SHORT) == answer(engine.pair, question, image, SHORT)

@@ -278,6 +278,10 @@ def build_layout(vlm: torch.nn.Module, vlm_files: Checkpoint, donor: Checkpoint,
         layer = classify(donor_rels[rel])[2]
         layout.slots.append(Slot(names[rel], rel, role, group, layer, donor_key, vlm_key, tuple(param.shape),
                                  shared_rows))
+    deepstack = getattr(getattr(vlm.config, "vision_config", None), "deepstack_visual_indexes", None)
+    if deepstack:  # Qwen3-VL: where the α curve's first points act on vision features too
+        layout.notes.append(f"DeepStack: vision features are added to the hidden states of decoder layers "
+                            f"0–{len(deepstack) - 1}, so α on those layers also changes how they are read")
     if extra:
         layout.notes.append(f"{len(extra)} of the VLM's {vlm_layers} decoder layers ({', '.join(map(str, extra))}) "
                             f"are its own (cross-attention) and have no counterpart in the donor's architecture: "
