@@ -129,7 +129,7 @@ def test_mllama_regmean_reads_the_donor_gram_of_the_mapped_layer(mllama_dirs, tm
 BUILDERS = {"qwen2.5-vl": build_qwen_pair, "llava": build_llava_pair, "qwen3-vl": families.build_qwen3_vl_pair,
             "gemma3": families.build_gemma3_pair, "mistral3": families.build_mistral3_pair,
             "llava-onevision": families.build_llava_onevision_pair, "internvl": families.build_internvl_pair,
-            "mllama": build_mllama_pair}
+            "mllama": build_mllama_pair, "idefics3": families.build_idefics3_pair}
 HALF = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 0.5}}]})
 SHORT = GenerationSettings(max_new_tokens=3)
 QUESTIONS = [("What is in the image?", Image.new("RGB", (40, 30), (200, 30, 30))), ("How many?", None),
@@ -146,9 +146,12 @@ def family(request, tmp_path_factory):
 
 
 def test_family_maps_completely_and_merges_exactly(family):
-    name, _, _, engine = family
+    name, vlm_dir, _, engine = family
     pair = engine.pair
     layout = pair.layout
+    if name == "mistral3":  # the hub repos' native-format copy beside the weights is not read
+        assert (vlm_dir / "consolidated.safetensors").is_file()
+        assert all(s.vlm_key.startswith("language_model.") for s in layout.slots)
     assert not layout.unmatched and not layout.mismatched, name
     decoder = pair.vlm.get_decoder()
     untied = pair.vlm.get_output_embeddings().weight is not decoder.get_input_embeddings().weight

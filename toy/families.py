@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3ImageProcessor,
-                          Gemma3Processor, Gemma3TextConfig, GotOcr2ImageProcessor, InternVLConfig,
+                          Gemma3Processor, Gemma3TextConfig, GotOcr2ImageProcessor, Idefics3Config,
+                          Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor, InternVLConfig,
                           InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor,
                           LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
                           LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2Config, Qwen2ForCausalLM, LlamaConfig, LlamaForCausalLM, Mistral3Config,
@@ -231,3 +232,22 @@ def build_internvl_pair(root: Path, seed: int = 0, noise: float = 0.3) -> tuple[
     text.pop("model_type")
     donor = Qwen2ForCausalLM(Qwen2Config(**text, vocab_size=vocab, tie_word_embeddings=False))
     return _save_family(Path(root), config, InternVLForConditionalGeneration, processor, donor, tokenizer, seed, noise)
+
+
+def build_idefics3_pair(root: Path, seed: int = 0, noise: float = 0.3) -> tuple[Path, Path]:
+    """Idefics3 / SmolVLM (SigLIP tower, Llama decoder under `model.text_model`, 4 image tokens the
+    donor lacks; one image is one global tile, no splitting) + a Llama donor."""
+    tokenizer, vocab = family_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"])
+    template = chat_template("<image>")
+    tokenizer.chat_template = template
+    text = dict(TINY_TEXT, **_special(tokenizer))
+    config = Idefics3Config(text_config=LlamaConfig(**text, vocab_size=len(tokenizer), tie_word_embeddings=False),
+                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=28, patch_size=14),
+                            scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                            tie_word_embeddings=False)
+    processor = Idefics3Processor(Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 28},
+                                                         max_image_size={"longest_edge": 28}),
+                                  tokenizer, image_seq_len=1, chat_template=template)
+    donor = LlamaForCausalLM(LlamaConfig(**text, vocab_size=vocab, tie_word_embeddings=False))
+    return _save_family(Path(root), config, Idefics3ForConditionalGeneration, processor, donor, tokenizer, seed, noise)
