@@ -50,12 +50,16 @@ def cmd_inspect(args) -> dict:
         row["donor_dtype"] = "/".join(sorted(donor_dtypes[(row["layer"], row["role"])]))
     report = {"num_layers": layout.num_layers, "matched": len(layout.slots), "lm_tensors": layout.total,
               "coverage": layout.coverage(), "unmatched": layout.unmatched,
+              "vlm_only_layers": layout.interleaved, "vlm_only": layout.vlm_only,
               "mismatched": [{"name": n, "vlm": list(a), "donor": list(b)} for n, a, b in layout.mismatched],
               "notes": layout.notes, "checkpoints": checkpoints, "fingerprints": pair.fingerprints(),
               "distances": distances}
     if not args.json:
         print(f"{layout.num_layers} decoder layers; {len(layout.slots)} tensors matched (of {layout.total} "
               f"language-model tensors), {len(layout.unmatched)} without a donor tensor")
+        if layout.vlm_only:
+            print(f"VLM-only (never merged): layers {', '.join(map(str, layout.interleaved))}, "
+                  f"{len(layout.vlm_only)} tensors")
         for role, info in checkpoints.items():
             if info is not None:
                 dtypes = ", ".join(f"{code}×{n}" for code, n in info["dtypes"].items())

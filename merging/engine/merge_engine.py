@@ -46,7 +46,7 @@ from merging.engine.cpu_pool import CpuPool
 from merging.errors import LayoutError, MergescopeError, PlanError
 from merging.engine.fused import WriteBatch, lerp_fusable
 from merging.stats.gram_files import GramFile, GramSet, decoder_linears
-from merging.model.layout import Layout, Slot, build_layout
+from merging.model.layout import Layout, Slot, build_layout, mapped_rel
 from merging.methods import Method, get_method
 from merging.model.pair import ModelPair, check_base_covers
 from merging.plan.merge_plan import MergePlan, Target
@@ -100,7 +100,8 @@ class MergeEngine:
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
                           if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
-        self.gram_set = GramSet(linear_modules, {n: self._params[n].shape[1] for n in linear_modules})
+        donor_modules = {n: mapped_rel(m, pair.layout.layer_map) for n, m in linear_modules.items()}
+        self.gram_set = GramSet(linear_modules, {n: self._params[n].shape[1] for n in linear_modules}, donor_modules)
         if grams:
             unknown = sorted(set(grams) - {"vlm", "donor"})
             if unknown:
