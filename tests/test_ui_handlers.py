@@ -43,8 +43,11 @@ class FakeAnswerer:
         return {"tokens": [["red", p], ["blue", 1 - p]], "p_gold": p if gold == "red" else None,
                 "summary": summarize(log_probs), "cached": False}
 
-    def alpha_scan(self, plan, question, image=None, alphas=(), gold=None, donor=None, **_):
+    def alpha_scan(self, plan, question, image=None, alphas=(), gold=None, donor=None,
+                   should_stop=lambda: False, **_):
         for a in alphas:
+            if should_stop():  # as Answerer.alpha_scan: asked before each point
+                return
             yield {"alpha": a, "answer": "red" if a < 0.5 else "blue", "p_top": 1 - a / 2,
                    "p_gold": 1 - a if gold else None, "kl_to_base": a, "cached": False}
 
@@ -295,3 +298,30 @@ def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeyp
     assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]
     assert categories["colour"][0] == "50 % (15–85)"
     assert not sweep_tab.STOPS  # nothing left behind
+
+
+def test_history_filters_before_it_limits(tmp_path, monkeypatch):
+    """A sweep's answers (more than History's row limit) never push out an answer asked from Compare."""
+    from cache import AnswerCache
+    from ui import history_tab
+    store = AnswerCache(tmp_path / "cache")
+    asked = {"kind": "answer", "question": "What colour?", "plan": {"rules": []}}
+    store.put(asked, {"answer": "red", "batched": False})
+    for i in range(12):  # a sweep's answers, stored after it: newer
+        store.put({"kind": "answer", "question": f"item {i}", "plan": {"rules": []}}, {"answer": "x", "batched": True})
+    monkeypatch.setattr(history_tab, "HISTORY_LIMIT", 5)
+    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False)
+    table, configs = history_tab.on_refresh(explorer)
+    assert list(table["question"]) == ["What colour?"] and configs == [asked]
+    assert len(store.entries(limit=5)) == 5 and len(store.entries(limit=5, keep=history_tab.listed)) == 1
+
+
+def test_stop_scan_ends_the_scan_before_the_next_point():
+    request = types.SimpleNamespace(session_hash="scan-1")
+    steps = []
+    for step in probe_panel.on_scan(FakeExplorer(), request, None, "What colour is it?", True, "shared", PANEL):
+        steps.append(step)
+        if len(steps) == 2:  # Stop scan pressed while the second point shows
+            assert probe_panel.STOPS.stop(request).startswith("Stopping")
+    assert steps[-1][1] == "α scan stopped at 2/11 points" and len(steps) == 3
+    assert not probe_panel.STOPS and probe_panel.STOPS.stop(request) == ""  # nothing left behind

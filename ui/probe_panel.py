@@ -11,28 +11,35 @@ from merging.run.answerer import SCAN_ALPHAS
 
 from .api_args import ImageArg, endpoint, image_arg, int_arg, numbers_arg, plan_arg, question_arg
 from .asking import compare_inputs, gold_for
-from .explorer import GPU, Explorer, bind
+from .explorer import CHEAP, GPU, Explorer, bind
 from .figures import scan_figure
 from .panel import Panel, with_panel
+from .stops import Stops
 
 MAX_SCAN_ALPHAS = 21
+STOPS = Stops("Stopping after the current point…")  # read by alpha_scan before each point
 
 
 def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_name, panel: Panel):
-    """Streams (figure, status) as `alpha_scan` answers the current plan scaled by α = 0, 0.1, …, 1."""
+    """Streams (figure, status) as `alpha_scan` answers the current plan scaled by α = 0, 0.1, …, 1;
+    *Stop scan* ends it before the next point and keeps the points drawn."""
     try:
         q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel)
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}"
         return
-    points = []
+    points, stop = [], STOPS.start(request)
     try:
         for point in explorer.answerer.alpha_scan(plan, q, img, alphas=SCAN_ALPHAS, gold=gold_for(explorer, q),
-                                                  donor=donor_name):
+                                                  donor=donor_name, should_stop=stop.is_set):
             points.append(point)
             yield scan_figure(points), f"α scan: {len(points)}/{len(SCAN_ALPHAS)} points"
+        if stop.is_set():
+            yield gr.update(), f"α scan stopped at {len(points)}/{len(SCAN_ALPHAS)} points"
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}"
+    finally:
+        STOPS.end(request, stop)
 
 
 def build_scan_panel(explorer: Explorer, compare, text_only, image) -> None:
@@ -44,8 +51,8 @@ def build_scan_panel(explorer: Explorer, compare, text_only, image) -> None:
             status = gr.Markdown("", elem_id="scan-status")
         plot = gr.Plot(label="p(top token), p(gold) against α", elem_id="scan-plot")
     inputs = [image, compare.question, text_only, compare.donor, *compare.plan_inputs]
-    event = run.click(bind(with_panel(on_scan), explorer), inputs, [plot, status], **GPU)
-    stop.click(None, None, None, cancels=[event], queue=False)
+    run.click(bind(with_panel(on_scan), explorer), inputs, [plot, status], **GPU)
+    stop.click(STOPS.stop, None, status, **CHEAP)
 
 
 # -- API ------------------------------------------------------------------------------------------
