@@ -134,16 +134,28 @@ def cmd_sweep(args) -> dict:
     record_sweep(cache, rows, Path(args.grid).name, args.eval_set)
     summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "accuracy_low", "accuracy_high",
                                   "official_accuracy", "official_accuracy_low", "official_accuracy_high",
-                                  "computed", "cached", "by_group")} for r in rows]
+                                  "computed", "cached", "by_group", "right_to_wrong", "wrong_to_right", "mcnemar_p")}
+               for r in rows]
     if not args.json:
         for r in summary:
             alpha = "-" if r["alpha"] is None else f"{r['alpha']:g}"
             print(f"{r['setting']:<12} {r['method']:<12} α={alpha:<5} strict {100 * r['accuracy']:5.1f} % "
                   f"[{100 * r['accuracy_low']:.0f}–{100 * r['accuracy_high']:.0f}]  official "
                   f"{100 * r['official_accuracy']:5.1f} % [{100 * r['official_accuracy_low']:.0f}–"
-                  f"{100 * r['official_accuracy_high']:.0f}]  ({r['computed']} computed, {r['cached']} cached)")
+                  f"{100 * r['official_accuracy_high']:.0f}]  ({r['computed']} computed, {r['cached']} cached)"
+                  + _flips_text(r))
         print(f"wrote {out / 'results.csv'}, results.json, heatmap.html")
     return {"cells": summary, "items": len(items), "out": str(out)}
+
+
+def _flips_text(row: dict) -> str:
+    """The cell's flips against the base VLM, for the sweep report (empty for the baseline)."""
+    if row["mcnemar_p"] is None:
+        return ""
+    lost, won = row["right_to_wrong"], row["wrong_to_right"]
+    listed = "".join(f"\n    {sign} {', '.join(ids[:12])}{' …' if len(ids) > 12 else ''}"
+                     for sign, ids in (("right→wrong:", lost), ("wrong→right:", won)) if ids)
+    return f"  flips −{len(lost)}/+{len(won)}, McNemar p={row['mcnemar_p']:.3g}{listed}"
 
 
 def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:

@@ -4,6 +4,8 @@ log-softmaxes)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.errors import MergescopeError
+from merging.experiments.sweep import heatmap
 from merging.evals.eval_sets import load_eval_set
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.run.answerer import Answerer
@@ -122,3 +125,44 @@ def test_the_lens_last_layer_is_the_models_own_output(toy_engine, item, tmp_path
     lens = answerer.lens(MergePlan(), item.question, item.image(), gold=item.answer)
     assert any(r["p_top"] != pytest.approx(lens[-1]["p_top"]) for r in lens[:-1])
     assert torch.is_grad_enabled()
+
+
+# -- flips a sweep can trust (item 3) ------------------------------------------------------------------
+
+def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, capsys):
+    from scipy.stats import binomtest
+
+    from merging.__main__ import main
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("settings: {all: [all], attention: [self_attn]}\nmethods: {constant: {preset: constant}}\n"
+                    "alphas: [0.8]\nmax_new_tokens: 6\n")
+    out = tmp_path / "out"
+    argv = ["sweep", "--vlm", str(TOY_VLM), "--llm", str(TOY_LLM), "--grid", str(grid), "--eval-set", str(TOY_EVAL),
+            "--sample", "24", "--out", str(out)]
+    assert main(argv) == 0
+    report = capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())
+    base = {a["id"]: a["correct"] for a in rows[0]["answers"]}
+    assert rows[0]["mcnemar_p"] is None and rows[0]["right_to_wrong"] is None
+    flipped = 0
+    for row in rows[1:]:
+        lost = [a["id"] for a in row["answers"] if base[a["id"]] and not a["correct"]]
+        won = [a["id"] for a in row["answers"] if a["correct"] and not base[a["id"]]]
+        assert row["right_to_wrong"] == lost and row["wrong_to_right"] == won
+        n = len(lost) + len(won)
+        expected = 1.0 if n == 0 else binomtest(min(len(lost), len(won)), n, 0.5, alternative="two-sided").pvalue
+        assert row["mcnemar_p"] == pytest.approx(expected, rel=1e-12)
+        flipped += n
+        assert f"flips −{len(lost)}/+{len(won)}, McNemar p={row['mcnemar_p']:.3g}" in report
+        assert all(i in report for i in lost[:12] + won[:12])
+    assert flipped > 0  # the merge at α 0.8 changes some answers: the test sees real flips
+    with open(out / "results.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert [int(r["right_to_wrong"]) for r in lines[1:]] == [len(r["right_to_wrong"]) for r in rows[1:]]
+    assert lines[0]["mcnemar_p"] == ""
+    marked = [r for r in rows[1:] if r["mcnemar_p"] < 0.05]
+    fig = heatmap(rows)
+    assert "McNemar p < 0.05" in fig.layout.title.text
+    texts = [t for line in fig.data[0].text for t in line]
+    assert sum(t.endswith("*") for t in texts) == len(marked)
+    assert (out / "heatmap.html").stat().st_size > 0

@@ -24,7 +24,7 @@ from cache import AnswerCache
 from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import EvalItem
-from merging.experiments.sweep import Cell, cell_row
+from merging.experiments.sweep import Cell, add_flips, cell_row
 from merging.model.pair import load_pair
 from merging.plan.merge_plan import MergePlan
 from merging.run.answerer import Answerer
@@ -143,7 +143,7 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
                 progress(sweep.done, len(cells) * len(items))
     for _, actor in sweep.idle:
         ray.kill(actor)
-    rows = [cell_row(cell, items, sweep.results[c], donor_label) for c, cell in enumerate(cells)]
+    rows = add_flips([cell_row(cell, items, sweep.results[c], donor_label) for c, cell in enumerate(cells)])
     return {"rows": rows, "workers": count, "requeued": sweep.requeued}
 
 
