@@ -1,4 +1,4 @@
-"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export} ...
+"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export,layers} ...
 
 Add --json for one JSON object on stdout."""
 
@@ -25,6 +25,7 @@ from merging.cli.args import (
     positive,
     text,
 )
+from merging.cli.layers import cmd_layers, layers_parser
 from merging.cli.search import cmd_search, search_parser
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--workers", type=positive, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
     search_parser(sub)
+    layers_parser(sub)
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
         result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,
-                  "search": cmd_search, "grams": cmd_grams, "export": cmd_export}[args.command](args)
+                  "search": cmd_search, "grams": cmd_grams, "export": cmd_export,
+                  "layers": cmd_layers}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

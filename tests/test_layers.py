@@ -166,3 +166,34 @@ def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, caps
     texts = [t for line in fig.data[0].text for t in line]
     assert sum(t.endswith("*") for t in texts) == len(marked)
     assert (out / "heatmap.html").stat().st_size > 0
+
+
+# -- the XY grid (item 4) -----------------------------------------------------------------------------
+
+def test_every_xy_cell_is_a_single_ask_of_its_plan(toy_engine, item, tmp_path):
+    from merging.experiments.xy_grid import check_axis, xy_grid
+    from merging.run.generate import GenerationSettings
+    settings = GenerationSettings(max_new_tokens=6)
+    answerer = Answerer(toy_engine, AnswerCache(tmp_path / "cache"))
+    x = check_axis("alpha", [0.3, 1], LAYERS, "x")
+    y = check_axis("group", ["attention", "mlp", "all"], LAYERS, "y")
+    cells = list(xy_grid(answerer, PLAN, item.question, item.image(), x, y, settings))
+    assert [(c["x"], c["y"]) for c in cells] == [(a, g) for g in ("attention", "mlp", "all") for a in (0.3, 1.0)]
+    fresh = Answerer(toy_engine)  # no cache: each plan asked on its own
+    base = fresh.ask(MergePlan(), item.question, item.image(), settings)["answer"]
+    for cell in cells:
+        plan = MergePlan.from_dict(cell["plan"])
+        assert cell["answer"] == fresh.ask(plan, item.question, item.image(), settings)["answer"]
+        assert cell["p_top"] == pytest.approx(fresh.distribution(plan, item.question, item.image())["tokens"][0][1])
+        assert cell["differs"] == (cell["answer"] != base)
+    only_mlp = MergePlan.from_dict(next(c for c in cells if c["y"] == "mlp")["plan"])
+    assert [r.components for r in only_mlp.rules] == [("mlp",)]
+    for kind, values, message in (("colour", [1], "unknown axis"), ("alpha", [2], r"\[0, 1\]"),
+                                  ("group", ["embeddings"], "unknown group"), ("step", [8], "step layer"),
+                                  ("method", "linear", "a list"), ("alpha", list(range(65)), "a list")):
+        with pytest.raises(MergescopeError, match=message):
+            check_axis(kind, values, LAYERS, "x")
+    with pytest.raises(MergescopeError, match="both"):
+        next(xy_grid(answerer, PLAN, item.question, None, x, x))
+    with pytest.raises(MergescopeError, match="limit is 4"):
+        next(xy_grid(answerer, PLAN, item.question, None, x, y, max_cells=4))

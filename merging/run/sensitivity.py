@@ -40,7 +40,7 @@ def blocks(num_layers: int, size: int) -> list[tuple[int, int]]:
     return [(first, min(first + size, num_layers) - 1) for first in range(0, num_layers, size)]
 
 
-def _group_components(rule: Rule, group: str) -> list[str]:
+def group_components(rule: Rule, group: str) -> list[str]:
     """The components of `rule` that fall in `group` (a LAYER_GROUPS name), as plan components."""
     plan_group, roles = LAYER_GROUPS[group]
     if any(c in ("all", plan_group) for c in rule.components):
@@ -62,7 +62,7 @@ def block_plan(plan: MergePlan, num_layers: int, block: tuple[int, int], group: 
     first, last = block
     rules = []
     for rule in plan.rules:
-        components = _group_components(rule, group)
+        components = group_components(rule, group)
         alphas = curves.layer_alphas(rule.curve, num_layers)
         if components:
             inside = [first <= layer <= last for layer in range(num_layers)]
