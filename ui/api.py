@@ -24,6 +24,8 @@ def api_answer(explorer: Explorer, plan_yaml_text: str | dict, question_text: st
 
 
 def register_api(explorer: Explorer) -> None:
+    from .layers_api import register_layers_api
     from .probe_panel import register_probe_api
     gr.api(bind(api_answer, explorer), api_name="answer", **GPU)
     register_probe_api(explorer)
+    register_layers_api(explorer)
