@@ -10,11 +10,15 @@ import math
 
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from cache import AnswerCache
 from merging import MergeEngine, MergePlan, load_pair
 from merging.errors import MergescopeError
+from merging.__main__ import main
 from merging.experiments.sweep import heatmap
+from merging.experiments.xy_grid import check_axis, xy_grid
+from merging.run.generate import GenerationSettings
 from merging.evals.eval_sets import load_eval_set
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.run.answerer import Answerer
@@ -130,9 +134,6 @@ def test_the_lens_last_layer_is_the_models_own_output(toy_engine, item, tmp_path
 # -- flips a sweep can trust (item 3) ------------------------------------------------------------------
 
 def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, capsys):
-    from scipy.stats import binomtest
-
-    from merging.__main__ import main
     grid = tmp_path / "grid.yaml"
     grid.write_text("settings: {all: [all], attention: [self_attn]}\nmethods: {constant: {preset: constant}}\n"
                     "alphas: [0.8]\nmax_new_tokens: 6\n")
@@ -171,8 +172,6 @@ def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, caps
 # -- the XY grid (item 4) -----------------------------------------------------------------------------
 
 def test_every_xy_cell_is_a_single_ask_of_its_plan(toy_engine, item, tmp_path):
-    from merging.experiments.xy_grid import check_axis, xy_grid
-    from merging.run.generate import GenerationSettings
     settings = GenerationSettings(max_new_tokens=6)
     answerer = Answerer(toy_engine, AnswerCache(tmp_path / "cache"))
     x = check_axis("alpha", [0.3, 1], LAYERS, "x")

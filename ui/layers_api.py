@@ -10,10 +10,9 @@ from typing import Any
 
 import gradio as gr
 
-from merging.experiments.xy_grid import MAX_CELLS, check_axis, xy_grid
+from merging.experiments.xy_grid import MAX_CELLS, XY_SETTINGS, check_axis, xy_grid
 from merging.limits import LimitError, as_text, brief, check_size
 from merging.plan.merge_plan import MergePlan
-from merging.run.generate import GenerationSettings
 from merging.run.sensitivity import layer_sensitivity
 
 from .api_args import ImageArg, endpoint, image_arg, int_arg, plan_arg, question_arg
@@ -21,7 +20,6 @@ from .compare_tab import gold_for
 from .explorer import GPU, Explorer, bind
 
 PUBLIC_MAX_XY_CELLS = 16
-XY_SETTINGS = GenerationSettings(max_new_tokens=8)
 ROW_KEYS = ("layers", "group", "mode", "p_top", "p_gold", "kl_to_base", "answer")
 
 
@@ -50,7 +48,8 @@ def api_lens(explorer: Explorer, plan_yaml: str | dict, question: str, image: Im
     explorer.admit(request)
     plan, q, img = _inputs(explorer, plan_yaml, question, image)
     gold = gold_for(explorer, q)
-    return {"base": explorer.answerer.lens(MergePlan(), q, img, gold), "merged": explorer.answerer.lens(plan, q, img, gold)}
+    lens = explorer.answerer.lens
+    return {"base": lens(MergePlan(), q, img, gold), "merged": lens(plan, q, img, gold)}
 
 
 def axis_values(value: Any, what: str) -> list:

@@ -32,6 +32,7 @@ AXIS_KINDS = ("alpha", "preset", "group", "method", "step")
 PRESET_CHOICES = ("constant", "linear", "loglinear", "step")
 GROUP_CHOICES = (*LAYER_GROUPS, "all")
 MAX_CELLS = 64
+XY_SETTINGS = GenerationSettings(max_new_tokens=8)  # a cell's answer: a few tokens, as the α scan's
 ORDER = {"preset": 0, "step": 1, "group": 2, "method": 3, "alpha": 4}  # alpha last: it rescales the result
 
 
@@ -50,7 +51,8 @@ def check_axis(kind: Any, values: Any, num_layers: int, what: str) -> tuple[str,
                                     and 0 <= value <= 1):
             raise MergescopeError(f"{what}: α {brief(value, 40)} is not a number in [0, 1]")
         if kind == "step" and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < num_layers):
-            raise MergescopeError(f"{what}: step layer {brief(value, 40)} is not a whole number in [0, {num_layers - 1}]")
+            raise MergescopeError(f"{what}: step layer {brief(value, 40)} is not a whole number in "
+                                  f"[0, {num_layers - 1}]")
     return kind, [float(v) if kind == "alpha" else v for v in values]
 
 
@@ -82,7 +84,7 @@ def changed_plan(plan: MergePlan, kind: str, value: Any, num_layers: int) -> Mer
 
 
 def xy_grid(answerer: Answerer, plan: MergePlan, question: str, image: Image.Image | None,
-            x: tuple[str, list], y: tuple[str, list], settings: GenerationSettings = GenerationSettings(max_new_tokens=8),
+            x: tuple[str, list], y: tuple[str, list], settings: GenerationSettings = XY_SETTINGS,
             max_cells: int = MAX_CELLS, donor: str | None = None,
             should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
     """Row by row (y outer, x inner): {"x", "y" (the axis values), "plan" (the cell's plan as a mapping),
