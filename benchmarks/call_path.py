@@ -11,7 +11,6 @@ Prints one JSON object: {"calls", "functions", "files", "threads", "hand_offs", 
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import threading
@@ -25,7 +24,7 @@ from merging.model.pair import load_pair
 from merging.run.answerer import Answerer
 from ui import compare_tab
 from ui.explorer import Explorer
-from ui.plan_panel import PARAM_DEFS
+from ui.panel import Panel
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tuple(str(ROOT / folder) + "/" for folder in ("merging", "cache", "ui"))
@@ -54,15 +53,11 @@ class Recorder:
         self.calls.append((threading.current_thread().name, path, frame.f_code.co_name))
 
 
-def click(explorer: Explorer, plan_alphas: list[float]) -> None:
+def click(explorer: Explorer, alphas: list[float]) -> None:
     """One Compare click as Gradio would make it: the handler's generator, run to its end."""
-    params = inspect.signature(compare_tab.on_compare).parameters
-    defaults = {"img": None, "q": "What colour is the shape?", "text_only_q": True, "tokens": 4, "pinned": None,
-                "donor_name": explorer.answerer.default_donor, "comps": ["self_attn"], "alphas": plan_alphas,
-                "method_name": "linear", "request": None}
-    args = [explorer] + [defaults[name] for name in list(params)[1:] if name in defaults]
-    args += [None] + [None] * len(PARAM_DEFS)  # no separate group curves; every method parameter at its default
-    for _ in compare_tab.on_compare(*args):
+    panel = Panel(["self_attn"], alphas, "linear")
+    for _ in compare_tab.on_compare(explorer, None, None, "What colour is the shape?", True, 4, None,
+                                    explorer.answerer.default_donor, panel):
         pass
 
 

@@ -1,4 +1,4 @@
-"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export} ...
+"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export,layers} ...
 
 Add --json for one JSON object on stdout."""
 
@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
 from merging.cli.args import natural, pair_args, positive, stack_of, text
+from merging.cli.layers import cmd_layers, layers_parser
 from merging.cli.search import cmd_search, search_parser
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
@@ -127,16 +128,28 @@ def cmd_sweep(args) -> dict:
     record_sweep(cache, rows, Path(args.grid).name, args.eval_set)
     summary = [{k: r[k] for k in ("setting", "method", "alpha", "accuracy", "accuracy_low", "accuracy_high",
                                   "official_accuracy", "official_accuracy_low", "official_accuracy_high",
-                                  "computed", "cached", "by_group")} for r in rows]
+                                  "computed", "cached", "by_group", "right_to_wrong", "wrong_to_right", "mcnemar_p")}
+               for r in rows]
     if not args.json:
         for r in summary:
             alpha = "-" if r["alpha"] is None else f"{r['alpha']:g}"
             print(f"{r['setting']:<12} {r['method']:<12} α={alpha:<5} strict {100 * r['accuracy']:5.1f} % "
                   f"[{100 * r['accuracy_low']:.0f}–{100 * r['accuracy_high']:.0f}]  official "
                   f"{100 * r['official_accuracy']:5.1f} % [{100 * r['official_accuracy_low']:.0f}–"
-                  f"{100 * r['official_accuracy_high']:.0f}]  ({r['computed']} computed, {r['cached']} cached)")
+                  f"{100 * r['official_accuracy_high']:.0f}]  ({r['computed']} computed, {r['cached']} cached)"
+                  + _flips_text(r))
         print(f"wrote {out / 'results.csv'}, results.json, heatmap.html")
     return {"cells": summary, "items": len(items), "out": str(out)}
+
+
+def _flips_text(row: dict) -> str:
+    """The cell's flips against the base VLM, for the sweep report (empty for the baseline)."""
+    if row["mcnemar_p"] is None:
+        return ""
+    lost, won = row["right_to_wrong"], row["wrong_to_right"]
+    listed = "".join(f"\n    {sign} {', '.join(ids[:12])}{' …' if len(ids) > 12 else ''}"
+                     for sign, ids in (("right→wrong:", lost), ("wrong→right:", won)) if ids)
+    return f"  flips −{len(lost)}/+{len(won)}, McNemar p={row['mcnemar_p']:.3g}{listed}"
 
 
 def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
@@ -214,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--workers", type=positive, help="run on N Ray workers of a local cluster (pip install ray)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="join a running Ray cluster (ray start --head ...)")
     search_parser(sub)
+    layers_parser(sub)
     grams = sub.add_parser("grams", help="RegMean statistics: per-linear-layer Gram matrices of one model")
     grams.add_argument("--model", required=True, help="the VLM (image + question samples) or the donor LLM (text)")
     grams.add_argument("--data", required=True, help="eval set: PATH.jsonl, mathvista:PATH or mathvision:PATH")
@@ -234,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
         result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,
-                  "search": cmd_search, "grams": cmd_grams, "export": cmd_export}[args.command](args)
+                  "search": cmd_search, "grams": cmd_grams, "export": cmd_export,
+                  "layers": cmd_layers}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

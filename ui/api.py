@@ -8,6 +8,7 @@ from merging.run.generate import GenerationSettings
 
 from .api_args import endpoint, int_arg, plan_arg, question_arg
 from .explorer import GPU, Explorer, bind
+from .layers_api import register_layers_api
 from .probe_panel import register_probe_api
 
 
@@ -27,3 +28,4 @@ def api_answer(explorer: Explorer, plan_yaml_text: str | dict, question_text: st
 def register_api(explorer: Explorer) -> None:
     gr.api(bind(api_answer, explorer), api_name="answer", **GPU)
     register_probe_api(explorer)
+    register_layers_api(explorer)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from cache import AnswerCache
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import EvalItem
-from merging.experiments.sweep import Cell, cell_row
+from merging.experiments.sweep import Cell, add_flips, cell_row
 from merging.plan.merge_plan import MergePlan
 from merging.run.stack import ModelSpec, build_stack
 from merging.run.generate import GenerationSettings
@@ -125,7 +125,7 @@ def run_sweep_ray(spec: ModelSpec, cells: list[Cell], items: list[EvalItem], set
                 progress(sweep.done, len(cells) * len(items))
     for _, actor in sweep.idle:
         ray.kill(actor)
-    rows = [cell_row(cell, items, sweep.results[c], donor_label) for c, cell in enumerate(cells)]
+    rows = add_flips([cell_row(cell, items, sweep.results[c], donor_label) for c, cell in enumerate(cells)])
     return {"rows": rows, "workers": count, "requeued": sweep.requeued}
 
 

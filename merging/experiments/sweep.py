@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 from merging.errors import MergescopeError, PlanError
 from merging.evals.eval_sets import EvalItem
 from merging.evals.scoring import judge_both
+from merging.evals.significance import mcnemar
 from merging.evals.verdict import Verdict
 from merging.limits import LimitError, bounded_int, brief, parse_document
 from merging.plan.curves import PRESETS
@@ -149,6 +150,24 @@ def run_sweep(answerer: Answerer, cells: list[Cell], items: list[EvalItem], sett
         rows.append(cell_row(cell, items, results, answerer.donor_name(donor)))
         if len(results) < len(items) or should_stop():
             break
+    return add_flips(rows)
+
+
+def add_flips(rows: list[dict]) -> list[dict]:
+    """`rows` with each merged cell compared to the baseline row (the base VLM, α None) on the items both
+    answered, by the strict score: "right_to_wrong" and "wrong_to_right" (the items' ids, in eval-set
+    order) and "mcnemar_p", the exact McNemar p-value of the two (`merging.evals.significance.mcnemar`).
+    The baseline row, and every row when there is none, gets None in all three. Returns `rows`."""
+    base = next(({a["id"]: a["correct"] for a in r["answers"]} for r in rows if r["alpha"] is None), None)
+    for row in rows:
+        row.update(right_to_wrong=None, wrong_to_right=None, mcnemar_p=None)
+        if base is None or row["alpha"] is None:
+            continue
+        shared = [a for a in row["answers"] if a["id"] in base]
+        test = mcnemar([base[a["id"]] for a in shared], [a["correct"] for a in shared])
+        row.update(right_to_wrong=[a["id"] for a in shared if base[a["id"]] and not a["correct"]],
+                   wrong_to_right=[a["id"] for a in shared if a["correct"] and not base[a["id"]]],
+                   mcnemar_p=test["p_value"])
     return rows
 
 
@@ -231,39 +250,51 @@ CSV_COLUMNS = {"setting": "setting", "method": "method", "alpha": "alpha", "dono
                "strict_accuracy": "accuracy", "strict_low": "accuracy_low", "strict_high": "accuracy_high",
                "official_accuracy": "official_accuracy", "official_low": "official_accuracy_low",
                "official_high": "official_accuracy_high", "items": "items", "answered": "answered",
-               "computed": "computed", "cached": "cached", "plan_hash": "plan_hash"}  # column: row key
+               "computed": "computed", "cached": "cached", "plan_hash": "plan_hash", "right_to_wrong": "right_to_wrong",
+               "wrong_to_right": "wrong_to_right", "mcnemar_p": "mcnemar_p"}  # column: row key
 
 
 def write_results(rows: list[dict], out: Path) -> None:
     """results.json (with per-item answers, both verdicts each), results.csv (one line per cell, both
-    scores: strict_accuracy / official_accuracy with their Wilson bounds) and heatmap.html in `out`."""
+    scores: strict_accuracy / official_accuracy with their Wilson bounds; right_to_wrong / wrong_to_right
+    as counts and mcnemar_p, see `add_flips`) and heatmap.html in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
-        writer.writerows({column: r.get(key) for column, key in CSV_COLUMNS.items()} for r in rows)
+        writer.writerows({column: _csv_value(r.get(key)) for column, key in CSV_COLUMNS.items()} for r in rows)
     heatmap(rows).write_html(out / "heatmap.html", include_plotlyjs=True)
 
 
+def _csv_value(value):
+    return len(value) if isinstance(value, list) else value  # the flipped items' count (their ids: results.json)
+
+
 def heatmap(rows: list[dict]):
-    """Setting × Method rows, α columns, the strict accuracy in percent (the official one on hover);
-    the baseline in the title."""
+    """Setting × Method rows, α columns, the strict accuracy in percent (the official one and the flips on
+    hover); a cell whose exact McNemar p-value against the base VLM is below 0.05 is marked "*" (rows
+    with flips: `add_flips`); the baseline in the title."""
     merged = [r for r in rows if r["alpha"] is not None]
     labels = list(dict.fromkeys(f"{r['setting']} · {r['method']}" for r in merged))
     alphas = sorted({r["alpha"] for r in merged})
     z = [[None] * len(alphas) for _ in labels]
     official = [[None] * len(alphas) for _ in labels]
+    text = [[""] * len(alphas) for _ in labels]
     for r in merged:
         at = labels.index(f"{r['setting']} · {r['method']}"), alphas.index(r["alpha"])
         z[at[0]][at[1]] = 100 * r["accuracy"]
-        official[at[0]][at[1]] = 100 * r.get("official_accuracy", float("nan"))
+        p = r.get("mcnemar_p")
+        flips = "" if p is None else f" −{len(r['right_to_wrong'])}/+{len(r['wrong_to_right'])} p={p:.2g}"
+        official[at[0]][at[1]] = f"{100 * r.get('official_accuracy', float('nan')):.1f} %{flips}"
+        text[at[0]][at[1]] = f"{100 * r['accuracy']:.1f}" + ("*" if p is not None and p < 0.05 else "")
     base = next((100 * r["accuracy"] for r in rows if r["alpha"] is None), None)
     fig = go.Figure(go.Heatmap(z=z, x=[f"α={a:g}" for a in alphas], y=labels, colorscale="RdBu", zmid=base,
-                               text=[[f"{v:.1f}" if v is not None else "" for v in row] for row in z],
-                               texttemplate="%{text}", colorbar={"title": "strict accuracy %"}, customdata=official,
-                               hovertemplate="%{y}, %{x}: strict %{z:.1f} %, official %{customdata:.1f} %"
+                               text=text, texttemplate="%{text}", colorbar={"title": "strict accuracy %"},
+                               customdata=official,
+                               hovertemplate="%{y}, %{x}: strict %{z:.1f} %, official %{customdata}"
                                              "<extra></extra>"))
-    title = "Strict accuracy by setting, method and α" + (f" (base VLM: {base:.1f} %)" if base is not None else "")
+    title = "Strict accuracy by setting, method and α" + (f" (base VLM: {base:.1f} %)" if base is not None else "") \
+        + "; * McNemar p < 0.05"
     fig.update_layout(title=title, yaxis={"autorange": "reversed"})
     return fig

@@ -28,6 +28,7 @@ from merging.run.teacher_forcing import reference_logprobs
 from merging.run.probe import (TOP_STORED, first_token_id, first_token_logprobs, kl_divergence, probability_of,
     scale_plan, summarize, token_decoder)
 from merging.run.runtime import runtime_fingerprint
+from merging.run.lens import lens_logprobs, lens_rows
 from merging.run.worker import Donor, ModelWorker
 
 DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
@@ -290,6 +291,21 @@ class Answerer:
             yield {"alpha": alpha, "answer": reply["answer"], "p_top": dist["tokens"][0][1],
                    "p_gold": dist["p_gold"], "kl_to_base": kl_divergence(base["summary"], dist["summary"]),
                    "cached": reply["cached"] and dist["cached"] and base_cached}
+
+    def lens(self, plan: MergePlan, question: str, image: Image.Image | None = None, gold: str | None = None,
+             donor: str | None = None) -> list[dict[str, Any]]:
+        """The logit lens under `plan` (`merging.run.lens.lens_rows`: per decoder layer the top token, its
+        probability and p(gold's first token)), cached (kind "lens"); one forward pass on the model worker
+        on a miss. Raises MergescopeError as `distribution` does, PlanError for a bad plan."""
+        gold_id = None if gold is None else first_token_id(self.engine.pair, question, image, gold)
+        config = dict(self.distribution_config(plan, question, image, donor), kind="lens", gold=gold)
+        hit = self.cache.get(config) if self.cache is not None else None
+        if hit is not None:
+            return hit["rows"]
+        rows = self._on_merged(plan, donor,
+                               lambda engine: lens_rows(engine.pair, lens_logprobs(engine.pair, question, image), gold_id))
+        self._put(config, {"rows": rows})
+        return rows
 
     # -- teacher-forced log-probabilities of gold answers (the search's cheap fitness) -----------------
     def gold_logprobs(self, plan: MergePlan, requests: Sequence[tuple[str, ImageSource, str]],
