@@ -302,8 +302,8 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is not None:
             return hit["rows"]
-        rows = self._on_merged(plan, donor,
-                               lambda engine: lens_rows(engine.pair, lens_logprobs(engine.pair, question, image), gold_id))
+        logprobs = self._on_merged(plan, donor, lambda engine: lens_logprobs(engine.pair, question, image))
+        rows = lens_rows(self.engine.pair, logprobs, gold_id)
         self._put(config, {"rows": rows})
         return rows
 
