@@ -135,7 +135,7 @@ def test_the_lens_last_layer_is_the_models_own_output(toy_engine, item, tmp_path
 
 def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("settings: {all: [all], attention: [self_attn]}\nmethods: {constant: {preset: constant}}\n"
+    grid.write_text("components: {all: [all], attention: [self_attn]}\ncurves: {constant: {preset: constant}}\n"
                     "alphas: [0.8]\nmax_new_tokens: 6\n")
     out = tmp_path / "out"
     argv = ["sweep", "--vlm", str(TOY_VLM), "--llm", str(TOY_LLM), "--grid", str(grid), "--eval-set", str(TOY_EVAL),
