@@ -3,16 +3,20 @@ for every method that exports, configs in mergekit's own example style, and refu
 
 from __future__ import annotations
 
+import types
+
+import gradio as gr
 import pytest
 import torch
 import yaml
 
-from merging import load_pair
+from merging import MergeEngine, load_pair
 from merging.__main__ import main
 from merging.export.mergekit_config import mergekit_yaml
 from merging.export.mergekit_import import plan_from_mergekit
 from merging.methods.mergekit import MERGEKIT, MergekitUnsupported
 from merging.plan.merge_plan import MergePlan
+from ui import export_tab
 
 from test_every_method import EXPORTABLE, params_for
 from test_mergekit_parity import build_triple
@@ -193,3 +197,13 @@ def test_plan_command_from_mergekit(tmp_path, capsys):
     source.write_text(FRANKENMERGE)
     assert main(["plan", "--from-mergekit", str(source), "--out", str(tmp_path / "other.yaml")]) == 2
     assert "passthrough" in capsys.readouterr().err and not (tmp_path / "other.yaml").exists()
+
+
+def test_the_export_tabs_import_box_loads_the_editor(qwen_pair):
+    explorer = types.SimpleNamespace(engine=MergeEngine(qwen_pair), answerer=types.SimpleNamespace(donors={}))
+    comps, method, alphas, _, question, status, _, *params, plan_yaml = export_tab.on_import_mergekit(
+        explorer, GRADIENT_SLERP)
+    assert method == "slerp" and set(comps) == {"q_proj", "k_proj", "v_proj", "o_proj"} and len(alphas) == 4
+    assert MergePlan.from_text(plan_yaml) == plan_from_mergekit(GRADIENT_SLERP).plan and "first" in status
+    refused = export_tab.on_import_mergekit(explorer, FRANKENMERGE)
+    assert refused[5].startswith("⚠️ merge_method: passthrough") and refused[0] == gr.update()
