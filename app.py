@@ -6,20 +6,18 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
-from merging import MergeEngine, MergescopeError, load_pair
-from merging.io.checkpoint import Checkpoint
-from merging.engine.device_cache import DEVICE_CACHE_HELP, budget_from_gb
-from merging.stats.gram_files import gram_paths
+from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set
-from merging.model.known_pairs import KNOWN_PAIRS, resolve_models
-from merging.model.pair import resolve_model_dir
-from merging.run.answerer import Answerer
+from merging.run.stack import add_model_args, build_stack, model_spec
+from ui.app import Explorer, build_app
+from ui.guard import start_janitor, upload_folder
 
 PUBLIC_MAX_UPLOAD = "5mb"
 PUBLIC_QUEUE = 32  # requests waiting beyond this are turned away at once instead of piling up
@@ -39,15 +37,7 @@ def is_loopback(host: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pair", help=f"a known pair: {', '.join(KNOWN_PAIRS)} (default: toy, shipped in assets/)")
-    parser.add_argument("--vlm", help="VLM folder or hub id (instead of --pair)")
-    parser.add_argument("--llm", help="donor text LLM folder or hub id")
-    parser.add_argument("--base", help="common base model (task arithmetic, TIES, DARE)")
-    parser.add_argument("--grams-vlm", help="the VLM's Gram file (python -m merging grams), for RegMean")
-    parser.add_argument("--grams-donor", help="the donor's Gram file, for RegMean")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, auto, auto-multi")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--device-cache-gb", type=float, help=DEVICE_CACHE_HELP)
+    add_model_args(parser)
     parser.add_argument("--eval-set", help="examples and sweep items: PATH.jsonl, mathvista:PATH, mathvision:PATH")
     parser.add_argument("--cache-dir", default="runs/cache", help="answers cache (JSON values)")
     parser.add_argument("--search-dir", default="runs/search", help="the Search tab's studies (one folder each)")
@@ -71,7 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_port(host: str, port: int) -> None:
     """Raises MergescopeError (one line) if `host:port` cannot be listened on now (busy, or not ours)."""
-    import socket
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:
@@ -92,22 +81,16 @@ def check_exposure(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ui.app import Explorer, build_app
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # warnings: one line each
     try:
         check_exposure(args)
         check_port(args.host, args.port)  # before minutes of model loading, not after
-        models = resolve_models(args.pair, args.vlm, args.llm, args.base)
-        grams = gram_paths(args.grams_vlm, args.grams_donor)
-        cache_bytes = budget_from_gb(args.device_cache_gb)
-        eval_spec = args.eval_set or models.eval_set
-        pair = load_pair(models.vlm, models.llm, models.base, dtype=args.dtype, device=args.device)
-        items = load_eval_set(eval_spec) if eval_spec else []
-        donors = {label: Checkpoint(resolve_model_dir(path)) for label, path in models.other_donors}
-        engine = MergeEngine(pair, grams=grams, device_cache_bytes=cache_bytes)
-        answerer = Answerer(engine, AnswerCache(args.cache_dir), donors, models.donor_label)
+        spec = model_spec(args)
+        eval_spec = args.eval_set or spec.eval_set
+        items = load_eval_set(eval_spec) if eval_spec else []  # a bad eval set fails before the models load
+        answerer = build_stack(spec, AnswerCache(args.cache_dir)).answerer
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
     explorer = Explorer(answerer, items, eval_spec or "",
@@ -115,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
                         rate_limit=args.rate_limit, global_rate_limit=args.global_rate_limit,
                         proxy_hops=args.proxy_hops, search_dir=Path(args.search_dir))
     if args.public:
-        from ui.guard import start_janitor, upload_folder
         start_janitor(upload_folder(), PUBLIC_UPLOAD_FOLDER_BYTES, PUBLIC_UPLOAD_AGE_S)
     app = build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None)
     try:

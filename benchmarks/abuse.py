@@ -132,7 +132,7 @@ def hostile_requests(files: Path) -> list[tuple[str, object, str]]:
     (files / "truncated.png").write_bytes(TOY_IMAGE.read_bytes()[: TOY_IMAGE.stat().st_size // 2])
     (files / "notes.png").write_text("not an image")
     axis = lambda p, v: "{" + ", ".join(f"{p}{i}: {v}" for i in range(100)) + "}"  # noqa: E731
-    million = (f"settings: {axis('s', '[all]')}\nmethods: {axis('m', '{preset: constant}')}\n"
+    million = (f"components: {axis('s', '[all]')}\ncurves: {axis('m', '{preset: constant}')}\n"
                f"alphas: [{', '.join(['0.5'] * 100)}]\n")
 
     def answer(plan: str, tokens: object = 8):
@@ -158,7 +158,7 @@ def hostile_requests(files: Path) -> list[tuple[str, object, str]]:
         ("max_tokens 10**30", answer("rules: []", 10**30), "outside [1, 4096]"),
         ("100×100×100 grid", sweep(million), "1000001 cells; the limit is 64"),
         ("alias bomb grid", sweep(alias_bomb()), "aliases"),
-        ("grid of wrong types", sweep("settings: [a]\nmethods: 1\nalphas: 2\n"), "must be a non-empty"),
+        ("grid of wrong types", sweep("components: [a]\ncurves: 1\nalphas: 2\n"), "must be a non-empty"),
         ("144 MP PNG", image("bomb.png"), "MP; upload a smaller one"),
         ("truncated PNG", image("truncated.png"), "not a readable image"),
         ("text file as PNG", image("notes.png"), "not a readable image"),

@@ -43,7 +43,7 @@ STALL_S, TOKENS = 2.0, 8
 PLANS = ["rules: []"] + [f"rules: [{{components: [{c}], curve: {{preset: constant, value: {a}}}}}]"
                          for c in ("all", "self_attn") for a in (0.3, 0.6, 0.9)]
 QUESTIONS = ["What is 3 plus 4?", "Which colour comes next?", "How many letters in cat?"]
-GRID = "settings: {S: [self_attn]}\nmethods: {c: {preset: constant}}\nalphas: [0.5]\nmax_new_tokens: 4\n"
+GRID = "components: {S: [self_attn]}\ncurves: {c: {preset: constant}}\nalphas: [0.5]\nmax_new_tokens: 4\n"
 
 
 def rss_kib(pid: int, field: str) -> int:

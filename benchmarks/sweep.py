@@ -34,7 +34,7 @@ from merging.evals.eval_sets import load_eval_set, sample_items
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.experiments.sweep import parse_grid, run_sweep
 
-GRID = ("settings: {Setting 2: [self_attn]}\nmethods: {constant α: {preset: constant}}\n"
+GRID = ("components: {Setting 2: [self_attn]}\ncurves: {constant α: {preset: constant}}\n"
         "alphas: [0.4, 0.8]\nmax_new_tokens: 6\n")
 
 
@@ -74,8 +74,9 @@ def main() -> None:
 def ray_figures(workers: int, cells, items, settings, cache_dir: Path, single: list[list[str]]) -> dict:
     import ray
 
-    from merging.experiments.distributed import PairSpec, run_sweep_ray
-    spec = PairSpec(str(TOY_VLM), str(TOY_LLM), dtype="float32")
+    from merging.experiments.distributed import run_sweep_ray
+    from merging.run.stack import ModelSpec
+    spec = ModelSpec(str(TOY_VLM), str(TOY_LLM), dtype="float32")
     # warm-up on one item: starts the local cluster (not timed)
     run_sweep_ray(spec, cells[:1], items[:1], settings, AnswerCache(cache_dir / "warm"), workers=workers)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import sqlite3
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import diskcache
 
@@ -106,11 +106,14 @@ class AnswerCache:
             return None
         return {"key": key, **{k: entry[k] for k in ("config", "result", "created_at")}} if _is_ours(entry) else None
 
-    def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def entries(self, limit: int | None = None,
+                keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """Readable entries, newest first: {key, config, result, created_at}; at most `limit` of them
-        (the newest stored). An unreadable cache lists nothing (with a warning), never raises."""
+        (the newest stored) among those `keep(entry)` accepts (all without `keep`): the filter runs
+        before the limit, so many entries it drops never push out the ones it keeps. An unreadable cache
+        lists nothing (with a warning), never raises."""
         query = "SELECT key, raw FROM Cache ORDER BY store_time DESC"
-        if limit is not None:
+        if limit is not None and keep is None:
             query += f" LIMIT {int(limit)}"
         try:
             rows = self._cache._sql(query).fetchall()  # newest stored first, without reading every value
@@ -124,8 +127,10 @@ class AnswerCache:
             except _DECODE_ERRORS:  # a hand-edited row (e.g. a pickled key, refused by SafeJSONDisk)
                 continue
             entry = self.entry(key) if isinstance(key, str) else None
-            if entry is not None:
+            if entry is not None and (keep is None or keep(entry)):
                 found.append(entry)
+                if limit is not None and len(found) >= limit:
+                    break
         return sorted(found, key=lambda e: e["created_at"], reverse=True)
 
     def stats(self) -> dict[str, Any]:

@@ -13,18 +13,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from cache import AnswerCache
-from merging.cli.args import (
-    answerer_for,
-    build_engine,
-    gram_args,
-    load_named_pair,
-    named_models,
-    natural,
-    pair_args,
-    pair_spec,
-    positive,
-    text,
-)
+from merging.cli.args import natural, pair_args, positive, stack_of, text
 from merging.cli.search import cmd_search, search_parser
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
@@ -34,9 +23,9 @@ from merging.export.mergekit_import import plan_from_mergekit
 from merging.export.writer import export_checkpoint, parse_size
 from merging.io.images import read_image
 from merging.plan.merge_plan import MergePlan
-from merging.run.answerer import Answerer
 from merging.run.collect_grams import run_grams
 from merging.run.generate import GenerationSettings, check_question
+from merging.run.stack import model_spec
 from merging.stats.distance import role_distances
 
 
@@ -51,7 +40,7 @@ def _checkpoint_report(pair) -> dict:
 def cmd_inspect(args) -> dict:
     """Load the pair, print its layout (coverage, quantization, dtypes), and the donor's distance from
     the VLM per layer and component."""
-    pair = load_named_pair(args)
+    pair = stack_of(args).pair
     layout = pair.layout
     checkpoints = _checkpoint_report(pair)
     donor_dtypes: dict[tuple, set] = {}
@@ -62,12 +51,16 @@ def cmd_inspect(args) -> dict:
         row["donor_dtype"] = "/".join(sorted(donor_dtypes[(row["layer"], row["role"])]))
     report = {"num_layers": layout.num_layers, "matched": len(layout.slots), "lm_tensors": layout.total,
               "coverage": layout.coverage(), "unmatched": layout.unmatched,
+              "vlm_only_layers": layout.interleaved, "vlm_only": layout.vlm_only,
               "mismatched": [{"name": n, "vlm": list(a), "donor": list(b)} for n, a, b in layout.mismatched],
               "notes": layout.notes, "checkpoints": checkpoints, "fingerprints": pair.fingerprints(),
               "distances": distances}
     if not args.json:
         print(f"{layout.num_layers} decoder layers; {len(layout.slots)} tensors matched (of {layout.total} "
               f"language-model tensors), {len(layout.unmatched)} without a donor tensor")
+        if layout.vlm_only:
+            print(f"VLM-only (never merged): layers {', '.join(map(str, layout.interleaved))}, "
+                  f"{len(layout.vlm_only)} tensors")
         for role, info in checkpoints.items():
             if info is not None:
                 dtypes = ", ".join(f"{code}×{n}" for code, n in info["dtypes"].items())
@@ -87,7 +80,7 @@ def cmd_answer(args) -> dict:
     plan = MergePlan.load(args.plan) if args.plan else MergePlan()
     image = read_image(args.image) if args.image else None
     check_question(args.question)  # a bad question fails before the model is loaded
-    answerer = Answerer(build_engine(args), AnswerCache(args.cache_dir) if args.cache_dir else None)
+    answerer = stack_of(args, AnswerCache(args.cache_dir) if args.cache_dir else None).answerer
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     result = answerer.ask(plan, args.question, image, settings)
     result["seconds"] = round(result["seconds"], 4)
@@ -129,7 +122,7 @@ def cmd_sweep(args) -> dict:
         if args.workers or args.ray:
             rows = _sweep_on_ray(args, cells, items, settings, cache, progress)
         else:
-            rows = run_sweep(answerer_for(args, cache), cells, items, settings, progress=progress,
+            rows = run_sweep(stack_of(args, cache).answerer, cells, items, settings, progress=progress,
                              batch_size=args.batch_size)
     write_results(rows, out)
     record_sweep(cache, rows, Path(args.grid).name, args.eval_set)
@@ -148,9 +141,9 @@ def cmd_sweep(args) -> dict:
 
 
 def _sweep_on_ray(args, cells, items, settings, cache, progress) -> list[dict]:
-    models = named_models(args)
-    report = run_sweep_ray(pair_spec(args), cells, items, settings, cache, workers=args.workers, address=args.ray,
-                           batch_size=args.batch_size, progress=progress, donor_label=models.donor_label)
+    spec = model_spec(args)
+    report = run_sweep_ray(spec, cells, items, settings, cache, workers=args.workers, address=args.ray,
+                           batch_size=args.batch_size, progress=progress, donor_label=spec.donor_label)
     return report["rows"]
 
 
@@ -175,7 +168,7 @@ def cmd_export(args) -> dict:
 
     plan = MergePlan.load(args.plan)
     max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
-    engine = build_engine(args)
+    engine = stack_of(args).engine
     with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=args.json) as bar:
         def progress(done, total):
             bar.total = total
@@ -216,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     pair_args(inspect)
     ans = sub.add_parser("answer", help="answer a question (about an image) with a merged model")
     pair_args(ans)
-    gram_args(ans)
     ans.add_argument("--plan", type=text, help="plan file (YAML or JSON); default: the base VLM")
     ans.add_argument("--image", type=text, help="image file")
     ans.add_argument("--question", type=text, required=True)
@@ -231,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--json", action="store_true")
     sweep = sub.add_parser("sweep", help="score a grid of plans on an eval set (resumable, cached)")
     pair_args(sweep)
-    gram_args(sweep)
     sweep.add_argument("--grid", type=text, required=True, help="grid YAML (settings × methods × alphas)")
     sweep.add_argument("--eval-set", type=text, required=True, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
     sweep.add_argument("--out", type=text, required=True, help="folder for results.csv, results.json, heatmap.html")
@@ -257,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     pair_args(export)
     export.add_argument("--plan", type=text, required=True, help="plan file (YAML or JSON)")
     export.add_argument("--out", type=text, required=True, help="new folder for the checkpoint")
-    gram_args(export)
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     plan = sub.add_parser("plan", help="a plan file from a mergekit YAML configuration")

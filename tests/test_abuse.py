@@ -153,7 +153,7 @@ def test_alias_bombs_and_oversized_plans_are_refused_at_once(server, reference):
 def test_a_million_cell_grid_is_refused_from_its_axes(server, reference):
     client = server.client("10.1.0.2")
     axis = lambda prefix, value: "{" + ", ".join(f"{prefix}{i}: {value}" for i in range(100)) + "}"  # noqa: E731
-    grid = (f"settings: {axis('s', '[all]')}\nmethods: {axis('m', '{preset: constant}')}\n"
+    grid = (f"components: {axis('s', '[all]')}\ncurves: {axis('m', '{preset: constant}')}\n"
             f"alphas: [{', '.join(['0.5'] * 100)}]\n")
     assert len(grid) < 5000
     start = time.monotonic()
@@ -213,10 +213,10 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: plan: YAML aliases") and "\n" not in err
     grid = tmp_path / "grid.yaml"
-    grid.write_text("settings: {a: [all]}\nmethods: {m: {preset: constant}}\nalphas: [0.5]\nmax_new_tokens: [1]\n")
+    grid.write_text("components: {a: [all]}\ncurves: {m: {preset: constant}}\nalphas: [0.5]\nmax_new_tokens: [1]\n")
     assert main(["sweep", "--grid", str(grid), "--eval-set", "x.jsonl", "--out", str(tmp_path / "o")]) == 2
     assert "max_new_tokens: expected a whole number" in capsys.readouterr().err
-    cells, _ = parse_grid("settings: {a: [all]}\nmethods: {m: {preset: constant}}\nalphas: [0.5]\n")
+    cells, _ = parse_grid("components: {a: [all]}\ncurves: {m: {preset: constant}}\nalphas: [0.5]\n")
     assert len(cells) == 2  # a normal grid still parses
 
 

@@ -18,7 +18,7 @@ from merging.run.generate import GenerationSettings, answer, answer_batch
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.experiments.sweep import parse_grid, run_sweep, wilson_interval, write_results
 
-GRID = ("settings: {Setting 2: [self_attn]}\nmethods: {constant α: {preset: constant}}\n"
+GRID = ("components: {Setting 2: [self_attn]}\ncurves: {constant α: {preset: constant}}\n"
         "alphas: [0.4, 0.8]\nmax_new_tokens: 6\n")
 
 
@@ -117,7 +117,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'merg
 
 
 def test_ray_sweep_matches_single_process_and_requeues_a_killed_worker(toy_engine, toy_items, tmp_path):
-    from merging.experiments.distributed import PairSpec, run_sweep_ray
+    from merging.experiments.distributed import run_sweep_ray
+    from merging.run.stack import ModelSpec
     cells, settings = parse_grid(GRID)
     items = toy_items[:8]
     single = run_sweep(Answerer(toy_engine, default_donor="donor"), cells, items, settings)
@@ -130,7 +131,7 @@ def test_ray_sweep_matches_single_process_and_requeues_a_killed_worker(toy_engin
             ray.kill(ray.get_actor(name))
 
     try:
-        report = run_sweep_ray(PairSpec(str(TOY_VLM), str(TOY_LLM), dtype="float32"), cells, items, settings,
+        report = run_sweep_ray(ModelSpec(str(TOY_VLM), str(TOY_LLM), dtype="float32"), cells, items, settings,
                                AnswerCache(tmp_path / "cache"), workers=2, on_dispatch=kill_the_first_worker)
     finally:
         ray.shutdown()

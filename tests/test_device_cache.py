@@ -87,7 +87,7 @@ def test_feeder_caches_own_copies_and_reports_host_bytes():
 
 # -- CpuPool --------------------------------------------------------------------------------------
 def test_pool_chunked_lerp_and_copy_equal_whole_tensor_calls(monkeypatch):
-    monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(cpu_pool, "POOL_JOB_ELEMENTS", 1000)
     pool = CpuPool(workers=3)
     gen = torch.Generator().manual_seed(3)
     cases = []
@@ -105,7 +105,7 @@ def test_pool_chunked_lerp_and_copy_equal_whole_tensor_calls(monkeypatch):
 
 
 def test_pool_reraises_the_first_error_after_everything_ran(monkeypatch):
-    monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 10)
+    monkeypatch.setattr(cpu_pool, "POOL_JOB_ELEMENTS", 10)
     pool = CpuPool(workers=2)
     out = torch.zeros(100)
 
@@ -145,7 +145,7 @@ def _random_plans(rng: random.Random, num_layers: int, n: int) -> list[MergePlan
 
 @pytest.mark.parametrize("dirs", ["qwen_dirs", "qwen_bf16_dirs", "llava_dirs"])
 def test_same_weights_with_and_without_cache_staging_and_pool(request, dirs, monkeypatch):
-    monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 257)  # tiny tensors still get cut into chunks
+    monkeypatch.setattr(cpu_pool, "POOL_JOB_ELEMENTS", 257)  # tiny tensors still get cut into chunks
     vlm_dir, llm_dir = request.getfixturevalue(dirs)
     plain_pair, cached_pair = load_pair(vlm_dir, llm_dir), load_pair(vlm_dir, llm_dir)
     plain = MergeEngine(plain_pair, write_workers=1)
@@ -177,7 +177,7 @@ def test_default_engine_holds_no_extra_memory_on_the_cpu(qwen_dirs):
 
 
 def test_a_failing_pooled_write_is_recovered(qwen_bf16_dirs, monkeypatch):
-    monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 257)
+    monkeypatch.setattr(cpu_pool, "POOL_JOB_ELEMENTS", 257)
     pair = load_pair(*qwen_bf16_dirs)  # bf16: linear is one torch.lerp per chunk
     engine = MergeEngine(pair)
     before = lm_state(pair)

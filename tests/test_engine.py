@@ -241,7 +241,7 @@ def test_set_donor_refuses_another_architecture_and_changes_nothing(qwen_pair, l
     before, donor = lm_state(qwen_pair), qwen_pair.donor
     with pytest.raises(LayoutError):
         engine.set_donor(Checkpoint(llava_dirs[1]))
-    assert engine.plan == plan and qwen_pair.donor is donor
+    assert engine.plan == plan and engine.pair.donor is donor
     assert_same_weights(qwen_pair, before)
 
 
@@ -253,7 +253,7 @@ def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkey
     from merging.methods import linear
     from toy.tiny import build_llava_pair
     if path == "pool":
-        monkeypatch.setattr(cpu_pool, "CHUNK_ELEMENTS", 300)  # tensors are cut into chunks and batched
+        monkeypatch.setattr(cpu_pool, "POOL_JOB_ELEMENTS", 300)  # tensors are cut into chunks and batched
     else:
         monkeypatch.setattr(cpu_pool, "POOL_MIN_ELEMENTS", 2**62)  # nothing goes to the pool
     if path.endswith("every tensor"):

@@ -83,7 +83,7 @@ def test_method_in_plans_curves_sweeps_and_exports(triple, tmp_path, method):
             mergekit_yaml(plan, pair)
     engine.restore()
     # sweeps: a grid naming the method with its parameters
-    grid = {"settings": {"S": ["self_attn", "mlp"]}, "methods": {"M": {"preset": "loglinear", "start": 0.0}},
+    grid = {"components": {"S": ["self_attn", "mlp"]}, "curves": {"M": {"preset": "loglinear", "start": 0.0}},
             "alphas": [0.3, 0.8], "merge_method": method, "params": params_for(method)}
     cells, _ = parse_grid(yaml.safe_dump(grid))
     assert [c.plan.rules[0].method for c in cells[1:]] == [method, method]

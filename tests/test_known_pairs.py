@@ -3,8 +3,9 @@ and the memory estimate that runs before a load."""
 
 import pytest
 import torch
-from transformers import (Idefics3Config, LlamaConfig, LlavaConfig, Qwen2_5_VLConfig, Qwen2Config,
-                          Qwen2VLConfig)
+from transformers import (Gemma3Config, Gemma3TextConfig, Idefics3Config, InternVLConfig, LlamaConfig, LlavaConfig,
+                          LlavaOnevisionConfig, MistralConfig, Mistral3Config, MllamaConfig, Qwen2_5_VLConfig,
+                          Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig)
 
 from merging.errors import MergescopeError
 from merging.model.known_pairs import KNOWN_PAIRS, known_pair
@@ -31,8 +32,59 @@ LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                 num_key_value_heads=32)
 SMOL = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
             num_key_value_heads=32)
+QWEN3_8B = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+GEMMA3_27B = dict(vocab_size=262208, hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
+                  num_attention_heads=32, num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=168,
+                  sliding_window=1024)
+MISTRAL_SMALL = dict(vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+NEMO = dict(vocab_size=131072, hidden_size=5120, intermediate_size=14336, num_hidden_layers=40,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+PIXTRAL_VISION = dict(model_type="pixtral", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                      num_attention_heads=16, image_size=1540, patch_size=14)
+QWEN25_7B = qwen_text(152064, 3584, 18944, 28, 28, 4, False)
+QWEN2_7B = qwen_text(152064, 3584, 18944, 28, 28, 4, False)
+SIGLIP_400M = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                   num_attention_heads=16, image_size=384, patch_size=14)
+LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                  num_key_value_heads=8, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                          "original_max_position_embeddings": 8192})
+MLLAMA_VISION = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_global_layers=8,
+                     attention_heads=16, image_size=560, patch_size=14, max_num_tiles=4, vision_output_dim=7680)
 # (VLM config, donor config, layers, shared vocabulary rows or None) — the published models' dimensions
 CONFIGS = {
+    "qwen3-vl-8b": (Qwen3VLConfig(text_config=dict(QWEN3_8B, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                                               "mrope_section": [24, 20, 20],
+                                                                               "mrope_interleaved": True}),
+                                  vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
+                                                     out_hidden_size=4096, patch_size=16,
+                                                     deepstack_visual_indexes=[8, 16, 24]),
+                                  tie_word_embeddings=False),
+                    Qwen3Config(**QWEN3_8B), 36, None),
+    "gemma-3-27b": (Gemma3Config(text_config=GEMMA3_27B,
+                                 vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                                    num_attention_heads=16, image_size=896, patch_size=14)),
+                    Gemma3TextConfig(**GEMMA3_27B), 62, None),
+    "mistral-small-3.1": (Mistral3Config(text_config=dict(MISTRAL_SMALL, model_type="mistral", rope_theta=1e9),
+                                         vision_config=PIXTRAL_VISION),
+                          MistralConfig(**MISTRAL_SMALL, rope_theta=1e8), 40, None),
+    "pixtral-12b": (LlavaConfig(text_config=dict(NEMO, model_type="mistral", rope_theta=1e9),
+                                vision_config=dict(PIXTRAL_VISION, image_size=1024, patch_size=16)),
+                    MistralConfig(**NEMO, rope_theta=1e6), 40, None),
+    "internvl3-8b": (InternVLConfig(text_config=dict(QWEN25_7B, model_type="qwen2", vocab_size=151674),
+                                    vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                                       num_attention_heads=16, image_size=[448, 448],
+                                                       patch_size=[14, 14])),
+                     Qwen2Config(**QWEN25_7B), 28, 151674),
+    "llava-onevision-7b": (LlavaOnevisionConfig(text_config=dict(QWEN2_7B, model_type="qwen2", vocab_size=152128),
+                                                vision_config=SIGLIP_400M),
+                           Qwen2Config(**QWEN2_7B), 28, 152064),
+    "llama-3.2-11b-vision": (MllamaConfig(text_config=dict(LLAMA31_8B, num_hidden_layers=40,
+                                                           cross_attention_layers=[3, 8, 13, 18, 23, 28, 33, 38]),
+                                          vision_config=MLLAMA_VISION),
+                             LlamaConfig(**LLAMA31_8B, num_hidden_layers=32), 32, 128256),
     "qwen2.5-vl-7b": (*qwen25(qwen_text(152064, 3584, 18944, 28, 28, 4, False)), 28, None),
     "qwen2.5-vl-3b": (*qwen25(qwen_text(151936, 2048, 11008, 36, 16, 2, True)), 36, None),
     "qwen2.5-vl-72b": (*qwen25(qwen_text(152064, 8192, 29568, 80, 64, 8, False)), 80, None),
@@ -91,7 +143,10 @@ def test_known_pair_layout_on_meta(name):
     assert layout.num_layers == layers and not layout.unmatched
     decoder_params = sum(1 for _ in vlm.get_decoder().parameters())
     untied_head = vlm.get_output_embeddings().weight is not vlm.get_input_embeddings().weight
-    assert len(layout.slots) == decoder_params + untied_head
+    assert len(layout.slots) + len(layout.vlm_only) == decoder_params + untied_head
+    extra = getattr(vlm_config.get_text_config(), "cross_attention_layers", None) or []
+    assert layout.interleaved == extra and len(layout.layer_map) == layers  # Mllama: 40 VLM layers, 32 mapped
+    assert all(".cross_attn" not in s.name and "_gate" not in s.name for s in layout.slots)
     embed = next(s for s in layout.slots if s.role == "embed_tokens")
     assert embed.shared_rows == shared_rows
     if untied_head:
@@ -126,3 +181,22 @@ def test_models_resolve_to_the_toy_pair_unless_named():
     assert resolve_models("qwen2.5-vl-7b", None, None, None).eval_set is None
     with pytest.raises(MergescopeError, match="name both models"):
         resolve_models(None, "/v", None, None)
+
+
+@pytest.mark.parametrize("name, roles, head", [
+    ("qwen3-vl-8b", {"q_norm", "k_norm"}, "lm_head"),
+    ("gemma-3-27b", {"q_norm", "k_norm", "pre_feedforward_layernorm", "post_feedforward_layernorm"}, None),
+    ("llama-3.2-11b-vision", set(), "lm_head"),
+])
+def test_family_quirks_map_to_the_donor(name, roles, head):
+    """Qwen3's and Gemma 3's extra norms are slots of their own (Gemma's head is tied: no head slot);
+    Mllama's cross-attention q/k norms and gates are VLM-only."""
+    vlm_config, llm_config, _, _ = CONFIGS[name]
+    vlm, llm = meta_model(vlm_config), meta_model(llm_config)
+    layout = build_layout(vlm, MetaWeights(vlm, name), MetaWeights(llm, known_pair(name).llm))
+    assert roles <= set(layout.roles())
+    assert ("lm_head" in layout.roles()) == (head is not None)
+    q_norms = {s.group for s in layout.slots if s.role == "q_norm"}
+    assert q_norms <= {"self_attn"}
+    if name.startswith("llama"):
+        assert len(layout.vlm_only) == 8 * 13 and not {"q_norm", "cross_attn_attn_gate"} & set(layout.roles())

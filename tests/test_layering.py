@@ -85,7 +85,7 @@ def test_no_library_file_imports_the_package_root():
     assert offenders == []
 
 
-@pytest.mark.parametrize("folder", ["merging", "cache", "toy"])
+@pytest.mark.parametrize("folder", ["merging", "cache", "toy", "ui"])
 def test_no_imports_inside_functions(folder):
     inner = []
     for path in files(folder):
@@ -133,6 +133,6 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.parametrize("folders", [("merging", "cache")], ids=lambda f: "+".join(f))
+@pytest.mark.parametrize("folders", [("merging", "cache"), ("ui",)], ids=lambda f: "+".join(f))
 def test_no_import_cycles(folders):
     assert find_cycle(import_graph(*folders)) is None

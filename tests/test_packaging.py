@@ -4,7 +4,7 @@
   commands (the environment sees this machine's packages, so nothing is downloaded);
 - requirements.txt (the app's runtime) and pyproject.toml's dependencies pin the same packages;
 - the library (merging/, cache/) imports nothing from the toy world, the UI or the benchmarks; no
-  library file is over 400 lines and no function outside tests/ and ui/ over 80 lines.
+  library or UI file is over 400 lines and no function outside tests/ over 80 lines.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def test_the_library_never_imports_its_users(path):
 
 
 def test_library_files_and_functions_stay_small():
-    too_long_files = [f"{p.relative_to(ROOT)}: {n}" for p in _python_files("merging")
+    too_long_files = [f"{p.relative_to(ROOT)}: {n}" for p in _python_files("merging", "ui")
                       if (n := len(p.read_text().splitlines())) > 400]
     assert not too_long_files
     long_functions = []
-    for path in _python_files("merging", "cache", "toy", "benchmarks") + [ROOT / "app.py"]:
+    for path in _python_files("merging", "cache", "toy", "benchmarks", "ui") + [ROOT / "app.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "

@@ -161,10 +161,11 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'merg
 
 @pytest.mark.timeout(300)  # before the fix the sweep restarted the worker for ever
 def test_a_ray_worker_that_cannot_start_fails_the_sweep_with_its_reason(tmp_path, image_items):
-    from merging.experiments.distributed import PairSpec, run_sweep_ray
+    from merging.experiments.distributed import run_sweep_ray
+    from merging.run.stack import ModelSpec
     try:
         with pytest.raises(MergescopeError, match="a Ray worker could not start: .*nowhere"):
-            run_sweep_ray(PairSpec(str(tmp_path / "nowhere"), str(TOY_LLM), dtype="float32"),
+            run_sweep_ray(ModelSpec(str(tmp_path / "nowhere"), str(TOY_LLM), dtype="float32"),
                           [Cell("base VLM", "-", None, MergePlan())], image_items[:1],
                           GenerationSettings(max_new_tokens=2), AnswerCache(tmp_path / "cache"), workers=1)
     finally:

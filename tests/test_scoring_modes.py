@@ -211,7 +211,7 @@ def test_sweep_rows_report_both_scores_per_task_and_skill(tmp_path):
     items = load_eval_set(_mathvista_shard(tmp_path))
     assert items[1].precision == 1 and items[0].benchmark == "mathvista"
     assert ("task", "GPS") in items[0].groups and ("skill", "ALG") in items[0].groups
-    cells, _ = parse_grid("settings: {S: [all]}\nmethods: {M: {preset: constant}}\nalphas: [0.5]\n")
+    cells, _ = parse_grid("components: {S: [all]}\ncurves: {M: {preset: constant}}\nalphas: [0.5]\n")
     # an empty answer (official: the shortest option, 97, the gold) and a float at the item's precision
     row = cell_row(cells[0], items, {0: {"answer": "", "cached": False},
                                      1: {"answer": "d is 1.23 m", "cached": True}}, "donor")

@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from cache import AnswerCache
 from merging.__main__ import main
 from merging.run.answerer import Answerer
-from merging.experiments.distributed import PairSpec
+from merging.run.stack import ModelSpec
 from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
@@ -143,7 +143,7 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_items():
 
 def test_report_compares_with_the_base_and_the_grid_on_the_same_items(toy, items, tmp_path):
     grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text("settings: {S1: [all]}\nmethods: {constant: {preset: constant}}\nalphas: [0.3, 0.9]\n")
+    grid_file.write_text("components: {S1: [all]}\ncurves: {constant: {preset: constant}}\nalphas: [0.3, 0.9]\n")
     text = ONE_OBJECTIVE
     report = run_search(toy, text, parse_space(text), items, tmp_path / "g",
                         SearchOptions(trials=3, min_items=6, seed=3), "toy-48", grid=load_grid(grid_file)[0])
@@ -260,12 +260,12 @@ def test_two_ray_workers_give_the_trials_of_one_process(toy, items, tmp_path):
     text = ONE_OBJECTIVE
     options = SearchOptions(trials=4, seed=5, sampler="random", pruning=False)
     local = run_search(toy, text, parse_space(text), items, tmp_path / "local", options, "toy-48")
-    spec = PairSpec(str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), dtype="float32")
+    spec = ModelSpec(str(TOY_VLM), str(TOY_LLM), str(TOY_SEED), dtype="float32")
     try:
         evaluator = RayEvaluator(spec, "accuracy", 4, str(tmp_path / "worker-cache"), workers=2)  # computed afresh
         remote = run_search(toy, text, parse_space(text), items, tmp_path / "ray", options, "toy-48",
                             evaluator=evaluator)
-        bad = PairSpec(str(tmp_path / "no-such-vlm"), str(TOY_LLM), dtype="float32")
+        bad = ModelSpec(str(tmp_path / "no-such-vlm"), str(TOY_LLM), dtype="float32")
         with pytest.raises(MergescopeError, match="a Ray worker could not start: .*no-such-vlm") as info:
             RayEvaluator(bad, "accuracy", 4, str(tmp_path / "worker-cache"), workers=1)  # says why, never retries
         assert "\n" not in str(info.value)

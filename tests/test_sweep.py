@@ -12,6 +12,7 @@ from PIL import Image
 
 from cache import AnswerCache
 from merging.errors import MergescopeError
+from merging.experiments.sweep import parse_grid
 from merging.experiments.sweep import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +31,10 @@ def test_blog_grid_cells():
 
 def test_grid_template_must_leave_one_alpha_open(tmp_path):
     grid = tmp_path / "g.yaml"
-    grid.write_text("settings: {S: [mlp]}\nmethods: {M: {preset: linear}}\nalphas: [0.5]\n")
+    grid.write_text("components: {S: [mlp]}\ncurves: {M: {preset: linear}}\nalphas: [0.5]\n")
     with pytest.raises(MergescopeError, match="exactly one α parameter open"):
         load_grid(grid)
-    grid.write_text("settings: {S: [vision]}\nmethods: {M: {preset: constant}}\nalphas: [0.5]\n")
+    grid.write_text("components: {S: [vision]}\ncurves: {M: {preset: constant}}\nalphas: [0.5]\n")
     with pytest.raises(MergescopeError, match="unknown component"):
         load_grid(grid)
 
@@ -56,7 +57,7 @@ def _sweep_cmd(dirs, grid, eval_set, out):
 
 def test_sweep_writes_results_and_reuses_the_cache(qwen_dirs, eval_set, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("settings: {S2: [self_attn]}\nmethods: {M1: {preset: constant}}\nalphas: [0.3, 0.6]\n"
+    grid.write_text("components: {S2: [self_attn]}\ncurves: {M1: {preset: constant}}\nalphas: [0.3, 0.6]\n"
                     "max_new_tokens: 4\n")
     out = tmp_path / "out"
     first = subprocess.run(_sweep_cmd(qwen_dirs, grid, eval_set, out), capture_output=True, text=True, timeout=300)
@@ -75,7 +76,7 @@ def test_sweep_writes_results_and_reuses_the_cache(qwen_dirs, eval_set, tmp_path
 
 def test_sweep_killed_mid_run_resumes_without_recomputing(qwen_dirs, eval_set, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("settings: {S1: [all], S2: [self_attn]}\nmethods: {M2: {preset: linear, start: 0.0}}\n"
+    grid.write_text("components: {S1: [all], S2: [self_attn]}\ncurves: {M2: {preset: linear, start: 0.0}}\n"
                     "alphas: [0.2, 0.5, 0.8]\nmax_new_tokens: 4\n")
     total = (1 + 2 * 3) * 3
     out = tmp_path / "out"
@@ -104,7 +105,7 @@ def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
     from merging.experiments.sweep import parse_grid, run_sweep
     from toy.tiny import build_qwen_pair
     other = Checkpoint(build_qwen_pair(tmp_path / "other", seed=7)[1])
-    cells, settings = parse_grid("settings: {S1: [all]}\nmethods: {M1: {preset: constant}}\nalphas: [0.8]\n"
+    cells, settings = parse_grid("components: {S1: [all]}\ncurves: {M1: {preset: constant}}\nalphas: [0.8]\n"
                                  "max_new_tokens: 6\n")
     items = load_eval_set(eval_set)
     answerer = Answerer(MergeEngine(load_pair(*qwen_dirs)), AnswerCache(tmp_path / "cache"), donors={"other": other})
@@ -115,3 +116,13 @@ def test_sweep_merges_with_the_donor_it_is_given(qwen_dirs, eval_set, tmp_path):
         [a["answer"] for a in next(r for r in alone if r["setting"] == "S1")["answers"]]
     assert all(e["config"]["models"]["donor"] == other.fingerprint()
                for e in answerer.cache.entries() if e["config"]["plan"]["rules"])
+
+
+def test_the_old_grid_keys_still_work_with_a_deprecation_message():
+    new, _ = parse_grid("components: {S1: [all]}\ncurves: {M1: {preset: constant}}\nalphas: [0.8]\n")
+    with pytest.warns(FutureWarning, match="'settings' is now 'components'"):
+        old, _ = parse_grid("settings: {S1: [all]}\nmethods: {M1: {preset: constant}}\nalphas: [0.8]\n")
+    assert [c.plan for c in old] == [c.plan for c in new]
+    with pytest.raises(MergescopeError, match="not both"):
+        parse_grid("settings: {S1: [all]}\ncomponents: {S1: [all]}\ncurves: {M1: {preset: constant}}\n"
+                   "alphas: [0.8]\n")

@@ -406,7 +406,7 @@ def test_stop_leaves_a_partial_sweep(page, server):
     from ui import sweep_tab
     explorer = server[1]
     page.get_by_role("tab", name="Sweep").click()
-    grid = ("settings:\n  Setting 1: [all]\nmethods:\n  linear ramp: {preset: linear, start: 0.0}\n"
+    grid = ("components:\n  Setting 1: [all]\ncurves:\n  linear ramp: {preset: linear, start: 0.0}\n"
             "alphas: [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]\nmax_new_tokens: 4\n")
     cells, settings = parse_grid(grid)
     items = explorer.eval_items[:16]

@@ -1,16 +1,22 @@
 """The UI's handlers called directly, without a browser or a model: a fake explorer stands in."""
 
 import inspect
-import sys
+import math
 import types
+from dataclasses import replace
 
 import gradio as gr
 import pytest
+import torch
 
+from merging.errors import PlanError
 from merging.plan.merge_plan import MergePlan
-from ui import compare_tab, export_tab, probe_panel, sweep_tab
+from merging.run.answerer import SCAN_ALPHAS
+from merging.run.probe import summarize
+from ui import asking, compare_tab, export_tab, group_curves, probe_panel, sweep_tab
 from ui.explorer import bind
-from ui.plan_panel import PARAM_DEFS, table_of
+from ui.panel import PANEL_CONTROLS, PARAM_DEFS, Panel, plan_of, with_panel
+from ui.plan_panel import table_of
 
 L = 8
 
@@ -33,11 +39,15 @@ class FakeAnswerer:
 
     def distribution(self, plan, question, image=None, top_k=10, gold=None, donor=None):
         p = 0.9 if not plan.rules else 0.5
+        log_probs = torch.tensor([p, 1 - p]).log()  # a two-token vocabulary: "red", "blue"
         return {"tokens": [["red", p], ["blue", 1 - p]], "p_gold": p if gold == "red" else None,
-                "summary": {"p": p}, "cached": False}
+                "summary": summarize(log_probs), "cached": False}
 
-    def alpha_scan(self, plan, question, image=None, alphas=(), gold=None, donor=None, **_):
+    def alpha_scan(self, plan, question, image=None, alphas=(), gold=None, donor=None,
+                   should_stop=lambda: False, **_):
         for a in alphas:
+            if should_stop():  # as Answerer.alpha_scan: asked before each point
+                return
             yield {"alpha": a, "answer": "red" if a < 0.5 else "blue", "p_top": 1 - a / 2,
                    "p_gold": 1 - a if gold else None, "kl_to_base": a, "cached": False}
 
@@ -59,14 +69,12 @@ class FakeExplorer:
         pass
 
 
-PARAMS = [p.default for p in PARAM_DEFS]
-PLAN = (["q_proj"], [0.5] * L, "linear", None, *PARAMS)  # components, curve, method, groups (linked), params
+PARAMS = {p.name: p.default for p in PARAM_DEFS}
+PANEL = Panel(["q_proj"], [0.5] * L, "linear", None, PARAMS)  # the linked curve
 
 
-def compare(explorer, img=None, q="What colour is it?", text_only=True, pinned=""):
-    comps, alphas, method, *params = PLAN
-    return list(compare_tab.on_compare(explorer, None, img, q, text_only, 8, pinned, "shared", comps, alphas,
-                                       method, *params))
+def compare(explorer, img=None, q="What colour is it?", text_only=True, pinned="", panel=PANEL):
+    return list(compare_tab.on_compare(explorer, None, img, q, text_only, 8, pinned, "shared", panel))
 
 
 def test_compare_streams_base_then_merged_then_a_diff():
@@ -123,36 +131,41 @@ def test_preset_with_bad_anchors_is_one_line():
     assert curve == [0.6] * L and "Applied constant" in status
 
 
-def test_distributions_fill_the_bars_and_kl(monkeypatch):
-    probe = types.ModuleType("merging.run.probe")
-    probe.kl_divergence = lambda base, merged: abs(base["p"] - merged["p"])
-    monkeypatch.setitem(sys.modules, "merging.run.probe", probe)
-    comps, alphas, method, *params = PLAN
+def test_distributions_fill_the_bars_and_kl():
     base, merged, b, kl = compare_tab.on_distributions(FakeExplorer(), None, None, "What colour is it?", True, "",
-                                                       "shared", comps, alphas, method, *params)
+                                                       "shared", PANEL)
     assert base.data[0].x[-1] == pytest.approx(0.9) and merged.data[0].x[-1] == pytest.approx(0.5)
     assert b["visible"] is False  # no plan B pinned
-    assert "0.400 nats" in kl
-
-
-def test_distributions_without_the_probe_say_so():
-    explorer = FakeExplorer()
-    explorer.answerer = types.SimpleNamespace()  # an answerer without .distribution
-    assert "merging.run.probe" in compare_tab.on_distributions(explorer, None, None, "q?", True, "", "shared",
-                                                           *PLAN)[-1]
+    kl_nats = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # KL(base ‖ merged) over {red, blue}
+    assert f"{kl_nats:.3f} nats" in kl
 
 
 def test_gold_comes_from_the_example():
-    assert compare_tab.gold_for(FakeExplorer(), " What colour is it? ") == "red"
-    assert compare_tab.gold_for(FakeExplorer(), "Something typed in?") is None
+    assert asking.gold_for(FakeExplorer(), " What colour is it? ") == "red"
+    assert asking.gold_for(FakeExplorer(), "Something typed in?") is None
 
 
 def test_export_is_off_without_a_folder():
-    assert "export is off" in export_tab.on_export(FakeExplorer(), "plan", "shared", *PLAN)[1]
+    assert "export is off" in export_tab.on_export(FakeExplorer(), "plan", "shared", PANEL)[1]
+
+
+def test_with_panel_folds_the_controls_into_one_panel():
+    """What Gradio sends (one value per control, PANEL_CONTROLS order) reaches the handler as a Panel,
+    and Gradio sees one named parameter per control (the API's positional arguments)."""
+    bound = bind(with_panel(compare_tab.on_compare), FakeExplorer())
+    names = list(inspect.signature(bound).parameters)
+    assert names == ["request", "img", "q", "text_only_q", "tokens", "pinned", "donor_name", *PANEL_CONTROLS]
+    explorer = FakeExplorer()
+    steps = list(bind(with_panel(compare_tab.on_compare), explorer)(
+        None, None, "What colour is it?", True, 8, "", "shared", ["q_proj"], [0.5] * L, "linear", None,
+        *PARAMS.values()))
+    assert steps[-2][2] == "merged" and explorer.answerer.asked[1][0].hash() == plan_of(PANEL).hash()
+    assert with_panel(compare_tab.on_plan_inputs)(["q_proj"], [0.5] * L, "linear", None, *PARAMS.values()) \
+        == plan_of(PANEL).to_yaml()
 
 
 def test_sweep_refuses_a_bad_grid_in_one_line():
-    (status, *_), = list(sweep_tab.on_sweep(FakeExplorer(), "settings: [", "", 1, "shared", progress=None))
+    (status, *_), = list(sweep_tab.on_sweep(FakeExplorer(), "components: [", "", 1, "shared", progress=None))
     assert status.startswith("⚠️") and "\n" not in status
 
 
@@ -165,12 +178,10 @@ def test_bind_keeps_name_signature_and_generators():
 
 
 def test_the_scan_fills_in_eleven_points_as_it_goes():
-    comps, alphas, method, *params = PLAN
-    steps = list(probe_panel.on_scan(FakeExplorer(), None, None, "What colour is it?", True, "shared", comps,
-                                     alphas, method, *params))
+    steps = list(probe_panel.on_scan(FakeExplorer(), None, None, "What colour is it?", True, "shared", PANEL))
     assert len(steps) == 11 and steps[-1][1] == "α scan: 11/11 points"
     fig = steps[-1][0]
-    assert list(fig.data[0].x) == probe_panel.SCAN_ALPHAS and fig.data[1].name == "p(gold)"
+    assert list(fig.data[0].x) == list(SCAN_ALPHAS) and fig.data[1].name == "p(gold)"
     assert fig.data[0].text[0] == "red" and fig.data[0].text[-1] == "blue"  # answers along the line
 
 
@@ -214,29 +225,21 @@ def test_inspect_names_the_donor_and_redraws_only_once_drawn():
     assert inspect_tab.on_donor_switch(explorer, "no seed", {"plot": 1})[0].layout.title.text.startswith("no seed")
 
 
-def test_separate_curves_make_one_rule_per_group(monkeypatch):
-    probe = types.ModuleType("merging.run.probe")
-    seen = {}
-
-    def group_plan(groups, method="linear", params=None):
-        seen.update(groups=groups, method=method)
-        return MergePlan.from_dict({"rules": [{"components": [{"Attention": "self_attn", "MLP": "mlp"}[g]],
-                                               "method": method, "curve": c} for g, c in groups.items()]})
-    probe.group_plan = group_plan
-    monkeypatch.setitem(sys.modules, "merging.run.probe", probe)
-    groups = compare_tab.on_groups(True, ["Attention", "MLP"], [0.1] * L, [0.9] * L, [0.0] * L, [0.0] * L)
+def test_separate_curves_make_one_rule_per_group():
+    groups = group_curves.on_groups(True, ["Attention", "MLP"], [0.1] * L, [0.9] * L, [0.0] * L, [0.0] * L)
     assert set(groups) == {"Attention", "MLP"}
-    assert compare_tab.on_groups(False, ["Attention"], *[[0.1] * L] * 4) is None  # linked: one curve
-    comps, alphas, method, _, *params = PLAN
+    assert group_curves.on_groups(False, ["Attention"], *[[0.1] * L] * 4) is None  # linked: one curve
     steps = compare(FakeExplorer())  # linked
+    assert steps[-2][2] == "merged" and len(plan_of(PANEL).rules) == 1
     explorer = FakeExplorer()
-    list(compare_tab.on_compare(explorer, None, None, "What colour is it?", True, 8, "", "shared", comps, alphas,
-                                method, groups, *params))
+    compare(explorer, panel=replace(PANEL, groups=groups))
     merged_plan = explorer.answerer.asked[1][0]
-    assert len(merged_plan.rules) == 2 and seen["groups"]["MLP"]["values"] == [0.9] * L
-    assert steps[-2][2] == "merged"
-    with pytest.raises(Exception, match="groups must be among"):
-        compare_tab.plan_of(comps, alphas, method, {"Everything": [0.1] * L}, *params)
+    assert [(r.components, r.curve["values"]) for r in merged_plan.rules] == [(("self_attn",), [0.1] * L),
+                                                                               (("mlp",), [0.9] * L)]
+    with pytest.raises(PlanError, match="groups must be among"):
+        plan_of(replace(PANEL, groups={"Everything": [0.1] * L}))
+    with pytest.raises(PlanError, match="list of numbers"):
+        plan_of(replace(PANEL, groups={"MLP": "0.1"}))
 
 
 def test_a_lesson_sets_donor_components_curve_question_and_plan_b():
@@ -295,3 +298,30 @@ def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeyp
     assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]
     assert categories["colour"][0] == "50 % (15–85)"
     assert not sweep_tab.STOPS  # nothing left behind
+
+
+def test_history_filters_before_it_limits(tmp_path, monkeypatch):
+    """A sweep's answers (more than History's row limit) never push out an answer asked from Compare."""
+    from cache import AnswerCache
+    from ui import history_tab
+    store = AnswerCache(tmp_path / "cache")
+    asked = {"kind": "answer", "question": "What colour?", "plan": {"rules": []}}
+    store.put(asked, {"answer": "red", "batched": False})
+    for i in range(12):  # a sweep's answers, stored after it: newer
+        store.put({"kind": "answer", "question": f"item {i}", "plan": {"rules": []}}, {"answer": "x", "batched": True})
+    monkeypatch.setattr(history_tab, "HISTORY_LIMIT", 5)
+    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False)
+    table, configs = history_tab.on_refresh(explorer)
+    assert list(table["question"]) == ["What colour?"] and configs == [asked]
+    assert len(store.entries(limit=5)) == 5 and len(store.entries(limit=5, keep=history_tab.listed)) == 1
+
+
+def test_stop_scan_ends_the_scan_before_the_next_point():
+    request = types.SimpleNamespace(session_hash="scan-1")
+    steps = []
+    for step in probe_panel.on_scan(FakeExplorer(), request, None, "What colour is it?", True, "shared", PANEL):
+        steps.append(step)
+        if len(steps) == 2:  # Stop scan pressed while the second point shows
+            assert probe_panel.STOPS.stop(request).startswith("Stopping")
+    assert steps[-1][1] == "α scan stopped at 2/11 points" and len(steps) == 3
+    assert not probe_panel.STOPS and probe_panel.STOPS.stop(request) == ""  # nothing left behind

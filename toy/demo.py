@@ -14,12 +14,11 @@ import argparse
 import torch
 from transformers.utils import logging as hf_logging
 
-from merging.engine.merge_engine import MergeEngine
 from merging.evals.eval_sets import load_eval_set
-from merging.run.generate import GenerationSettings, answer
 from merging.model.known_pairs import known_pair
-from merging.model.pair import load_pair
 from merging.plan.merge_plan import MergePlan
+from merging.run.generate import GenerationSettings
+from merging.run.stack import ModelSpec, build_stack
 from . import world
 
 PLANS = {
@@ -38,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
     known = known_pair(args.pair)
-    pair = load_pair(known.vlm, known.llm)
-    engine = MergeEngine(pair)
+    stack = build_stack(ModelSpec(str(known.vlm), str(known.llm)))
+    pair, answerer = stack.pair, stack.answerer
     items = load_eval_set(known.eval_set)
     questions = [next(it for it in items if world.kind_of(it.id) == kind) for kind in world.KINDS]
     params = dict(pair.vlm.named_parameters())
@@ -49,15 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     columns = {"base VLM": MergePlan(), **{name: MergePlan.from_dict({"rules": [rule]}) for name, rule in PLANS.items()}}
     answers: dict[str, list[str]] = {}
     for name, plan in columns.items():
-        report = engine.apply(plan)
-        answers[name] = [answer(pair, it.question, it.image(), SETTINGS) for it in questions]
+        report = answerer.run(lambda engine: engine.apply(plan))
+        answers[name] = [answerer.ask(plan, it.question, it.image(), SETTINGS)["answer"] for it in questions]
         print(f"[{len(answers)}] {name}: {len(report.written)} tensors written, {len(report.restored)} restored "
               f"in {report.seconds * 1000:.1f} ms")
     print(f"\n{'question':<62} {'truth':<12}" + "".join(f"[{i}]".ljust(13) for i in range(1, len(columns) + 1)))
     for row, it in enumerate(questions):
         shown = ("🖼 " if it.image_path else "") + it.question
         print(f"{shown[:61]:<62} {it.answer:<12}" + "".join(f"{answers[n][row][:12]:<13}" for n in columns))
-    engine.restore()
+    answerer.run(lambda engine: engine.restore())
     exact = all(torch.equal(params[n], t) for n, t in original.items())
     print(f"\nrestored to the base VLM: bit-exact = {exact}")
 

@@ -35,10 +35,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import (AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+from transformers import (
+    AutoTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.utils import logging as hf_logging
 
 from . import world
+from .evaluate_toy import accuracy_table
 from .tiny import SHARED_TEXT_KEYS, DecoderShape, _mrope_section
 from .tokenizer import build_tokenizer
 
@@ -331,7 +341,6 @@ def train_all(out: str | Path, recipe: Recipe = Recipe(), dtype: torch.dtype = t
 
     log["total_seconds"] = round(time.perf_counter() - t0, 1)
     if quick_eval:
-        from .evaluate_toy import accuracy_table
         log["quick_eval"] = {name: accuracy_table(model, processor, quick_eval) if name == "vlm" else
                              accuracy_table(model, tokenizer, quick_eval, kinds=world.TEXT)
                              for name, model in models.items()}
@@ -365,7 +374,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="override recipe fields (numbers only), e.g. vlm_steps=600")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     recipe = Recipe()

@@ -8,6 +8,7 @@ from merging.run.generate import GenerationSettings
 
 from .api_args import endpoint, int_arg, plan_arg, question_arg
 from .explorer import GPU, Explorer, bind
+from .probe_panel import register_probe_api
 
 
 @endpoint
@@ -24,6 +25,5 @@ def api_answer(explorer: Explorer, plan_yaml_text: str | dict, question_text: st
 
 
 def register_api(explorer: Explorer) -> None:
-    from .probe_panel import register_probe_api
     gr.api(bind(api_answer, explorer), api_name="answer", **GPU)
     register_probe_api(explorer)

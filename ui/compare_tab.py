@@ -6,24 +6,29 @@ explorer explicitly and plain values, so tests call them without a browser."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import gradio as gr
 
-from merging.plan import curves
 from merging.errors import MergescopeError
-from merging.run.generate import GenerationSettings, check_question
-from merging.model.layout import ATTENTION_ROLES, MLP_ROLES, NORM_ROLES
-from merging.io.images import read_image
-from merging.limits import as_text, bounded_int, check_size
+from merging.limits import bounded_int, check_size
 from merging.methods import REGISTRY
+from merging.plan import curves
 from merging.plan.merge_plan import MergePlan
+from merging.run.generate import GenerationSettings
+from merging.run.probe import kl_divergence
 
+from .asking import compare_inputs, gold_for
 from .curve_editor import curve_editor
+from .examples import build_examples
 from .explorer import CHEAP, GPU, Explorer, bind
+from .figures import probability_figure
+from .group_curves import build_group_curves, wire_group_curves
 from .guard import uploaded_image
-from .plan_panel import GROUPS, PARAM_DEFS, badge, plan_of, parse_table, table_of, token_diff
+from .lessons import build_lessons, on_lesson
+from .panel import PARAM_DEFS, Panel, attention_roles, component_choices, plan_of, with_panel
+from .plan_panel import badge, parse_table, table_of, token_diff
+from .probe_panel import build_scan_panel
 
-COMPONENT_GROUPS = [("Attention", ATTENTION_ROLES), ("MLP", MLP_ROLES), ("Norms", NORM_ROLES),
-                    ("Embeddings", ("embed_tokens",)), ("Final norm", ("norm",)), ("LM head", ("lm_head",))]
 DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
 STALE = "stale — plan changed"
 ANSWER_LABELS = {"base": "Base VLM", "merged": "Merged (current plan)", "pinned": "Plan B (pinned)"}
@@ -55,24 +60,14 @@ class CompareTab:
     method_formula: gr.Markdown
     groups: gr.State  # separate curves: {group: α per layer}, or None while the curve is linked
     separate: gr.Checkbox | None = None        # the separate-curves switch, its group ticks and one editor
-    group_ticks: gr.CheckboxGroup | None = None  # per group (GROUPS order): what Search's "Open in Compare" sets
+    group_ticks: gr.CheckboxGroup | None = None  # per group (CURVE_GROUPS order): what Search's "Open in Compare" sets
     group_curves: tuple = ()
 
     @property
     def plan_inputs(self) -> list:
-        """components, curve, method, groups, then one box per PARAM_DEFS: what `plan_of` is built from
-        (the groups are a State: the API's positional arguments stay as they were)."""
+        """The panel's controls in PANEL_CONTROLS order: what a `with_panel` handler's `panel` is folded
+        from (the groups are a State: the API's positional arguments stay as they were)."""
         return [self.components, self.curve, self.method, self.groups, *self.param_boxes]
-
-
-def component_choices(explorer: Explorer) -> list[tuple[str, str]]:
-    roles = set(explorer.engine.pair.layout.roles())
-    return [(f"{group} · {role}", role) for group, names in COMPONENT_GROUPS for role in names if role in roles]
-
-
-def attention_roles(explorer: Explorer) -> list[str]:
-    roles = set(explorer.engine.pair.layout.roles())
-    return [r for r in ATTENTION_ROLES if r in roles]
 
 
 # -- cheap handlers: the merge panel -------------------------------------------------------------
@@ -138,17 +133,17 @@ def on_table(explorer: Explorer, frame):
     return alphas, gr.update(elem_classes=[]), gr.update(interactive=True, value="Compare"), ""
 
 
-def on_plan_inputs(comps, alphas, method_name, *param_values):
+def on_plan_inputs(panel: Panel):
     """The plan's YAML (or the reason there is none) for the accordion."""
     try:
-        return plan_of(comps, alphas, method_name, *param_values).to_yaml()
+        return plan_of(panel).to_yaml()
     except MergescopeError as exc:
         return f"# {exc}"
 
 
-def on_pin(comps, alphas, method_name, *param_values):
+def on_pin(panel: Panel):
     try:
-        plan = plan_of(comps, alphas, method_name, *param_values)
+        plan = plan_of(panel)
     except MergescopeError as exc:
         return gr.update(), gr.update(), f"⚠️ {exc}"
     return plan.to_yaml(), gr.update(visible=True), f"Pinned plan `{plan.hash()}` as plan B."
@@ -180,28 +175,12 @@ def fresh(name: str, value: str) -> dict:
 
 # -- model handlers ------------------------------------------------------------------------------
 
-def compare_inputs(explorer: Explorer, request, img, q, text_only_q, pinned, comps, alphas, method_name,
-                   param_values) -> tuple:
-    """(question, image, plan, plan B) checked; MergescopeError (one line) for what cannot be asked."""
-    explorer.admit(request)
-    q = check_question(as_text(q, "the question"))
-    if img is None and not text_only_q:
-        raise MergescopeError("this question needs an image: pick an example or upload one, "
-                              "or tick 'Text-only question'")
-    plan = plan_of(comps, alphas, method_name, *param_values)
-    plan_b = MergePlan.from_text(pinned) if pinned else None
-    return q, None if text_only_q else read_image(img), plan, plan_b
-
-
-# `request` first: Gradio injects it only among positional parameters, never after *param_values
-# (as a keyword it stayed None, and every visitor shared one rate limit)
-def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name, comps,
-               alphas, method_name, *param_values):
+def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name,
+               panel: Panel):
     """Streams (status, base, merged, plan B, their three badges, diff) as the answers grow."""
     keep = gr.update()
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, comps, alphas,
-                                              method_name, param_values)
+        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel)
         settings = GenerationSettings(max_new_tokens=bounded_int(tokens, "max new tokens", 1,
                                                                  explorer.max_new_tokens))
     except MergescopeError as exc:
@@ -225,36 +204,20 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
     yield ("", *[keep] * 6, token_diff(answers["base"], answers["merged"]))
 
 
-def gold_for(explorer: Explorer, question: str) -> str | None:
-    """The gold answer of the eval example whose question this is (None for a question typed in)."""
-    q = str(question or "").strip()
-    return next((item.answer for item in explorer.eval_items if item.question.strip() == q), None)
-
-
-def has_probe(explorer: Explorer) -> bool:
-    """Whether the answerer can give next-token distributions (merging.run.probe's Answerer.distribution)."""
-    return callable(getattr(explorer.answerer, "distribution", None))
-
-
 def distributions(explorer: Explorer, plans: dict, q: str, img, donor_name, top_k: int = 10) -> tuple[dict, float]:
     """{name: distribution} for each plan, and KL(base ‖ merged) in nats."""
-    from merging.run.probe import kl_divergence
     gold = gold_for(explorer, q)
     out = {name: explorer.answerer.distribution(plan, q, img, top_k=top_k, gold=gold, donor=donor_name)
            for name, plan in plans.items()}
     return out, kl_divergence(out["base"]["summary"], out["merged"]["summary"])
 
 
-def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_q, pinned, donor_name, comps,
-                     alphas, method_name, *param_values):
+def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_q, pinned, donor_name,
+                     panel: Panel):
     """After Compare: the next-token bars of base, merged and plan B, and KL(base ‖ merged)."""
-    from .figures import probability_figure
     keep = gr.update()
-    if not has_probe(explorer):
-        return keep, keep, keep, "KL needs `merging.run.probe`"
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, comps, alphas,
-                                              method_name, param_values)
+        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel)
         plans = {"base": MergePlan(), "merged": plan, **({"pinned": plan_b} if plan_b is not None else {})}
         dists, kl = distributions(explorer, plans, q, img, donor_name)
     except MergescopeError:
@@ -298,7 +261,7 @@ def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
         c["apply_preset"] = gr.Button("Apply preset", elem_id="apply-preset")
         c["pin"] = gr.Button("Pin as plan B", elem_id="pin")
         c["unpin"] = gr.Button("Unpin plan B", elem_id="unpin")
-    _separate_curves(explorer, c, start_alphas)
+    c.update(build_group_curves(L, start_alphas))
     with gr.Accordion("Exact values and plan YAML", open=False, elem_id="exact-values"):
         c["table"] = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
                                   elem_id="alpha-table", row_count=L)
@@ -319,24 +282,21 @@ def _ask_column(explorer: Explorer) -> dict:
     with gr.Row(equal_height=True):
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         c["status"] = gr.Markdown("", elem_id="status")
-    probe = has_probe(explorer)
     with gr.Row(elem_classes=["one-column-narrow"], elem_id="answers"):
-        c["cards"] = {"base": _answer_card("base", "base", probe=probe),
-                      "merged": _answer_card("merged", "merged", probe=probe),
-                      "pinned": _answer_card("pinned", "pinned", visible=False, probe=probe)}
-    c["kl"] = gr.Markdown("", elem_id="kl", visible=probe)
+        c["cards"] = {"base": _answer_card("base", "base"), "merged": _answer_card("merged", "merged"),
+                      "pinned": _answer_card("pinned", "pinned", visible=False)}
+    c["kl"] = gr.Markdown("", elem_id="kl")
     c["diff"] = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
                                    color_map={"-": "red", "+": "green"})
     return c
 
 
-def _answer_card(name: str, elem: str, visible: bool = True, probe: bool = True) -> dict:
+def _answer_card(name: str, elem: str, visible: bool = True) -> dict:
     with gr.Column(min_width=200, visible=visible) as column:
         box = gr.Textbox(label=ANSWER_LABELS[name], elem_id=f"answer-{elem}", interactive=False,
                          elem_classes=["answer"], lines=2)
         meta = gr.Markdown("", elem_id=f"meta-{elem}")
-        probs = gr.Plot(label="next token", elem_id=f"probs-{ {'pinned': 'b'}.get(name, name) }", show_label=False,
-                        visible=probe)
+        probs = gr.Plot(label="next token", elem_id=f"probs-{ {'pinned': 'b'}.get(name, name) }", show_label=False)
     return {"column": column, "box": box, "meta": meta, "probs": probs}
 
 
@@ -346,7 +306,6 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     start_alphas = curves.layer_alphas({"preset": "loglinear", "start": 0.05, "end": 0.4}, L)
     pinned_plan = gr.State("")
     gr.HTML(f"<style>{CSS}</style>", padding=False)  # Gradio 6 takes page CSS only at launch()
-    from .lessons import build_lessons
     lesson, lesson_text = build_lessons(explorer)
     with gr.Row(elem_classes=["one-column-narrow"]):
         with gr.Column(scale=5, min_width=320):
@@ -354,71 +313,18 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
         with gr.Column(scale=5, min_width=320):
             a = _ask_column(explorer)
     if explorer.eval_items:
-        from .examples import build_examples
         build_examples(explorer.eval_items, a["image"], a["question"], a["text_only"])
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
                      gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]))
-    from .probe_panel import build_scan_panel
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)
-    _wire_groups(explorer, tab, m, [m["plan_yaml"], cards["merged"]["box"], cards["pinned"]["box"]])
-    from .lessons import on_lesson
     lesson.input(bind(on_lesson, explorer), lesson,
                  [tab.donor, tab.components, tab.method, m["separate"], tab.curve, tab.question, tab.image,
                   tab.text_only, pinned_plan, cards["pinned"]["column"], lesson_text], **CHEAP)
     _wire_compare(explorer, tab, a, cards, kl, diff)
     return tab
-
-
-def _separate_curves(explorer: Explorer, c: dict, start_alphas: list[float]) -> None:
-    """One editor per ticked group, hidden while the curve is linked (needs merging.run.probe.group_plan)."""
-    c["separate"] = gr.Checkbox(False, label="Separate curves per group (Attention, MLP, Norms, Embeddings/Head)",
-                                elem_id="separate-curves", visible=has_group_plan())
-    with gr.Column(visible=False) as c["group_column"]:
-        c["group_ticks"] = gr.CheckboxGroup(list(GROUPS), value=list(GROUPS), label="Groups to merge",
-                                            elem_id="curve-groups")
-        c["group_curves"], c["group_apply"] = [], []
-        for group in GROUPS:
-            slug = group.split("/")[0].lower()
-            with gr.Row(equal_height=True):
-                gr.Markdown(f"**{group}**")
-                c["group_apply"].append(gr.Button("Apply the preset here", size="sm", elem_id=f"apply-{slug}"))
-            c["group_curves"].append(curve_editor(explorer.num_layers, start_alphas, elem_id=f"curve-{slug}"))
-
-
-def has_group_plan() -> bool:
-    try:
-        from merging.run.probe import group_plan  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def on_groups(separate, ticked, *group_alphas):
-    """The groups State: {group: α per layer} for the ticked groups, or None while linked."""
-    if not separate:
-        return None
-    return {g: a for g, a in zip(GROUPS, group_alphas) if g in (ticked or [])}
-
-
-def on_separate(separate):
-    """Show the group editors and hide the linked one (and its component ticks), or the reverse."""
-    return gr.update(visible=bool(separate)), gr.update(visible=not separate), gr.update(visible=not separate)
-
-
-def _wire_groups(explorer: Explorer, tab: CompareTab, m: dict, outputs: list) -> None:
-    yaml_box, merged, pinned = outputs
-    m["separate"].change(on_separate, m["separate"], [m["group_column"], tab.curve, tab.components], **CHEAP)
-    inputs = [m["separate"], m["group_ticks"], *m["group_curves"]]
-    for trigger in (m["separate"].change, m["group_ticks"].change, *(c.change for c in m["group_curves"])):
-        trigger(on_groups, inputs, tab.groups, **CHEAP).then(
-            on_plan_inputs, tab.plan_inputs, yaml_box, **CHEAP).then(mark_stale, [merged, pinned], [merged, pinned],
-                                                                       **CHEAP)
-    for editor, button in zip(m["group_curves"], m["group_apply"]):
-        button.click(bind(on_preset_apply, explorer), [m["preset"], *m["preset_fields"]], [editor, tab.status],
-                     **CHEAP)
 
 
 def _wire_panel(explorer: Explorer, tab: CompareTab, m: dict, a: dict, cards: dict) -> None:
@@ -428,18 +334,20 @@ def _wire_panel(explorer: Explorer, tab: CompareTab, m: dict, a: dict, cards: di
     tab.method.change(bind(on_method, explorer), [tab.method, tab.donor], [m["method_formula"], *tab.param_boxes],
                       **CHEAP)
     m["preset"].change(lambda n: curves.PRESETS[n].formula, m["preset"], m["preset_formula"], **CHEAP)
-    m["apply_preset"].click(bind(on_preset_apply, explorer), [m["preset"], *m["preset_fields"]],
-                            [tab.curve, status], **CHEAP)
+    apply_preset, preset_inputs = bind(on_preset_apply, explorer), [m["preset"], *m["preset_fields"]]
+    m["apply_preset"].click(apply_preset, preset_inputs, [tab.curve, status], **CHEAP)
     tab.curve.change(bind(show_curve, explorer), tab.curve, [tab.table, compare], **CHEAP)
     tab.table.input(bind(on_table, explorer), tab.table, [tab.curve, tab.table, compare, status], **CHEAP)
-    plan_changes = (tab.components.change, tab.curve.change, tab.method.change,
-                    *(b.change for b in tab.param_boxes))
     answers = [cards["merged"]["box"], cards["pinned"]["box"]]
-    for trigger in plan_changes:
-        trigger(on_plan_inputs, tab.plan_inputs, m["plan_yaml"], **CHEAP)
+    yaml_of = with_panel(on_plan_inputs)
+    for trigger in (tab.components.change, tab.curve.change, tab.method.change, *(b.change for b in tab.param_boxes)):
+        trigger(yaml_of, tab.plan_inputs, m["plan_yaml"], **CHEAP)
         trigger(mark_stale, answers, answers, **CHEAP)
+    for event in wire_group_curves(m, tab.groups, [tab.curve, tab.components], apply_preset, preset_inputs, status):
+        event.then(yaml_of, tab.plan_inputs, m["plan_yaml"], **CHEAP).then(mark_stale, answers, answers, **CHEAP)
     tab.donor.change(mark_stale_donor, answers, answers, **CHEAP)
-    m["pin"].click(on_pin, tab.plan_inputs, [tab.pinned_plan, cards["pinned"]["column"], status], **CHEAP)
+    m["pin"].click(with_panel(on_pin), tab.plan_inputs, [tab.pinned_plan, cards["pinned"]["column"], status],
+                   **CHEAP)
     m["unpin"].click(on_unpin, None, [tab.pinned_plan, cards["pinned"]["column"], cards["pinned"]["box"], status],
                      **CHEAP)
     tab.question.change(lambda q: f"Gold answer: **{g}**" if (g := gold_for(explorer, q)) else "",
@@ -450,7 +358,8 @@ def _wire_compare(explorer: Explorer, tab: CompareTab, a: dict, cards: dict, kl,
     inputs = [tab.image, tab.question, tab.text_only, a["max_new_tokens"], tab.pinned_plan, tab.donor,
               *tab.plan_inputs]
     outputs = [tab.status, *(cards[n]["box"] for n in cards), *(cards[n]["meta"] for n in cards), diff]
-    event = a["compare"].click(bind(on_compare, explorer), inputs, outputs, api_name="on_compare", **GPU)
+    event = a["compare"].click(bind(with_panel(on_compare), explorer), inputs, outputs, api_name="on_compare",
+                               **GPU)
     probe_inputs = [tab.image, tab.question, tab.text_only, tab.pinned_plan, tab.donor, *tab.plan_inputs]
-    event.then(bind(on_distributions, explorer), probe_inputs, [*(cards[n]["probs"] for n in cards), kl],
-               **GPU)
+    event.then(bind(with_panel(on_distributions), explorer), probe_inputs,
+               [*(cards[n]["probs"] for n in cards), kl], **GPU)

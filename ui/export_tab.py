@@ -13,12 +13,12 @@ from merging.export.mergekit_import import plan_from_mergekit
 
 from .explorer import CHEAP, GPU, Explorer, bind
 from .history_tab import restore
-from .plan_panel import PARAM_DEFS, plan_of
+from .panel import PARAM_DEFS, Panel, plan_of, with_panel
 
 
-def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, method_name, *param_values) -> str:
+def write_export(explorer: Explorer, kind: str, donor_name, panel: Panel) -> tuple[str, str]:
     """Write the plan (`plan`, `mergekit`) or the merged model (`checkpoint`); the path and a message."""
-    plan = plan_of(comps, alphas, method_name, *param_values)
+    plan = plan_of(panel)
     explorer.export_dir.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint":
         out = explorer.export_dir / f"merged-{plan.hash()}"
@@ -31,11 +31,11 @@ def write_export(explorer: Explorer, kind: str, donor_name, comps, alphas, metho
     return str(path), f"Saved {path}"
 
 
-def on_export(explorer: Explorer, kind: str, *values):
+def on_export(explorer: Explorer, kind: str, donor_name, panel: Panel):
     if explorer.export_dir is None:
         return gr.update(), "⚠️ export is off (start the app with --export-dir)"
     try:
-        return write_export(explorer, kind, *values)
+        return write_export(explorer, kind, donor_name, panel)
     except MergescopeError as exc:
         return gr.update(), f"⚠️ {exc}"
     except OSError as exc:  # a full disk, a read-only folder: say so, and where
@@ -71,7 +71,7 @@ def build_export_tab(explorer: Explorer, compare) -> None:
     export_file = gr.File(label="Saved file", elem_id="export-file")
     inputs = [compare.donor, *compare.plan_inputs]
     for kind, button in buttons.items():
-        handler = bind(on_export, explorer, kind)
+        handler = bind(with_panel(on_export), explorer, kind)
         handler.__name__ = f"export_{kind}"
         button.click(handler, inputs, [export_file, status], **(GPU if kind == "checkpoint" else CHEAP))
     gr.Markdown("**Import mergekit YAML**: paste a mergekit configuration; its plan loads into the editor "

@@ -1,4 +1,4 @@
-"""Plotly figures for the UI: α per layer, VLM⇄donor distances, sweep heatmaps."""
+"""Plotly figures for the UI: VLM⇄donor distances, sweep heatmaps, next-token bars, the α scan."""
 
 from __future__ import annotations
 
@@ -6,17 +6,7 @@ import plotly.graph_objects as go
 
 from merging.experiments.sweep import heatmap as _heatmap
 
-__all__ = ["alpha_figure", "distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
-
-
-def alpha_figure(alphas: list[float], pinned: list[float] | None = None) -> go.Figure:
-    layers = list(range(len(alphas)))
-    fig = go.Figure(go.Scatter(x=layers, y=alphas, mode="lines+markers", name="current plan"))
-    if pinned is not None and len(pinned) == len(alphas):
-        fig.add_trace(go.Scatter(x=layers, y=pinned, mode="lines", name="plan B", line={"dash": "dash"}))
-    fig.update_layout(height=220, margin={"l": 40, "r": 10, "t": 10, "b": 30}, xaxis_title="layer",
-                      yaxis={"title": "α (donor weight)", "range": [-0.02, 1.02]}, legend={"orientation": "h"})
-    return fig
+__all__ = ["distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
 
 
 # one colour scale whatever the donor: two independent random networks sit near √2 apart

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from merging.errors import MergescopeError
 from merging.limits import brief
 
@@ -124,7 +125,6 @@ class History:
 
 def upload_folder() -> Path:
     """Where Gradio keeps uploads (GRADIO_TEMP_DIR, else <tmp>/gradio), as Gradio computes it."""
-    from gradio.utils import get_upload_folder
     return Path(get_upload_folder())
 
 

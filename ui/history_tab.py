@@ -10,9 +10,16 @@ import pandas as pd
 from merging.methods import REGISTRY
 from merging.plan.merge_plan import MergePlan
 
-from .compare_tab import component_choices
 from .explorer import CHEAP, HISTORY_LIMIT, Explorer, bind
-from .plan_panel import PARAM_DEFS, editor_state, plan_summary, table_of
+from .panel import PARAM_DEFS, component_choices
+from .plan_panel import editor_state, plan_summary, table_of
+
+
+def listed(entry: dict) -> bool:
+    """Whether History lists a cache entry: answers asked here and whole sweeps; not a sweep's answers,
+    nor the probability summaries Compare caches."""
+    kind = entry["config"].get("kind")
+    return kind == "sweep" or (kind == "answer" and not entry["result"].get("batched"))
 
 
 def on_refresh(explorer: Explorer, request: gr.Request = None):
@@ -20,12 +27,9 @@ def on_refresh(explorer: Explorer, request: gr.Request = None):
     if cache is None:
         entries = []
     elif explorer.public:  # a visitor sees only their own questions, never everyone's
-        entries = [e for e in map(cache.entry, explorer.history.keys(explorer.client(request))) if e]
-    else:
-        entries = cache.entries(limit=HISTORY_LIMIT)
-    # answers asked here and whole sweeps; not a sweep's answers, nor the probability summaries Compare caches
-    entries = [e for e in entries if e["config"].get("kind") == "sweep"
-               or (e["config"].get("kind") == "answer" and not e["result"].get("batched"))]
+        entries = [e for e in map(cache.entry, explorer.history.keys(explorer.client(request))) if e and listed(e)]
+    else:  # filtered before the limit: a 300-answer sweep never pushes Compare's answers out
+        entries = cache.entries(limit=HISTORY_LIMIT, keep=listed)
     rows = [[time.strftime("%H:%M:%S", time.localtime(e["created_at"])), *_describe(e)] for e in entries]
     return pd.DataFrame(rows, columns=["when", "question", "plan", "answer"]), [e["config"] for e in entries]
 

@@ -9,6 +9,7 @@ from merging.plan import curves
 from merging.model.known_pairs import NO_SHARED_SEED
 
 from .explorer import Explorer
+from .panel import Panel, component_choices, plan_of
 
 COLOUR_ID, TEXT_PLUS_ID = "colour-00000", "text_plus-00000"
 LESSONS = {
@@ -38,7 +39,6 @@ LESSONS = {
 
 def lesson_setup(explorer: Explorer, name: str) -> dict:
     """What lesson `name` sets: donor, components, curve, plan B's curve, question, image, text-only, text."""
-    from .compare_tab import component_choices
     role_choices = [role for _, role in component_choices(explorer)]
     lesson = LESSONS[name]
     item = next((i for i in explorer.eval_items if i.id == lesson["item"]), None)
@@ -54,12 +54,11 @@ def lesson_setup(explorer: Explorer, name: str) -> dict:
 def on_lesson(explorer: Explorer, name):
     """(donor, components, method, separate curves, curve, question, image, text-only, plan B, plan B's
     card, the lesson's text) for a lesson; plan B pinned where the lesson compares two curves."""
-    from .plan_panel import current_plan
     if name not in LESSONS:
         return [gr.update()] * 10 + [""]
     s = lesson_setup(explorer, name)
     donor = s["donor"] if s["donor"] in explorer.answerer.donors else explorer.answerer.default_donor
-    pinned = current_plan(s["components"], "linear", s["pin"]).to_yaml() if s["pin"] else ""
+    pinned = plan_of(Panel(s["components"], s["pin"], "linear")).to_yaml() if s["pin"] else ""
     return [donor, s["components"], "linear", False, s["curve"], s["question"], s["image"], s["text_only"], pinned,
             gr.update(visible=bool(pinned)), f"**{name}.** {s['text']}"]
 

@@ -27,9 +27,9 @@ from merging.experiments.search import (SAMPLERS, STUDY_FILE, LocalEvaluator, Se
 from merging.experiments.search_report import build_report, chosen, front, plan_of, search_figure, write_outputs
 from merging.experiments.search_space import SearchSpace, parse_space
 
-from .compare_tab import component_choices
 from .explorer import CHEAP, GPU, PUBLIC_MAX_SEARCH_ITEMS, PUBLIC_MAX_SEARCH_TRIALS, Explorer, bind
-from .plan_panel import GROUPS, editor_state
+from .panel import CURVE_GROUPS, component_choices
+from .plan_panel import editor_state
 from .stops import Stops
 
 DEFAULT_SAMPLER = "default (TPE; NSGA-II for two objectives)"
@@ -141,7 +141,7 @@ def _summary(report: dict) -> str:
 def on_open_trial(explorer: Explorer, folder, number):
     """The Compare editor's values for trial `number` of the study in `folder`: separate curves when its
     rules are the editor's groups with one method, else the first rule in the linked editor."""
-    skip = [gr.update()] * (3 + len(GROUPS) + 3)
+    skip = [gr.update()] * (3 + len(CURVE_GROUPS) + 3)
     try:
         path = Path(folder or "") / STUDY_FILE
         if not folder or not path.is_file() or path.resolve().parent.parent != explorer.search_dir.resolve():
@@ -159,12 +159,12 @@ def on_open_trial(explorer: Explorer, folder, number):
     note = f"Opened search trial {n} (plan `{plan.hash()}`)"
     if None not in groups and len({rule.method for rule in plan.rules}) == 1:
         group_curves = [curves.layer_alphas(groups[g].curve, layers) if g in groups else [0.0] * layers
-                        for g in GROUPS]
-        return [True, [g for g in GROUPS if g in groups], *group_curves, gr.update(), gr.update(),
+                        for g in CURVE_GROUPS]
+        return [True, [g for g in CURVE_GROUPS if g in groups], *group_curves, gr.update(), gr.update(),
                 plan.rules[0].method, note + ": one curve per group"]
     role_order = [role for _, role in component_choices(explorer)]
     comps, method, _, alphas = editor_state(plan, explorer.engine.pair.layout, role_order)
-    return [False, gr.update(), *[gr.update()] * len(GROUPS), comps, alphas, method, note + " (first rule shown)"]
+    return [False, gr.update(), *[gr.update()] * len(CURVE_GROUPS), comps, alphas, method, note + " (first rule shown)"]
 
 
 def build_search_tab(explorer: Explorer, compare) -> None:

@@ -16,10 +16,10 @@ from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWER
 from .figures import sweep_heatmap, sweep_lines
 from .stops import Stops
 
-DEFAULT_GRID = """settings:
+DEFAULT_GRID = """components:
   Setting 1: [all]
   Setting 2: [self_attn]
-methods:
+curves:
   constant α: {preset: constant}
   log ramp: {preset: loglinear, start: 0.0}
 alphas: [0.4, 0.6]

@@ -8,20 +8,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cache import AnswerCache
-from merging.cli.args import answerer_for, gram_args, natural, pair_args, pair_spec, positive, text
+from merging.cli.args import natural, pair_args, positive, stack_of, text
 from merging.evals.eval_sets import load_eval_set
 from merging.experiments.search import SearchOptions, check_study_path
 from merging.experiments.search_ray import RayEvaluator
 from merging.experiments.search_report import run_search
 from merging.experiments.search_space import load_space
 from merging.experiments.sweep import load_grid
+from merging.run.stack import model_spec
 
 
 def search_parser(sub) -> None:
     """The `search` command's options."""
     search = sub.add_parser("search", help="search the curve space for the best plan (Optuna; resumable, cached)")
     pair_args(search)
-    gram_args(search)
     search.add_argument("--space", required=True, type=text,
                         help="search space YAML (see merging/experiments/search_space.py)")
     search.add_argument("--eval-set", required=True, type=text, help="PATH.jsonl, mathvista:PATH or mathvision:PATH")
@@ -58,10 +58,10 @@ def cmd_search(args) -> dict:
     out = Path(args.out)
     check_study_path(out, args.resume)
     cache = AnswerCache(args.cache_dir or out / "cache")
-    answerer = answerer_for(args, cache)
+    answerer = stack_of(args, cache).answerer
     evaluator = None
     if args.workers or args.ray:
-        evaluator = RayEvaluator(pair_spec(args), options.fitness, space.max_new_tokens, str(cache.directory),
+        evaluator = RayEvaluator(model_spec(args), options.fitness, space.max_new_tokens, str(cache.directory),
                                  workers=args.workers, address=args.ray, batch_size=args.batch_size)
     with tqdm(total=options.trials, desc="search", unit="trial", file=sys.stderr, disable=args.json) as bar:
         def progress(done: int, total: int) -> None:

@@ -8,7 +8,7 @@ on a loaded 2-core machine (load average 6–9): the attention-only apply took 0
 OpenMP threads and 0.15 s with 1 (6.2 GB/s, the copy bandwidth); the full apply 3.0 s vs 1.5 s.
 
 Here each job (a restore copy, or a purely element-wise method such as `linear`) is cut into chunks
-of `CHUNK_ELEMENTS`; `workers` threads, each with one intra-op thread, take chunks from one queue.
+of `POOL_JOB_ELEMENTS`; `workers` threads, each with one intra-op thread, take chunks from one queue.
 No barrier per kernel, dynamic balancing (a preempted worker delays only its own chunk), and all
 cores in use when they are free. Element-wise results do not depend on where a tensor is cut
 (torch.lerp, copy: checked bit for bit in tests/test_device_cache.py), so the weights are the same
@@ -24,12 +24,10 @@ from typing import Callable
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 21          # 4 MiB of bf16: a few hundred µs of work, cache-friendly
+POOL_JOB_ELEMENTS = 1 << 21       # 4 MiB of bf16: a few hundred µs of work, cache-friendly
 POOL_MIN_ELEMENTS = 0             # smaller element-wise writes go to the caller's group calls
 #                                   (merging/engine/fused.py) instead: 0 = all on the pool, which
 #                                   benchmarks/switch.py measured faster on a shared CPU
-ELEMENTWISE_METHODS = frozenset({"linear"})  # methods whose every output element depends only on
-#                                              the same element of the inputs (no reductions, no RNG)
 
 
 def default_workers() -> int:
@@ -115,15 +113,15 @@ class CpuPool:
         """Queue `fn(out_chunk, *input_chunks)` for every chunk (None inputs stay None). Tensors smaller
         than a chunk are gathered into one hand-over of about a chunk's worth of calls."""
         n = out.numel()
-        if n < CHUNK_ELEMENTS:
+        if n < POOL_JOB_ELEMENTS:
             self._batch.append(lambda: fn(out, *inputs))
             self._batch_elements += n
-            if self._batch_elements >= CHUNK_ELEMENTS:
+            if self._batch_elements >= POOL_JOB_ELEMENTS:
                 self._flush()
             return
         flats = [t.view(-1) if t is not None else None for t in (out, *inputs)]
-        for start in range(0, n, CHUNK_ELEMENTS):
-            parts = [f[start:start + CHUNK_ELEMENTS] if f is not None else None for f in flats]
+        for start in range(0, n, POOL_JOB_ELEMENTS):
+            parts = [f[start:start + POOL_JOB_ELEMENTS] if f is not None else None for f in flats]
             self._put(lambda parts=parts: fn(*parts))
 
     def _flush(self) -> None:

@@ -42,11 +42,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from merging.io.checkpoint import Checkpoint
-from merging.engine.cpu_pool import ELEMENTWISE_METHODS, CpuPool
+from merging.engine.cpu_pool import CpuPool
 from merging.errors import LayoutError, MergescopeError, PlanError
 from merging.engine.fused import WriteBatch, lerp_fusable
 from merging.stats.gram_files import GramFile, GramSet, decoder_linears
-from merging.model.layout import Layout, Slot, build_layout
+from merging.model.layout import Layout, Slot, build_layout, mapped_rel
 from merging.methods import Method, get_method
 from merging.model.pair import ModelPair, check_base_covers
 from merging.plan.merge_plan import MergePlan, Target
@@ -100,7 +100,8 @@ class MergeEngine:
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
                           if s.rel.endswith(".weight") and s.rel[:-len(".weight")] in linears}
-        self.gram_set = GramSet(linear_modules, {n: self._params[n].shape[1] for n in linear_modules})
+        donor_modules = {n: mapped_rel(m, pair.layout.layer_map) for n, m in linear_modules.items()}
+        self.gram_set = GramSet(linear_modules, {n: self._params[n].shape[1] for n in linear_modules}, donor_modules)
         if grams:
             unknown = sorted(set(grams) - {"vlm", "donor"})
             if unknown:
@@ -198,7 +199,7 @@ class MergeEngine:
                 return
             layout = layout or self.donor_layout(donor)
             self.restore()
-            self.pair.donor, self.pair.layout = donor, layout
+            self.pair = replace(self.pair, donor=donor, layout=layout)  # the loaded pair itself is left as it was
             self._slots = {s.name: s for s in layout.slots}
 
     # -- applying plans ------------------------------------------------------------------------
@@ -369,7 +370,7 @@ class MergeEngine:
             context["name"] = slot.rel
         if "grams" in method.context:
             context["grams"] = self.gram_set.pair_for(slot.name, self.pair.donor.fingerprint(), out.device)
-        pooled = out.device.type == "cpu" and target.method in ELEMENTWISE_METHODS
+        pooled = out.device.type == "cpu" and method.elementwise
         if pooled and not context and CpuPool.fits(out, vlm, donor, base):
             alpha = target.alpha
             self._pool.submit(lambda o, v, d, b: method.fn(o, v, d, b, alpha, **params), out, vlm, donor, base)

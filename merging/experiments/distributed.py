@@ -17,48 +17,30 @@ eval set that embeds its images, such as the MathVista / MATH-Vision parquet fil
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable
 
 from cache import AnswerCache
-from merging.engine.merge_engine import MergeEngine
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import EvalItem
 from merging.experiments.sweep import Cell, cell_row
-from merging.model.pair import load_pair
 from merging.plan.merge_plan import MergePlan
-from merging.run.answerer import Answerer
+from merging.run.stack import ModelSpec, build_stack
 from merging.run.generate import GenerationSettings
 
 WORKER_NAME = "mergescope-worker-{}"
 MAX_REPLACEMENTS = 8   # workers that die mid-sweep are replaced this often, then the sweep fails
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """What a worker loads: the models (folders or hub ids), dtype, device, Gram files, and whether a
-    donor lacking some of the VLM's tensors is merged where it can be (`load_pair`'s allow_partial)."""
-
-    vlm: str
-    llm: str
-    base: str | None = None
-    dtype: str = "auto"
-    device: str = "cpu"
-    grams: dict[str, str] | None = None
-    allow_partial: bool = False
-
-
 class SweepWorker:
     """A resident pair answering whole cells (run as a Ray actor; plain Python otherwise)."""
 
     def __init__(self, spec: dict):
-        spec = PairSpec(**spec)
+        spec = ModelSpec(**spec)
         device = "cuda" if spec.device == "auto-gpu" else spec.device  # Ray sets CUDA_VISIBLE_DEVICES
         self.error: str | None = None
         try:
-            pair = load_pair(spec.vlm, spec.llm, spec.base, dtype=spec.dtype, device=device,
-                             allow_partial=spec.allow_partial)
-            self.answerer = Answerer(MergeEngine(pair, grams=spec.grams))  # no cache: the driver keeps it
+            self.answerer = build_stack(spec, device=device).answerer  # no cache: the driver keeps it
         except Exception as exc:  # kept, not raised: Ray would restart the actor, and the driver never learn why
             self.error = str(exc) if isinstance(exc, MergescopeError) else f"{type(exc).__name__}: {exc}"
 
@@ -83,7 +65,7 @@ def _settings_dict(settings: GenerationSettings) -> dict:
     return dict(asdict(settings), stop=list(settings.stop))
 
 
-def start_ray(spec: PairSpec, workers: int | None, address: str | None) -> tuple[Any, bool, int]:
+def start_ray(spec: ModelSpec, workers: int | None, address: str | None) -> tuple[Any, bool, int]:
     """(the ray module, whether workers take a GPU, how many workers) after joining `address` or starting
     a local cluster: `workers` if given, else one per GPU of the cluster for a GPU spec, else 2.
     Raises MergescopeError when Ray is not installed."""
@@ -109,7 +91,7 @@ def start_error(ray, actors: list) -> str | None:
     return next((e for e in errors if e is not None), None)
 
 
-def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
+def run_sweep_ray(spec: ModelSpec, cells: list[Cell], items: list[EvalItem], settings: GenerationSettings,
                   cache: AnswerCache, *, workers: int | None = None, address: str | None = None,
                   batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                   on_dispatch: Callable[[str, int], None] | None = None,
@@ -150,7 +132,7 @@ def run_sweep_ray(spec: PairSpec, cells: list[Cell], items: list[EvalItem], sett
 class _RaySweep:
     """The driver's state: idle workers, cells out on workers, answers so far (cached or computed)."""
 
-    def __init__(self, ray, spec: PairSpec, on_gpu: bool, cells: list[Cell], items: list[EvalItem],
+    def __init__(self, ray, spec: ModelSpec, on_gpu: bool, cells: list[Cell], items: list[EvalItem],
                  settings: dict, cache: AnswerCache, batch_size: int | None):
         self.ray, self.spec, self.cells, self.items = ray, asdict(spec), cells, items
         self.settings, self.cache, self.batch_size = settings, cache, batch_size

@@ -18,7 +18,8 @@ from typing import Any
 
 from cache import AnswerCache
 
-from merging.experiments.distributed import WORKER_NAME, PairSpec, SweepWorker, start_error, start_ray
+from merging.experiments.distributed import WORKER_NAME, SweepWorker, start_error, start_ray
+from merging.run.stack import ModelSpec
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import EvalItem
 from merging.run.generate import GenerationSettings
@@ -45,7 +46,7 @@ class SearchWorker(SweepWorker):
 class RayEvaluator:
     """`search.Evaluator` on `workers` Ray actors (default 2; on a GPU cluster one per GPU)."""
 
-    def __init__(self, spec: PairSpec, fitness: str, max_new_tokens: int, cache_dir: str, *,
+    def __init__(self, spec: ModelSpec, fitness: str, max_new_tokens: int, cache_dir: str, *,
                  workers: int | None = None, address: str | None = None, batch_size: int | None = None):
         ray, on_gpu, self.capacity = start_ray(spec, workers, address)
         self.ray, self.spec, self.cache_dir = ray, asdict(spec), cache_dir

@@ -2,10 +2,10 @@
 
 A grid file (YAML):
 
-    settings:                       # which tensors merge (plan components)
+    components:                     # named sets of plan components: which tensors merge (the blog's "Settings")
       Setting 1: [all]
       Setting 2: [self_attn]
-    methods:                        # α-curve templates; α fills the preset's missing α parameter
+    curves:                         # α-curve templates; α fills the preset's missing α parameter
       constant α: {preset: constant}               # value = α (the blog's "Method 1")
       linear ramp: {preset: linear, start: 0.0}    # end = α: a linear ramp up to α at the last layer
       log ramp: {preset: loglinear, start: 0.0}    # end = α: early layers near the VLM ("Method 3")
@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,24 +70,24 @@ def parse_grid(text: str, path: str = "grid", max_cells: int = MAX_GRID_CELLS) -
     The cell count is checked from the axes' lengths before any cell is built, against `max_cells`
     (the baseline included). Raises MergescopeError (LimitError for size, aliases, cells), one line.
     """
-    grid = parse_document(text, path)
-    if not isinstance(grid, dict) or not all(k in grid for k in ("settings", "methods", "alphas")):
-        raise MergescopeError(f"{path}: a grid needs 'settings', 'methods' and 'alphas'")
-    for key, kind, example in (("settings", dict, "{Setting 1: [all]}"), ("methods", dict, "{Method 1: {preset: "
+    grid = _renamed_keys(parse_document(text, path), path)
+    if not isinstance(grid, dict) or not all(k in grid for k in ("components", "curves", "alphas")):
+        raise MergescopeError(f"{path}: a grid needs 'components', 'curves' and 'alphas'")
+    for key, kind, example in (("components", dict, "{Setting 1: [all]}"), ("curves", dict, "{constant: {preset: "
                                "constant}}"), ("alphas", list, "[0.4, 0.6]")):
         if not isinstance(grid[key], kind) or not grid[key]:
             raise MergescopeError(f"{path}: '{key}' must be a non-empty {'mapping' if kind is dict else 'list'} "
                                   f"like {example}, got {brief(grid[key])}")
-    count = 1 + len(grid["settings"]) * len(grid["methods"]) * len(grid["alphas"])
+    count = 1 + len(grid["components"]) * len(grid["curves"]) * len(grid["alphas"])
     if count > max_cells:
-        raise LimitError(f"{path}: {len(grid['settings'])} settings × {len(grid['methods'])} methods × "
+        raise LimitError(f"{path}: {len(grid['components'])} component sets × {len(grid['curves'])} curves × "
                          f"{len(grid['alphas'])} alphas (+ baseline) = {count} cells; the limit is {max_cells}")
     cells = [Cell(*BASELINE, MergePlan())]
-    for setting, components in grid["settings"].items():
-        for method, template in grid["methods"].items():
+    for setting, components in grid["components"].items():
+        for method, template in grid["curves"].items():
             for alpha in grid["alphas"]:
                 rule = {"components": components, "method": grid.get("merge_method", "linear"),
-                        "curve": _fill_alpha(template, alpha, f"{path}: methods.{method}"),
+                        "curve": _fill_alpha(template, alpha, f"{path}: curves.{method}"),
                         "params": grid.get("params", {})}
                 try:
                     plan = MergePlan.from_dict({"rules": [rule]})
@@ -95,6 +96,24 @@ def parse_grid(text: str, path: str = "grid", max_cells: int = MAX_GRID_CELLS) -
                 cells.append(Cell(setting, method, float(alpha), plan))
     tokens = bounded_int(grid.get("max_new_tokens", 64), f"{path}: max_new_tokens", 1, 4096)
     return cells, GenerationSettings(max_new_tokens=tokens)
+
+
+RENAMED_KEYS = {"settings": "components", "methods": "curves"}  # old grid key → new (one word, one meaning)
+
+
+def _renamed_keys(grid: object, path: str) -> object:
+    """`grid` with the old keys under their new names, each with a FutureWarning (they still work)."""
+    if not isinstance(grid, dict):
+        return grid
+    grid = dict(grid)
+    for old, new in RENAMED_KEYS.items():
+        if old in grid:
+            if new in grid:
+                raise MergescopeError(f"{path}: give '{new}' or the old name '{old}', not both")
+            warnings.warn(f"{path}: the grid key '{old}' is now '{new}' ('{old}' still works, for now)",
+                          FutureWarning, stacklevel=3)
+            grid[new] = grid.pop(old)
+    return grid
 
 
 def _fill_alpha(template: dict, alpha: float, where: str) -> dict:

@@ -126,6 +126,10 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
     targets = plan.targets(layout, has_base=pair.base is not None)
     if not targets:
         raise MergekitUnsupported("the plan merges nothing (it is the base VLM); there is nothing for mergekit to do")
+    if layout.vlm_only:  # mergekit pairs layer i with layer i; this VLM's layers do not line up with the donor's
+        raise MergekitUnsupported(f"the VLM's decoder layers {', '.join(map(str, layout.interleaved))} have no "
+                                  f"counterpart in the donor, so its layer i is not the donor's layer i, as "
+                                  f"mergekit's configurations assume")
     used: dict[str, list[int]] = {}
     for i, rule in enumerate(plan.rules):
         if any(any(s.matches(c) for c in rule.components) and targets.get(s.name) is not None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from merging.methods.interpolation import toward
-from merging.methods.registry import Tensor, merge_method
+from merging.methods.registry import MergekitSpec, Tensor, merge_method
 
 QUANTILES = (0.25, 0.5, 0.75)
 
@@ -34,7 +34,10 @@ def arcee_fusion_merge(vlm: Tensor, donor: Tensor) -> Tensor:
 @merge_method("arcee_fusion", formula="I = |θ_L − θ_V|·KL(softmax θ_L ‖ softmax θ_V) per row; "
                                       "M = θ_V + [I ≥ median I + 1.5·IQR(I)]·(θ_L − θ_V); θ = θ_V + α·(M − θ_V) "
                                       "(mergekit's arcee_fusion with the VLM as base is α = 1)",
-              source="Arcee AI, Arcee Fusion (arcee.ai); mergekit `arcee_fusion`")
+              source="Arcee AI, Arcee Fusion (arcee.ai); mergekit `arcee_fusion`",
+              mergekit=MergekitSpec("vlm", "none", notes=(
+    "arcee_fusion: mergekit estimates the importance quartiles from 10⁶ random samples for",
+    "tensors larger than that; Mergescope computes them exactly.")))
 def arcee_fusion(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
     """Arcee Fusion with the VLM in mergekit's base role; α moves from θ_V to the fused tensor."""
     toward(out, vlm, alpha, lambda: arcee_fusion_merge(vlm, donor))

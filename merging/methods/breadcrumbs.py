@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, merge_method
 from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
 from merging.methods.ties import task_magnitudes
+
+BREADCRUMBS_NOTES = (
+    "breadcrumbs: both keep magnitude ranks [n − k − int(γn), n − int(γn)), k = int(density·n);",
+    "Mergescope also keeps entries tied with the band's ends: identical with distinct magnitudes.")
 
 BREADCRUMBS_DENSITY = ParamDef("density", float, 0.9, 0.0, 1.0,
                                "fraction of each task vector kept: the entries ranked below the top `gamma` "
@@ -54,7 +58,9 @@ def outlier_trim(vlm: Tensor, donor: Tensor, base: Tensor, density: float, gamma
                                      "k = int(density·n); θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L]",
               source="Davari & Belilovsky 2024, Model Breadcrumbs (arXiv:2312.06795); mergekit `breadcrumbs` "
                      "(sparsify.magnitude_outliers)",
-              params=(BREADCRUMBS_DENSITY, GAMMA, LAMBDA), needs_base=True)
+              params=(BREADCRUMBS_DENSITY, GAMMA, LAMBDA), needs_base=True,
+              mergekit=MergekitSpec("common", per_model=("density", "gamma"), shared=("lambda",),
+                                    notes=BREADCRUMBS_NOTES))
 def breadcrumbs(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """Each task vector loses its int(γ·n) largest entries and all but int(density·n) of the rest
     (smallest first), then task arithmetic with weights (1 − α, α) and λ; no rescale (mergekit's default)."""
@@ -67,7 +73,9 @@ def breadcrumbs(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: fl
                                           "w = (1−α, α)",
               source="Davari & Belilovsky 2024 (arXiv:2312.06795) with TIES' sign election; mergekit "
                      "`breadcrumbs_ties`",
-              params=(BREADCRUMBS_DENSITY, GAMMA, LAMBDA, BREADCRUMBS_NORMALIZE), needs_base=True)
+              params=(BREADCRUMBS_DENSITY, GAMMA, LAMBDA, BREADCRUMBS_NORMALIZE), needs_base=True,
+              mergekit=MergekitSpec("common", per_model=("density", "gamma"), shared=("lambda", "normalize"),
+                       notes=BREADCRUMBS_NOTES))
 def breadcrumbs_ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """Breadcrumbs' trim, then TIES' sign election and disjoint merge; `normalize` defaults to 0 as in mergekit."""
     task_vector_merge(out, vlm, donor, base, alpha, params["lambda"],

@@ -10,8 +10,21 @@ from typing import Optional
 
 import torch
 
-from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, merge_method
 from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
+
+RESCALE = (("rescale", True),)  # mergekit: kept entries rescaled to the task vector's L1 norm
+
+
+def mask_notes(who: str, scale: str) -> tuple[str, ...]:
+    """mergekit.yaml's note on how random-mask methods differ from mergekit's (`{seeds}`: the plan's)."""
+    return (f"{who}: mergekit draws its masks from torch's global generator (mergekit-yaml",
+            "--random-seed; the plan's seed {seeds} does not carry over) and rescales",
+            "kept entries to the task vector's L1 norm (rescale: true); Mergescope scales them by",
+            f"{scale}, with per-tensor seeded masks. Equal in expectation, not per element.")
+
+
+DARE_NOTES = mask_notes("DARE", "1/density")
 
 DARE_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
                         "probability of keeping each task-vector entry; kept ones are scaled by 1/density",
@@ -84,7 +97,9 @@ def random_drop(density: float, seed: int, like: Tensor, name: Optional[str] = N
 @merge_method("dare_linear", formula="τ̂_i = m_i ⊙ (θ_i − θ_B) / density, m_i ~ Bernoulli(density); "
                                      "θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L]",
               source="Yu et al. 2024, Language models are Super Mario (DARE, arXiv:2311.03099); mergekit `dare_linear`",
-              params=(DARE_DENSITY, LAMBDA, SEED), needs_base=True, context=("name",))
+              params=(DARE_DENSITY, LAMBDA, SEED), needs_base=True, context=("name",),
+              mergekit=MergekitSpec("common", per_model=("density",), shared=("lambda",), fixed=RESCALE,
+                                    notes=DARE_NOTES))
 def dare_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, *,
                 name: Optional[str] = None, **params) -> None:
     """DARE's drop and rescale, then task arithmetic; masks seeded by (seed, tensor name)."""
@@ -96,7 +111,9 @@ def dare_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: fl
                                    "θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i [/ Σ_{sgn τ̂_i = s} w_i if normalize]; "
                                    "w = (1−α, α)",
               source="Yu et al. 2024 (DARE) with Yadav et al. 2023 (TIES); mergekit `dare_ties`",
-              params=(DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE), needs_base=True, context=("name",))
+              params=(DARE_DENSITY, LAMBDA, SEED, DARE_TIES_NORMALIZE), needs_base=True, context=("name",),
+              mergekit=MergekitSpec("common", per_model=("density",), shared=("lambda", "normalize"), fixed=RESCALE,
+                       notes=DARE_NOTES))
 def dare_ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, *,
               name: Optional[str] = None, **params) -> None:
     """DARE's drop and rescale, then TIES' sign election and disjoint merge (without its magnitude

@@ -11,9 +11,11 @@ from typing import Optional
 
 import torch
 
-from merging.methods.dare import SEED, stream_generators
-from merging.methods.registry import CHUNK_ELEMENTS, ParamDef, Tensor, merge_method
+from merging.methods.dare import RESCALE, SEED, mask_notes, stream_generators
+from merging.methods.registry import MergekitSpec, CHUNK_ELEMENTS, ParamDef, Tensor, merge_method
 from merging.methods.task_arithmetic import LAMBDA, Sparsify, task_vector_merge
+
+DELLA_NOTES = mask_notes("DELLA", "1/p (p: the entry's keep probability)")
 
 DELLA_DENSITY = ParamDef("density", float, 0.5, 0.0, 1.0,
                          "mean probability of keeping a task-vector entry (1 keeps everything; mergekit's default)",
@@ -85,7 +87,9 @@ def _sparsify(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, name: Optio
                                "θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i [/ Σ_{sgn τ̂_i = s} w_i if normalize]; w = (1−α, α)",
               source="Deep et al. 2024, DELLA-Merging (arXiv:2406.11617); mergekit `della` (sparsify.della_magprune)",
               params=(DELLA_DENSITY, EPSILON, LAMBDA, DELLA_NORMALIZE, SEED), needs_base=True, context=("name",),
-              check=check_epsilon)
+              check=check_epsilon,
+              mergekit=MergekitSpec("common", per_model=("density", "epsilon"), shared=("lambda", "normalize"),
+                                    fixed=RESCALE, notes=DELLA_NOTES))
 def della(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, *,
           name: Optional[str] = None, **params) -> None:
     """MagPrune's rank-dependent drop and 1/p rescale, then TIES' sign election and disjoint merge;
@@ -98,7 +102,9 @@ def della(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, *
 @merge_method("della_linear", formula="τ̂_i as in della; θ = θ_B + λ·[(1−α)·τ̂_V + α·τ̂_L]",
               source="Deep et al. 2024 (arXiv:2406.11617); mergekit `della_linear`",
               params=(DELLA_DENSITY, EPSILON, LAMBDA, SEED), needs_base=True, context=("name",),
-              check=check_epsilon)
+              check=check_epsilon,
+              mergekit=MergekitSpec("common", per_model=("density", "epsilon"), shared=("lambda",), fixed=RESCALE,
+                       notes=DELLA_NOTES))
 def della_linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, *,
                  name: Optional[str] = None, **params) -> None:
     """MagPrune's drop and rescale, then task arithmetic; masks seeded by (seed, tensor name)."""

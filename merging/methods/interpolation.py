@@ -7,13 +7,17 @@ from typing import Callable, Optional
 
 import torch
 
-from merging.methods.registry import Tensor, chunks, copy_endpoint, merge_method
+from merging.methods.registry import MergekitSpec, Tensor, chunks, copy_endpoint, merge_method
 
 SLERP_COLLINEAR = 0.9995  # |cos Ω| above this: sin Ω is too small to divide by, interpolate linearly
 
 
 @merge_method("linear", formula="θ = θ_V + α·(θ_L − θ_V)",
-              source="weight averaging (Wortsman et al. 2022, model soups); mergekit `linear`")
+              source="weight averaging (Wortsman et al. 2022, model soups); mergekit `linear`",
+              mergekit=MergekitSpec(fixed=(("normalize", False),), intro=(
+    "linear: weights (1−α, α), normalize false → (1−α)·θ_V + α·θ_L. Mergescope computes",
+    "θ_V + α·(θ_L − θ_V) (bf16: one fused lerp): equal up to fp32 rounding, which can move",
+    "a rare element by one bf16 step.")), elementwise=True)
 def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
     """α = 0 and α = 1 give θ_V and θ_L (cast to out's dtype) exactly."""
     if copy_endpoint(out, vlm, donor, alpha):
@@ -32,7 +36,9 @@ def linear(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alph
 
 @merge_method("slerp", formula="θ = [sin((1−α)Ω)·θ_V + sin(αΩ)·θ_L] / sin Ω, cos Ω = ⟨θ_V, θ_L⟩/(‖θ_V‖‖θ_L‖); "
                                "linear if |cos Ω| > 0.9995",
-              source="Shoemake 1985; mergekit `slerp`, FusionBench")
+              source="Shoemake 1985; mergekit `slerp`, FusionBench",
+              mergekit=MergekitSpec(base="vlm", weights="t", intro=(
+    "slerp: the VLM is base_model, so t = α (t = 0 → the VLM). Equal up to fp32 rounding.",)))
 def slerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float) -> None:
     """Spherical interpolation of the whole tensors, flattened to vectors, unnormalised; cos Ω is
     clamped to [−1, 1]. Falls back to `linear` when nearly collinear or anti-collinear, or when

@@ -4,55 +4,15 @@ and the comment lines `mergekit.yaml` carries about where the two differ."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from merging.errors import MergescopeError
-from merging.methods import get_method
+from merging.methods import REGISTRY, get_method
 
 
 class MergekitUnsupported(MergescopeError):
     """A plan mergekit cannot express; the message says why."""
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """How one of our methods is written as mergekit's method of the same name."""
-
-    base: str = "none"                       # base_model: "common" (the pair's base), "vlm", or "none"
-    weights: str = "models"                  # "models": weight (1−α, α); "t": t = α; "none": no weights (α = 1)
-    per_model: tuple[str, ...] = ()          # our parameters mergekit takes per model (its NON_BASE scope)
-    shared: tuple[str, ...] = ()             # our parameters mergekit takes once (its SHARED scope)
-    fixed: tuple[tuple[str, Any], ...] = ()  # constant shared parameters
-    rename: tuple[tuple[str, str], ...] = ()  # our name → mergekit's, where they differ
-    keep: tuple[tuple[str, Any], ...] = ()   # parameter values at which a weightless method keeps the VLM
-
-    def mk(self, name: str) -> str:
-        return dict(self.rename).get(name, name)
-
-
-_RESCALE = (("rescale", True),)
-MERGEKIT = {
-    "linear": _Spec(fixed=(("normalize", False),)),
-    "slerp": _Spec(base="vlm", weights="t"),
-    "task_arithmetic": _Spec("common", shared=("lambda",)),
-    "ties": _Spec("common", per_model=("density",), shared=("lambda", "normalize")),
-    "dare_linear": _Spec("common", per_model=("density",), shared=("lambda",), fixed=_RESCALE),
-    "dare_ties": _Spec("common", per_model=("density",), shared=("lambda", "normalize"), fixed=_RESCALE),
-    "breadcrumbs": _Spec("common", per_model=("density", "gamma"), shared=("lambda",)),
-    "breadcrumbs_ties": _Spec("common", per_model=("density", "gamma"), shared=("lambda", "normalize")),
-    "della": _Spec("common", per_model=("density", "epsilon"), shared=("lambda", "normalize"), fixed=_RESCALE),
-    "della_linear": _Spec("common", per_model=("density", "epsilon"), shared=("lambda",), fixed=_RESCALE),
-    "model_stock": _Spec("common", "none", shared=("filter_wise",)),
-    "sce": _Spec("common", "none", shared=("select_topk",)),
-    "ram": _Spec("common", "none", shared=("epsilon",)),
-    "ramplus_tl": _Spec("common", "none", shared=("r", "rho_max", "epsilon"), rename=(("rho_max", "alpha"),)),
-    "nuslerp": _Spec(shared=("nuslerp_row_wise", "nuslerp_flatten")),
-    "multislerp": _Spec(shared=("normalize_weights", "eps")),
-    "karcher": _Spec(weights="none", shared=("max_iter", "tol")),
-    "nearswap": _Spec("vlm", "none", shared=("t",), keep=(("t", 0.0),)),
-    "arcee_fusion": _Spec("vlm", "none"),
-}
+MERGEKIT = {m.name: m.mergekit for m in REGISTRY.values() if m.mergekit is not None}  # declared per method
 MERGEKIT_METHODS = tuple(MERGEKIT)
 
 
@@ -89,14 +49,13 @@ def check_weightless(method: str, layout, targets: dict) -> None:
 
 
 def method_notes(method: str, plan, partial: bool) -> list[str]:
-    """The mergekit.yaml comment lines on how mergekit's `method` relates to ours."""
+    """The mergekit.yaml comment lines on how mergekit's `method` relates to ours: a first note from how
+    it is written (or the method's own `intro`), the partial-plan note, then the method's own `notes`."""
     spec = MERGEKIT[method]
-    if method == "linear":
-        return ["linear: weights (1−α, α), normalize false → (1−α)·θ_V + α·θ_L. Mergescope computes",
-                "θ_V + α·(θ_L − θ_V) (bf16: one fused lerp): equal up to fp32 rounding, which can move",
-                "a rare element by one bf16 step."]
-    if method == "slerp":
-        return ["slerp: the VLM is base_model, so t = α (t = 0 → the VLM). Equal up to fp32 rounding."]
+    seeds = ", ".join(map(str, sorted({r.params.get("seed", 0) for r in plan.rules if r.method == method})))
+    own = [line.format(seeds=seeds) for line in spec.notes]
+    if spec.intro:
+        return list(spec.intro) + own
     if spec.weights == "none":
         notes = [f"{method}: mergekit takes no per-model weights; every merged tensor of this plan has α = 1,",
                  "where Mergescope's merge is mergekit's"
@@ -104,30 +63,11 @@ def method_notes(method: str, plan, partial: bool) -> list[str]:
         if partial:
             keep = ", ".join(f"{k} = {v}" for k, v in spec.keep)
             notes += [f"Tensors no rule matches get {keep}, which keeps the VLM exactly."]
-        if method == "arcee_fusion":
-            notes += ["arcee_fusion: mergekit estimates the importance quartiles from 10⁶ random samples for",
-                      "tensors larger than that; Mergescope computes them exactly."]
-        if method == "ramplus_tl":
-            notes += ["ramplus_tl: mergekit's `alpha` is the plan's rho_max (α is the donor's weight here)."]
-        return notes
+        return notes + own
     if spec.base == "none":
-        return [f"{method}: weights (1−α, α), no base_model. Equal up to fp32 rounding."]
+        return [f"{method}: weights (1−α, α), no base_model. Equal up to fp32 rounding."] + own
     notes = [f"{method}: weights (1−α, α) on the task vectors θ_i − θ_B, base_model = the common base."]
     if partial:
         notes += ["Tensors outside every rule get weights (1, 0) and density 1: θ_B + (θ_V − θ_B), equal to",
                   "θ_V up to one fp32 rounding (Mergescope keeps θ_V exactly)."]
-    if method == "ties":
-        notes += ["ties: mergekit keeps the int(density·n) largest |τ| (Mergescope: ⌈density·n⌉, and every",
-                  "entry tied with the threshold); identical when density·n is whole and magnitudes distinct."]
-    if method.startswith("breadcrumbs"):
-        notes += ["breadcrumbs: both keep magnitude ranks [n − k − int(γn), n − int(γn)), k = int(density·n);",
-                  "Mergescope also keeps entries tied with the band's ends: identical with distinct magnitudes."]
-    if method.startswith(("dare", "della")):
-        seeds = sorted({r.params.get("seed", 0) for r in plan.rules if r.method == method})
-        scale = "1/density" if method.startswith("dare") else "1/p (p: the entry's keep probability)"
-        who = method.split("_")[0].upper()
-        notes += [f"{who}: mergekit draws its masks from torch's global generator (mergekit-yaml",
-                  f"--random-seed; the plan's seed {', '.join(map(str, seeds))} does not carry over) and rescales",
-                  "kept entries to the task vector's L1 norm (rescale: true); Mergescope scales them by",
-                  f"{scale}, with per-tensor seeded masks. Equal in expectation, not per element."]
-    return notes
+    return notes + own

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.interpolation import toward
-from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, merge_method
 
 FILTER_WISE = ParamDef("filter_wise", int, 0, 0, 1,
                        "1: one angle and ratio per row (filter); 0: one for the whole tensor (mergekit's default)")
@@ -40,7 +40,8 @@ def model_stock_merge(vlm: Tensor, donor: Tensor, base: Tensor, filter_wise: boo
                                      "(mergekit's model_stock is α = 1)",
               source="Jang et al. 2024, Model Stock (arXiv:2403.19522); mergekit `model_stock` "
                      "(defined for two fine-tunes and a base)",
-              params=(FILTER_WISE,), needs_base=True)
+              params=(FILTER_WISE,), needs_base=True,
+              mergekit=MergekitSpec("common", "none", shared=("filter_wise",)))
 def model_stock(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """Model Stock of the two fine-tunes (VLM, donor) of the base. It has no per-model weights (the
     angle sets the ratio), so α moves from θ_V (α = 0) to the Model Stock merge (α = 1)."""

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from merging.methods.interpolation import toward_chunks
-from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, merge_method
 
 T = ParamDef("t", float, 1e-4, 0.0, 10.0,
              "distance scale: entries with |θ_L − θ_V| ≤ t take θ_L, farther ones move t/|θ_L − θ_V| of the way "
@@ -26,7 +26,8 @@ def nearswap_chunk(a: Tensor, b: Tensor, t: float) -> Tensor:
                                   "θ = θ_V + α·(M − θ_V) (mergekit's nearswap with the VLM as base is α = 1)",
               source="alchemonaut, QuartetAnemoi-70B (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001); "
                      "mergekit `nearswap`",
-              params=(T,))
+              params=(T,),
+              mergekit=MergekitSpec("vlm", "none", shared=("t",), keep=(("t", 0.0),)))
 def nearswap(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """NearSwap with the VLM in mergekit's base role; α moves from θ_V to the NearSwap merge."""
     toward_chunks(out, vlm, alpha, lambda a, b: nearswap_chunk(a, b, params["t"]), donor)

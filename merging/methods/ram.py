@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from merging.methods.interpolation import toward_chunks
-from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, chunks, merge_method
 
 RAM_EPSILON = ParamDef("epsilon", float, 1e-5, 0.0, 1.0,
                        "an entry counts as changed by a model where |θ_i − θ_B| > epsilon")
@@ -57,7 +57,8 @@ def ramplus_boost(vlm: Tensor, donor: Tensor, base: Tensor, epsilon: float, r: f
 @merge_method("ram", formula="τ_i = θ_i − θ_B where |τ_i| > ε; M = θ_B + Σ_i [τ_i if only i changed it, "
                              "τ_i/2 if both did]; θ = θ_V + α·(M − θ_V) (mergekit's ram is α = 1)",
               source="Reinforced Agent Merging (arXiv:2601.13572); mergekit `ram`",
-              params=(RAM_EPSILON,), needs_base=True)
+              params=(RAM_EPSILON,), needs_base=True,
+              mergekit=MergekitSpec("common", "none", shared=("epsilon",)))
 def ram(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """RAM of the two task vectors; it has no per-model weights, so α moves from θ_V to the merge."""
     toward_chunks(out, vlm, alpha, lambda v, d, b: ram_chunk(v, d, b, params["epsilon"]), donor, base)
@@ -67,7 +68,10 @@ def ram(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **p
                                     "ρ_i = #shared/#unique changed entries of τ_i in the tensor; "
                                     "θ = θ_V + α·(M − θ_V) (mergekit's ramplus_tl is α = 1)",
               source="Reinforced Agent Merging Plus (arXiv:2601.13572), tensor-local; mergekit `ramplus_tl`",
-              params=(R, RHO_MAX, RAM_EPSILON), needs_base=True)
+              params=(R, RHO_MAX, RAM_EPSILON), needs_base=True,
+              mergekit=MergekitSpec("common", "none", shared=("r", "rho_max", "epsilon"),
+                                    rename=(("rho_max", "alpha"),), notes=(
+    "ramplus_tl: mergekit's `alpha` is the plan's rho_max (α is the donor's weight here).",)))
 def ramplus_tl(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """RAM+ computed per tensor; α moves from θ_V to the merge."""
     if alpha == 0:

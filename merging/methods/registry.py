@@ -58,6 +58,32 @@ class ParamDef:
 
 
 @dataclass(frozen=True)
+class MergekitSpec:
+    """How a method is written as mergekit's (0.1.5) method of the same name (merging/export/mergekit_config.py).
+
+    `base`: mergekit's base_model — "common" (the pair's base), "vlm", or "none"; `weights`: "models"
+    (per-model weights (1−α, α)), "t" (t = α), or "none" (no weights: α = 1 only); `per_model` / `shared`:
+    our parameters mergekit takes per model (its NON_BASE scope) / once (SHARED); `fixed`: constant shared
+    parameters; `rename`: our name → mergekit's where they differ; `keep`: parameter values at which a
+    weightless method keeps the VLM; `intro`: comment lines replacing the generic first note; `notes`:
+    comment lines on where the two differ (`{seeds}` becomes the plan's seeds for the method)."""
+
+    base: str = "none"
+    weights: str = "models"
+    per_model: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    fixed: tuple[tuple[str, object], ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    keep: tuple[tuple[str, object], ...] = ()
+    intro: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def mk(self, name: str) -> str:
+        """mergekit's name of our parameter `name`."""
+        return dict(self.rename).get(name, name)
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered merge method (see the module docstring for the call convention)."""
 
@@ -69,6 +95,8 @@ class Method:
     needs_base: bool = False
     context: tuple[str, ...] = ()   # subset of CONTEXT the engine passes as keywords
     check: Optional[Callable[[dict], Optional[str]]] = None  # filled params -> what is wrong with them, or None
+    elementwise: bool = False       # every output element depends only on the same element of the inputs
+    mergekit: Optional[MergekitSpec] = None  # how mergekit writes it (None: mergekit has no such method)
 
     def __post_init__(self):
         unknown = sorted(set(self.context) - set(CONTEXT))
@@ -103,11 +131,14 @@ REGISTRY: dict[str, Method] = {}
 
 def merge_method(name: str, *, formula: str, source: str = "", params: tuple[ParamDef, ...] = (),
                  needs_base: bool = False, context: tuple[str, ...] = (),
-                 check: Optional[Callable[[dict], Optional[str]]] = None) -> Callable:
+                 check: Optional[Callable[[dict], Optional[str]]] = None, elementwise: bool = False,
+                 mergekit: Optional[MergekitSpec] = None) -> Callable:
     """Register the decorated function as merge method `name` (as mergekit's `@merge_method` does).
 
     `check`, if given, receives a rule's filled-in parameters and returns what is wrong with them
     together (e.g. DELLA's density ± epsilon outside (0, 1)), or None: plan validation raises it.
+    `elementwise` lets the engine write the method's tensors in parallel chunks on the CPU
+    (merging/engine/cpu_pool.py); `mergekit` says how the export writes it as a mergekit config.
 
     The returned function fills in the declared parameters' defaults and refuses undeclared ones
     (TypeError), so a method body reads `params["density"]`; a method that needs a base gets a
@@ -133,7 +164,8 @@ def merge_method(name: str, *, formula: str, source: str = "", params: tuple[Par
                 raise PlanError(f"method {name!r}: {problem}")
             fn(out, vlm, donor, base, alpha, **filled, **context)
 
-        REGISTRY[name] = Method(name, method, formula, source, params, needs_base, context, check)
+        REGISTRY[name] = Method(name, method, formula, source, params, needs_base, context, check, elementwise,
+                                mergekit)
         return method
 
     return register

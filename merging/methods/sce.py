@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.interpolation import toward
-from merging.methods.registry import ParamDef, Tensor, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, merge_method
 from merging.methods.task_arithmetic import sign_agreement
 
 SELECT_TOPK = ParamDef("select_topk", float, 1.0, 0.0, 1.0,
@@ -41,7 +41,8 @@ def sce_merge(vlm: Tensor, donor: Tensor, base: Tensor, select_topk: float) -> T
                              "M = θ_B + Σ_{sgn τ_i = s} w_i·τ_i / Σ_{sgn τ_i = s} w_i; "
                              "θ = θ_V + α·(M − θ_V) (mergekit's sce is α = 1)",
               source="Wan et al. 2024, FuseChat (SCE, arXiv:2408.07990); mergekit `sce`",
-              params=(SELECT_TOPK,), needs_base=True)
+              params=(SELECT_TOPK,), needs_base=True,
+              mergekit=MergekitSpec("common", "none", shared=("select_topk",)))
 def sce(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """SCE of the two task vectors; its weights come from the task vectors themselves, so α moves from
     θ_V (α = 0) to the SCE merge (α = 1)."""

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from merging.methods.interpolation import toward
-from merging.methods.registry import ParamDef, Tensor, copy_endpoint, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, copy_endpoint, merge_method
 
 ROW_WISE = ParamDef("nuslerp_row_wise", int, 0, 0, 1,
                     "1: slerp each column vector (mergekit: along dim 0); 0: each row, or the whole tensor "
@@ -52,7 +52,8 @@ def nuslerp_vectors(t: float, v0: Tensor, v1: Tensor, row_wise: bool, flatten: b
 @merge_method("nuslerp", formula="t = α/((1−α) + α); θ = [sin((1−t)Ω)·θ_V + sin(tΩ)·θ_L]/sin Ω per vector "
                                  "(whole tensor, rows or columns), cos Ω of the unit vectors; linear if collinear",
               source="mergekit `nuslerp` (merge_methods/nuslerp.py), without its optional base",
-              params=(ROW_WISE, FLATTEN))
+              params=(ROW_WISE, FLATTEN),
+              mergekit=MergekitSpec(shared=("nuslerp_row_wise", "nuslerp_flatten")))
 def nuslerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """mergekit's nuslerp with weights (1 − α, α); α = 0 and α = 1 return θ_V and θ_L exactly."""
     if copy_endpoint(out, vlm, donor, alpha):
@@ -88,7 +89,8 @@ def multislerp_merge(vlm: Tensor, donor: Tensor, alpha: float, normalize_weights
 @merge_method("multislerp", formula="u_i = θ_i/‖θ_i‖, m = Σ w_i·u_i/‖·‖, g = Σ w_i·(u_i − ⟨u_i, m⟩m); "
                                     "θ = (Σ w_i‖θ_i‖)·[m·cos‖g‖ + g·sin‖g‖/‖g‖]; w = (1−α, α)",
               source="Goddard, Multi-SLERP (goddard.blog); mergekit `multislerp`, without its optional base",
-              params=(NORMALIZE_WEIGHTS, MULTISLERP_EPS))
+              params=(NORMALIZE_WEIGHTS, MULTISLERP_EPS),
+              mergekit=MergekitSpec(shared=("normalize_weights", "eps")))
 def multislerp(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """mergekit's multislerp with weights (1 − α, α); α = 0 and α = 1 return θ_V and θ_L exactly."""
     if copy_endpoint(out, vlm, donor, alpha):
@@ -132,7 +134,8 @@ def karcher_mean(tensors: list[Tensor], max_iter: int, tol: float) -> Tensor:
 @merge_method("karcher", formula="K = (‖θ_V‖ + ‖θ_L‖)/2 · argmin_u Σ d(u, θ_i/‖θ_i‖)² on the unit sphere "
                                  "(fixed-point iteration); θ = θ_V + α·(K − θ_V) (mergekit's karcher is α = 1)",
               source="Karcher mean merging (arXiv:2603.04972); mergekit `karcher`",
-              params=(MAX_ITER, TOL))
+              params=(MAX_ITER, TOL),
+              mergekit=MergekitSpec(weights="none", shared=("max_iter", "tol")))
 def karcher(out: Tensor, vlm: Tensor, donor: Tensor, base: Optional[Tensor], alpha: float, **params) -> None:
     """mergekit's karcher weighs its inputs equally (no per-model weights), so α moves from θ_V
     (α = 0) to the Karcher mean of θ_V and θ_L (α = 1)."""

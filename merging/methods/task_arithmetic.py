@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, chunks, merge_method
 
 LAMBDA = ParamDef("lambda", float, 1.0, 0.0, 3.0,
                   "scale λ of the merged task vector added to the base (1 = unscaled)")
@@ -58,7 +58,8 @@ def sign_agreement(vectors: list[Tensor]) -> list[Tensor]:
 
 @merge_method("task_arithmetic", formula="θ = θ_B + λ·[(1−α)·(θ_V − θ_B) + α·(θ_L − θ_B)]",
               source="Ilharco et al. 2023, Editing models with task arithmetic; mergekit `task_arithmetic`",
-              params=(LAMBDA,), needs_base=True)
+              params=(LAMBDA,), needs_base=True,
+              mergekit=MergekitSpec("common", shared=("lambda",)))
 def task_arithmetic(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """At λ = 1 the base cancels: θ_V + α·(θ_L − θ_V), linear interpolation up to fp32 rounding
     (bit-identical to `linear`'s fp32 path when θ_B = θ_V). That is the reading when VLM and donor

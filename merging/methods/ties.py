@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from merging.methods.registry import ParamDef, Tensor, chunks, merge_method
+from merging.methods.registry import MergekitSpec, ParamDef, Tensor, chunks, merge_method
 from merging.methods.task_arithmetic import LAMBDA, task_vector_merge
 
 TIES_DENSITY = ParamDef("density", float, 0.2, 0.0, 1.0,
@@ -43,7 +43,10 @@ def task_magnitudes(x: Tensor, base: Tensor) -> Tensor:
 @merge_method("ties", formula="τ̂_i = top-density |θ_i − θ_B|; s = sgn Σ w_i·τ̂_i; "
                               "θ = θ_B + λ·Σ_{sgn τ̂_i = s} w_i·τ̂_i [/ Σ_{sgn τ̂_i = s} w_i if normalize]; w = (1−α, α)",
               source="Yadav et al. 2023, TIES-Merging (arXiv:2306.01708); mergekit `ties`",
-              params=(TIES_DENSITY, LAMBDA, TIES_NORMALIZE), needs_base=True)
+              params=(TIES_DENSITY, LAMBDA, TIES_NORMALIZE), needs_base=True,
+              mergekit=MergekitSpec("common", per_model=("density",), shared=("lambda", "normalize"), notes=(
+    "ties: mergekit keeps the int(density·n) largest |τ| (Mergescope: ⌈density·n⌉, and every",
+    "entry tied with the threshold); identical when density·n is whole and magnitudes distinct.")))
 def ties(out: Tensor, vlm: Tensor, donor: Tensor, base: Tensor, alpha: float, **params) -> None:
     """Trim keeps |τ_i| ≥ the k-th largest of the tensor (entries tied with the threshold are all kept,
     so a few more than k may survive). With normalize = 1, where only one task vector survives (or

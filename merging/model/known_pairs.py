@@ -63,6 +63,29 @@ KNOWN_PAIRS: dict[str, KnownPair] = {
                          "Idefics3 layout; 3 added image tokens (shared rows merged)"),
     "llava-1.5-7b": KnownPair("llava-hf/llava-1.5-7b-hf", "lmsys/vicuna-7b-v1.5", None,
                               "LLaVA layout; 64 added tokens (shared rows merged)"),
+    # the pairs asked for in mergekit's tracker (#618, #659, #439, #319): VLMs built on a released text LLM
+    "qwen3-vl-8b": KnownPair("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-8B", "Qwen/Qwen3-8B-Base",
+                             "Qwen3 q/k norms; DeepStack adds vision features to the first 3 layers' hidden "
+                             "states; interleaved MRoPE, rope θ 5e6 (the donor: 1e6)"),
+    "gemma-3-27b": KnownPair("google/gemma-3-27b-it", "google/medgemma-27b-text-it", None,
+                             "Gemma 3 27B with the text-only MedGemma of the same backbone; q/k norms and "
+                             "four norms per layer, tied head"),
+    "mistral-small-3.1": KnownPair("mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+                                   "mistralai/Mistral-Small-24B-Instruct-2501", None,
+                                   "Mistral 3 hub layout (consolidated.safetensors skipped); rope θ 1e9 "
+                                   "(Mistral Small 3: 1e8)", donor_label="Mistral Small 3",
+                                   other_donors=(("Devstral Small", "mistralai/Devstral-Small-2505"),)),
+    "pixtral-12b": KnownPair("mistral-community/pixtral-12b", "mistralai/Mistral-Nemo-Instruct-2407", None,
+                             "LLaVA layout with a Pixtral tower; rope θ 1e9 (Mistral NeMo: 1e6)"),
+    "internvl3-8b": KnownPair("OpenGVLab/InternVL3-8B-hf", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B",
+                              "InternVL layout over Qwen2.5; the VLM has 151674 vocabulary rows, the donor "
+                              "152064 (the shared rows merge)"),
+    "llava-onevision-7b": KnownPair("llava-hf/llava-onevision-qwen2-7b-ov-hf", "Qwen/Qwen2-7B-Instruct",
+                                    "Qwen/Qwen2-7B", "LLaVA-OneVision layout over Qwen2; 64 more vocabulary "
+                                    "rows than the donor (the shared rows merge)"),
+    "llama-3.2-11b-vision": KnownPair("meta-llama/Llama-3.2-11B-Vision-Instruct", "meta-llama/Llama-3.1-8B-Instruct",
+                                      None, "Mllama: 8 of the 40 decoder layers are cross-attention, VLM-only; "
+                                      "the other 32 pair with Llama 3.1 8B's in order; 8 image-token rows"),
 }
 
 

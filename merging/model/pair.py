@@ -47,7 +47,8 @@ def resolve_model_dir(name: str | Path, allow_patterns: list[str] = WEIGHT_FILES
     if str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
         raise CheckpointError(f"{name}: no such folder, and not a hub id of the form 'owner/name'")
     try:
-        return Path(snapshot_download(str(name), allow_patterns=allow_patterns))
+        # Mistral's repos also hold their native-format consolidated.safetensors: the same weights again
+        return Path(snapshot_download(str(name), allow_patterns=allow_patterns, ignore_patterns=["consolidated*"]))
     except Exception as exc:  # offline, unknown repo, gated: one clear message
         raise CheckpointError(f"{name}: not a local folder and could not be fetched from the hub "
                               f"({type(exc).__name__}: {exc})") from exc
@@ -126,9 +127,12 @@ def pick_device(device: str) -> torch.device | str:
     return device
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelPair:
-    """The resident VLM and lazily opened donor/base checkpoints, with the mapping between them."""
+    """The resident VLM and lazily opened donor/base checkpoints, with the mapping between them.
+
+    Frozen: the donor a merge uses now is the engine's state (`MergeEngine.pair` is this pair with the
+    current donor and its layout), never a rewrite of the pair someone else holds."""
 
     vlm: torch.nn.Module
     processor: Any                  # a ProcessorMixin for a VLM, a tokenizer for a causal LM

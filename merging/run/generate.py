@@ -193,7 +193,9 @@ def _generate_rows(pair: ModelPair, prepared: list[tuple[str, Image.Image | None
                    settings: GenerationSettings) -> list[str]:
     """One left-padded generate() call over prompts that all have an image, or all have none."""
     texts = [prompt for prompt, _ in prepared]
-    images = [image for _, image in prepared if image is not None] or None
+    # one list per prompt: Gemma 3's, Mllama's and Idefics3's processors read a flat list as one
+    # prompt's images; the others flatten a nested list
+    images = [[image] for _, image in prepared if image is not None] or None
     if pair.is_multimodal:
         inputs = pair.processor(text=texts, images=images, return_tensors="pt", padding=True)
     else:

@@ -111,8 +111,12 @@ class GramSet:
     fingerprint: switching donors and back brings its statistics back with it.
     """
 
-    def __init__(self, linear_modules: dict[str, str], fan_in: dict[str, int]):
+    def __init__(self, linear_modules: dict[str, str], fan_in: dict[str, int],
+                 donor_modules: dict[str, str] | None = None):
         self.linear_modules = linear_modules
+        # the donor's names for the same layers: they differ where the VLM interleaves layers the
+        # donor lacks (Mllama: VLM layers.4 is donor layers.2), see Layout.layer_map
+        self.donor_modules = donor_modules or linear_modules
         self._fan_in = fan_in
         self._vlm: GramFile | None = None
         self._by_donor: dict[str, GramFile] = {}  # donor fingerprint → its Gram file
@@ -121,12 +125,16 @@ class GramSet:
         """`path` as the Gram file of `model` (role "vlm" or "donor"). Raises MergescopeError for a file
         of another model or version, PlanError for Grams whose shapes do not fit this architecture."""
         grams = GramFile(path, model.fingerprint(), "VLM" if role == "vlm" else "donor")
-        for slot_name, module in self.linear_modules.items():
+        for slot_name, module in self._modules(role).items():
             fan_in = self._fan_in[slot_name]
             if module in grams and grams.shape(module) != (fan_in, fan_in):
                 raise PlanError(f"{grams.path}: the Gram of {module} is {list(grams.shape(module))}, but that "
                                 f"layer takes {fan_in} inputs — Gram file of another architecture")
         return grams
+
+    def _modules(self, role: str) -> dict[str, str]:
+        """Slot name → module name in the Gram file of `role` ("vlm" or "donor")."""
+        return self.linear_modules if role == "vlm" else self.donor_modules
 
     def files(self, donor_fingerprint: str) -> dict[str, GramFile]:
         """The attached files a merge with that donor uses, by role ("vlm", "donor")."""
@@ -159,7 +167,8 @@ class GramSet:
                             f"--data D --out F` and attach them with MergeEngine(pair, grams={{'vlm': F_vlm, "
                             f"'donor': F_donor}}) (CLI: --grams-vlm, --grams-donor)")
         for role, grams in files.items():
-            lacking = [self.linear_modules[n] for n in needing if self.linear_modules[n] not in grams]
+            modules = self._modules(role)
+            lacking = [modules[n] for n in needing if modules[n] not in grams]
             if lacking:
                 raise PlanError(f"{grams.path} ({role}, modules: {grams.scope}) has no Gram for {len(lacking)} "
                                 f"linear layer(s) the plan merges with {methods[0]!r}, e.g. {lacking[:3]}; "
@@ -174,4 +183,4 @@ class GramSet:
         if module is None:
             return None
         files = self.files(donor_fingerprint)
-        return files["vlm"].get(module).to(device), files["donor"].get(module).to(device)
+        return files["vlm"].get(module).to(device), files["donor"].get(self.donor_modules[slot_name]).to(device)
