@@ -1,4 +1,4 @@
-"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export,layers} ...
+"""Command line: mergescope (or python -m merging) {inspect,answer,cache,sweep,search,grams,export,layers,plan} ...
 
 Add --json for one JSON object on stdout."""
 
@@ -20,6 +20,7 @@ from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
 from merging.experiments.distributed import run_sweep_ray
 from merging.experiments.sweep import load_grid, record_sweep, run_sweep, write_results
+from merging.export.mergekit_import import plan_from_mergekit
 from merging.export.writer import export_checkpoint, parse_size
 from merging.io.images import read_image
 from merging.plan.merge_plan import MergePlan
@@ -194,6 +195,25 @@ def cmd_export(args) -> dict:
     return report
 
 
+def cmd_plan(args) -> dict:
+    """Write the plan a mergekit configuration describes (`plan_from_mergekit`); nothing is written on a refusal."""
+    source, out = Path(args.from_mergekit), Path(args.out)
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise MergescopeError(f"cannot read mergekit configuration {source}: {exc.strerror}") from None
+    imported = plan_from_mergekit(text)
+    if out.exists() and not args.overwrite:
+        raise MergescopeError(f"{out} exists; pass --overwrite to replace it")
+    out.write_text(imported.plan.to_yaml())
+    report = {"out": str(out), "rules": len(imported.plan.rules), "plan_hash": imported.plan.hash(),
+              "vlm": imported.vlm, "donor": imported.donor, "base": imported.base}
+    if not args.json:
+        print(f"wrote {out}: {report['rules']} rule(s), plan {report['plan_hash']}; mergekit's models: "
+              f"VLM {imported.vlm}, donor {imported.donor}" + (f", base {imported.base}" if imported.base else ""))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (2 for an error the user can fix)."""
     parser = argparse.ArgumentParser(prog="mergescope", description=__doc__)
@@ -244,12 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", type=text, required=True, help="new folder for the checkpoint")
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    plan = sub.add_parser("plan", help="a plan file from a mergekit YAML configuration")
+    plan.add_argument("--from-mergekit", type=text, required=True, help="mergekit configuration (YAML)")
+    plan.add_argument("--out", type=text, required=True, help="plan file to write (YAML)")
+    plan.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()  # keep stdout/stderr for results and errors
     try:
         result = {"inspect": cmd_inspect, "answer": cmd_answer, "cache": cmd_cache, "sweep": cmd_sweep,
                   "search": cmd_search, "grams": cmd_grams, "export": cmd_export,
-                  "layers": cmd_layers}[args.command](args)
+                  "layers": cmd_layers, "plan": cmd_plan}[args.command](args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,9 +9,11 @@ from merging.errors import MergescopeError
 from merging.export.writer import export_checkpoint
 from merging.limits import brief
 from merging.export.mergekit_config import mergekit_yaml
+from merging.export.mergekit_import import plan_from_mergekit
 
 from .explorer import CHEAP, GPU, Explorer, bind
-from .panel import Panel, plan_of, with_panel
+from .history_tab import restore
+from .panel import PARAM_DEFS, Panel, plan_of, with_panel
 
 
 def write_export(explorer: Explorer, kind: str, donor_name, panel: Panel) -> tuple[str, str]:
@@ -42,6 +44,21 @@ def on_export(explorer: Explorer, kind: str, donor_name, panel: Panel):
                              f"or start the app with another --export-dir")
 
 
+def on_import_mergekit(explorer: Explorer, text: str) -> list:
+    """The Compare editor's values (components, method, curve, table, question, status, donor, params) showing
+    the plan a mergekit YAML describes, then the whole plan as YAML; a one-line refusal changes nothing."""
+    try:
+        imported = plan_from_mergekit(text or "")
+        imported.plan.targets(explorer.engine.pair.layout, has_base=explorer.engine.pair.base is not None)
+    except MergescopeError as exc:
+        return [gr.update()] * 5 + [f"⚠️ {exc}"] + [gr.update()] * (1 + len(PARAM_DEFS)) + [gr.update()]
+    values = restore(explorer, {"plan": imported.plan.to_dict()})
+    values[4] = gr.update()  # the question stays
+    values[5] = (f"Imported mergekit YAML as plan `{imported.plan.hash()}` ({len(imported.plan.rules)} rule(s)"
+                 + ("; the editor shows the first" if len(imported.plan.rules) > 1 else "") + ")")
+    return values + [imported.plan.to_yaml()]
+
+
 def build_export_tab(explorer: Explorer, compare) -> None:
     gr.Markdown("Save the current plan (the YAML the CLI's `--plan` takes), its mergekit YAML where "
                 "mergekit can express it, or the merged model as a checkpoint `from_pretrained` loads. "
@@ -57,3 +74,11 @@ def build_export_tab(explorer: Explorer, compare) -> None:
         handler = bind(with_panel(on_export), explorer, kind)
         handler.__name__ = f"export_{kind}"
         button.click(handler, inputs, [export_file, status], **(GPU if kind == "checkpoint" else CHEAP))
+    gr.Markdown("**Import mergekit YAML**: paste a mergekit configuration; its plan loads into the editor "
+                "(what a plan cannot express is refused, naming the key).")
+    source = gr.Code("", language="yaml", label="mergekit YAML", elem_id="import-mergekit-yaml")
+    load = gr.Button("Import mergekit YAML", elem_id="import-mergekit")
+    imported = gr.Code("", language="yaml", label="Imported plan", interactive=False, elem_id="imported-plan")
+    load.click(bind(on_import_mergekit, explorer), source,
+               [compare.components, compare.method, compare.curve, compare.table, compare.question, compare.status,
+                compare.donor, *compare.param_boxes, imported], **CHEAP)

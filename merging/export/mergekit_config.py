@@ -192,7 +192,8 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
 
 # a port of mergekit's parameter resolution (mergekit.config.evaluate_setting, ConfigReader,
 # MergePlanner.plan_slice), to check the generated configuration before anyone runs it
-def _evaluate(setting, name: str, t: float):
+def evaluate_setting(setting, name: str, t: float):
+    """mergekit's value of a parameter `setting` for tensor `name` at depth t ∈ [0, 1] (None: no entry matches)."""
     if isinstance(setting, dict):
         setting = [setting]
     if isinstance(setting, (bool, int, float)):
@@ -209,14 +210,14 @@ def _evaluate(setting, name: str, t: float):
         for cond in setting:
             flt = cond.get("filter")
             if flt is None or flt == "*" or (name and flt in name):
-                return _evaluate(cond["value"], name, t)
+                return evaluate_setting(cond["value"], name, t)
     return None
 
 
 def _resolve(scopes: list[dict | None], param: str, name: str, t: float):
     for scope in scopes:
         if scope and param in scope:
-            value = _evaluate(scope[param], name, t)
+            value = evaluate_setting(scope[param], name, t)
             if value is not None:
                 return value
     return None
