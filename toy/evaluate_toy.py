@@ -6,8 +6,8 @@
 Items are the world's held-out stream (`world.EVAL_SEED`, never used in training), N per question
 kind (default 200; the first 40 of each kind are the shipped eval set). Answers are greedy, up to 6 new
 tokens, judged by `merging.evals.scoring.judge` (the project's extraction: integers by value, words by
-normalised text). Prompts are built exactly as `merging.run.generate.build_inputs` builds them, batched
-with left padding; a batched answer equals `merging.run.generate.answer`'s (a test checks it).
+normalised text), through the library's batched generation (`merging.run.generate.answer_batch`, left
+padding); a batched answer equals `merging.run.generate.answer`'s (a test checks it).
 
 Merges go through `MergeEngine` on the loaded pair (in place), for Setting 1 (components [all]) and
 Setting 2 ([self_attn]) × three curves (constant α; linear 0→α; loglinear 0→α, as in sweep.py's grid)
@@ -22,6 +22,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -31,7 +32,7 @@ from merging.evals.eval_sets import EvalItem
 from merging.evals.scoring import judge
 from merging.model.pair import load_pair
 from merging.plan.merge_plan import MergePlan
-from merging.run.generate import chat_prompt, text_tokenizer
+from merging.run.generate import GenerationSettings, answer_batch
 
 from . import TOY_DIR, world
 
@@ -45,43 +46,14 @@ TABLE_START, TABLE_END = "<!-- tables:start -->", "<!-- tables:end -->"
 
 
 # -- batched greedy answers ----------------------------------------------------------------------
-def _prompt(processor, item: world.Item) -> str:
-    if item.scene is not None and not hasattr(processor, "image_processor"):
-        raise ValueError("a text-only model cannot answer an image question")
-    return chat_prompt(processor, item.question, with_image=item.scene is not None)  # as build_inputs writes it
-
-
-@torch.no_grad()
 def generate_batch(model, processor, items: list[world.Item], max_new_tokens: int = MAX_NEW_TOKENS,
                    chunk: int = 200) -> list[str]:
-    """Greedy answers to `items`, in left-padded batches (image items and text items apart).
-
-    generate() derives positions from the attention mask (Qwen2.5-VL's 3D ones too), so padding does
-    not change an answer beyond floating-point noise; a test checks equality with `answer()`.
-    """
-    tokenizer = text_tokenizer(processor)
-    prompts = [_prompt(processor, it) for it in items]
-    answers: list[str] = [""] * len(items)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for has_image in (False, True):
-            indices = [i for i, it in enumerate(items) if (it.scene is not None) == has_image]
-            for start in range(0, len(indices), chunk):
-                part = indices[start:start + chunk]
-                texts = [prompts[i] for i in part]
-                if hasattr(processor, "image_processor"):
-                    images = [items[i].image() for i in part] if has_image else None
-                    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-                else:
-                    inputs = tokenizer(texts, return_tensors="pt", add_special_tokens=False, padding=True)
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-                for i, row in zip(part, out[:, inputs["input_ids"].shape[1]:]):
-                    answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
-    return answers
+    """Greedy answers to `items` through the library's batched generation (`generate.answer_batch`,
+    `chunk` prompts per call), for any model and processor — the VLM, or a text LLM in training.
+    Raises MergescopeError for an image question to a text-only model."""
+    owner = SimpleNamespace(vlm=model, processor=processor, is_multimodal=hasattr(processor, "image_processor"))
+    requests = [(item.question, item.image() if item.scene is not None else None) for item in items]
+    return answer_batch(owner, requests, GenerationSettings(max_new_tokens=max_new_tokens), chunk)
 
 
 def as_eval_item(item: world.Item) -> EvalItem:
