@@ -1,5 +1,6 @@
 """The UI's handlers called directly, without a browser or a model: a fake explorer stands in."""
 
+import json
 import inspect
 import math
 import types
@@ -13,6 +14,8 @@ from merging.errors import PlanError
 from merging.plan.merge_plan import MergePlan
 from merging.run.answerer import SCAN_ALPHAS
 from merging.run.probe import summarize
+from merging.model.known_pairs import TOY_DIR
+from ui import lessons
 from ui import asking, compare_tab, export_tab, group_curves, probe_panel, sweep_tab
 from ui.explorer import bind
 from ui.panel import PANEL_CONTROLS, PARAM_DEFS, Panel, plan_of, with_panel
@@ -243,7 +246,6 @@ def test_separate_curves_make_one_rule_per_group():
 
 
 def test_a_lesson_sets_donor_components_curve_question_and_plan_b():
-    from ui import lessons
     explorer = FakeExplorer()
     explorer.answerer.donors = {"shared": None, lessons.NO_SHARED_SEED: None}
     roles = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -325,3 +327,12 @@ def test_stop_scan_ends_the_scan_before_the_next_point():
             assert probe_panel.STOPS.stop(request).startswith("Stopping")
     assert steps[-1][1] == "α scan stopped at 2/11 points" and len(steps) == 3
     assert not probe_panel.STOPS and probe_panel.STOPS.stop(request) == ""  # nothing left behind
+
+
+def test_lesson_numbers_are_the_toy_pairs_measured_tables():
+    results = json.loads((TOY_DIR / "eval_results.json").read_text())
+    ramp = next(r for r in results["grid_llm"] if (r["setting"], r["curve"], r["alpha"]) == ("Setting 1", "linear", 0.6))
+    expected = f"{round(ramp['colour'] * 100)} %"
+    assert lessons.measured("colour", "linear", 0.6) == expected
+    assert expected in lessons.LESSONS["Early layers keep perception"]["text"]
+    assert f"{round(results['vlm']['text_plus'] * 100)} %" in lessons.LESSONS["A skill moves across"]["text"]
