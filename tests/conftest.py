@@ -12,8 +12,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, load_pair  # noqa: E402
+from merging.model.known_pairs import TOY_LLM, TOY_VLM  # noqa: E402
+from merging.run.answerer import Answerer  # noqa: E402
 from toy.tiny import DecoderShape, build_llava_pair, build_qwen_pair  # noqa: E402
+from ui.explorer import Explorer  # noqa: E402
 
 hf_logging.disable_progress_bar()
 torch.set_num_threads(2)
@@ -82,3 +86,17 @@ def assert_same_weights(pair, expected: dict[str, torch.Tensor]) -> None:
     params = dict(pair.vlm.named_parameters())
     differing = [n for n, t in expected.items() if not torch.equal(params[n], t)]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+@pytest.fixture(scope="module")
+def api_explorer(tmp_path_factory):
+    """A public-mode explorer on the toy pair (float32, its own cache), for the API endpoint tests."""
+    engine = MergeEngine(load_pair(TOY_VLM, TOY_LLM, dtype="float32"))
+    return Explorer(Answerer(engine, AnswerCache(tmp_path_factory.mktemp("api") / "cache")), public=True,
+                    rate_limit=100_000)
+
+
+@pytest.fixture(scope="module")
+def api_original(api_explorer):
+    """The VLM's own weights (the engine is fresh: it holds the empty plan)."""
+    return {n: p.detach().clone() for n, p in api_explorer.engine.pair.vlm.named_parameters()}

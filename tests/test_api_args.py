@@ -14,12 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache import AnswerCache
-from merging import MergeEngine, MergePlan, load_pair
-from merging.run.answerer import Answerer
-from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
+from merging import MergeEngine, MergePlan
+from merging.model.known_pairs import TOY_EVAL
 from ui.api import api_answer
-from ui.app import Explorer, build_app
+from ui.app import build_app
 from ui.explorer import bind
 from ui.guard import upload_folder
 from ui.probe_panel import api_distribution, api_scan
@@ -27,19 +25,6 @@ from ui.probe_panel import api_distribution, api_scan
 TOY_IMAGE = TOY_EVAL.parent / "images" / "colour-00000.png"
 PLAN = "rules: [{components: [all], curve: {preset: constant, value: 0.5}}]"
 REFUSAL_SECONDS = 2.0
-
-
-@pytest.fixture(scope="module")
-def explorer(tmp_path_factory):
-    engine = MergeEngine(load_pair(TOY_VLM, TOY_LLM, dtype="float32"))
-    return Explorer(Answerer(engine, AnswerCache(tmp_path_factory.mktemp("api") / "cache")), public=True,
-                    rate_limit=100_000)
-
-
-@pytest.fixture(scope="module")
-def original(explorer):
-    """The VLM's own weights (the engine is fresh: it holds the empty plan)."""
-    return {n: p.detach().clone() for n, p in explorer.engine.pair.vlm.named_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +92,7 @@ def check_weights_hold_a_known_plan(engine: MergeEngine, original: dict) -> None
 
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_every_endpoint_answers_or_explains_in_one_line(explorer, original, uploaded, data):
+def test_every_endpoint_answers_or_explains_in_one_line(api_explorer, api_original, uploaded, data):
     endpoint = data.draw(st.sampled_from(["answer", "distribution", "scan"]))
     useful = [plans, questions]
     if endpoint == "answer":
@@ -120,7 +105,7 @@ def test_every_endpoint_answers_or_explains_in_one_line(explorer, original, uplo
     hostile = data.draw(st.sampled_from([None, *range(len(useful))]))
     args = tuple(data.draw(anything() if i == hostile else kind) for i, kind in enumerate(useful))
     fn = {"answer": api_answer, "distribution": api_distribution, "scan": api_scan}[endpoint]
-    result, message, seconds = _call(explorer, fn, *args)
+    result, message, seconds = _call(api_explorer, fn, *args)
     if message is not None:
         assert message and "\n" not in message and len(message) <= 300 and "Traceback" not in message
     else:
@@ -128,22 +113,22 @@ def test_every_endpoint_answers_or_explains_in_one_line(explorer, original, uplo
     # a refusal costs no model time, whatever was sent: bounded here; a model run's time is measured by
     # benchmarks/soak.py (stalls over 2 s), not by a timed test on a shared machine
     assert message is None or seconds < REFUSAL_SECONDS, f"/{endpoint} took {seconds:.1f} s to refuse"
-    check_weights_hold_a_known_plan(explorer.engine, original)
+    check_weights_hold_a_known_plan(api_explorer.engine, api_original)
 
 
-def test_scan_takes_a_real_list_a_number_and_json_text(explorer):
-    as_list = bind(api_scan, explorer)(PLAN, "What colour?", None, [0.0, 0.5, 1.0])
+def test_scan_takes_a_real_list_a_number_and_json_text(api_explorer):
+    as_list = bind(api_scan, api_explorer)(PLAN, "What colour?", None, [0.0, 0.5, 1.0])
     assert [p["alpha"] for p in as_list] == [0.0, 0.5, 1.0]
-    assert bind(api_scan, explorer)(PLAN, "What colour?", None, "[0, 0.5, 1]") == as_list
-    assert [p["alpha"] for p in bind(api_scan, explorer)(PLAN, "What colour?", None, 0.5)] == [0.5]
+    assert bind(api_scan, api_explorer)(PLAN, "What colour?", None, "[0, 0.5, 1]") == as_list
+    assert [p["alpha"] for p in bind(api_scan, api_explorer)(PLAN, "What colour?", None, 0.5)] == [0.5]
     with pytest.raises(gr.Error, match=r"alphas: 2 is not a number in \[0, 1\]"):
-        bind(api_scan, explorer)(PLAN, "What colour?", None, [0.5, 2])
+        bind(api_scan, api_explorer)(PLAN, "What colour?", None, [0.5, 2])
 
 
 @pytest.fixture(scope="module")
-def client(explorer):
+def client(api_explorer):
     from gradio_client import Client
-    app = build_app(explorer).queue(default_concurrency_limit=1)
+    app = build_app(api_explorer).queue(default_concurrency_limit=1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -152,10 +137,10 @@ def client(explorer):
     app.close()
 
 
-def test_images_arrive_as_handle_file_sends_them(client, explorer):
+def test_images_arrive_as_handle_file_sends_them(client, api_explorer):
     from gradio_client import handle_file
     from merging.io.images import read_image
-    direct = explorer.answerer.distribution(MergePlan(), "What colour?", read_image(TOY_IMAGE), top_k=3)
+    direct = api_explorer.answerer.distribution(MergePlan(), "What colour?", read_image(TOY_IMAGE), top_k=3)
     sent = client.predict("", "What colour?", handle_file(str(TOY_IMAGE)), 3, api_name="/distribution")
     assert sent["tokens"] == direct["tokens"]
     text_only = client.predict("", "What colour?", None, 3, api_name="/distribution")

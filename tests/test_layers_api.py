@@ -6,42 +6,26 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from cache import AnswerCache
-from merging import MergeEngine, MergePlan, load_pair
-from merging.model.known_pairs import TOY_LLM, TOY_VLM
-from merging.run.answerer import Answerer
+from merging import MergePlan
 from tests.test_api_args import check_weights_hold_a_known_plan
-from ui.explorer import Explorer, bind
+from ui.explorer import bind
 from ui.layers_api import XY_SETTINGS, api_layers, api_lens, api_xy
 
 PLAN = "rules: [{components: [all], curve: {preset: constant, value: 0.5}}]"
 Q = "What colour is the shape at the top left?"
 
 
-@pytest.fixture(scope="module")
-def explorer(tmp_path_factory):
-    engine = MergeEngine(load_pair(TOY_VLM, TOY_LLM, dtype="float32"))
-    return Explorer(Answerer(engine, AnswerCache(tmp_path_factory.mktemp("layers_api") / "cache")), public=True,
-                    rate_limit=100_000)
-
-
-@pytest.fixture(scope="module")
-def original(explorer):
-    """The VLM's own weights (the engine is fresh: it holds the empty plan)."""
-    return {n: p.detach().clone() for n, p in explorer.engine.pair.vlm.named_parameters()}
-
-
-def test_good_input_gives_the_documented_shapes(explorer, original):
-    rows = bind(api_layers, explorer)(PLAN, Q, None, 4)
+def test_good_input_gives_the_documented_shapes(api_explorer, api_original):
+    rows = bind(api_layers, api_explorer)(PLAN, Q, None, 4)
     assert len(rows) == 2 * 3 * 2 and rows[0]["layers"] == [0, 3]
     assert set(rows[0]) == {"layers", "group", "mode", "p_top", "p_gold", "kl_to_base", "answer"}
-    lens = bind(api_lens, explorer)(PLAN, Q, None)
+    lens = bind(api_lens, api_explorer)(PLAN, Q, None)
     assert [r["layer"] for r in lens["base"]] == [r["layer"] for r in lens["merged"]] == list(range(8))
-    top = explorer.answerer.distribution(MergePlan.from_text(PLAN), Q, None, top_k=1)["tokens"][0]
+    top = api_explorer.answerer.distribution(MergePlan.from_text(PLAN), Q, None, top_k=1)["tokens"][0]
     assert lens["merged"][-1]["token"] == top[0] and lens["merged"][-1]["p_top"] == pytest.approx(top[1], rel=1e-5)
-    cells = bind(api_xy, explorer)(PLAN, Q, None, "alpha", "[0.5, 1]", "group", ["mlp", "all"])
+    cells = bind(api_xy, api_explorer)(PLAN, Q, None, "alpha", "[0.5, 1]", "group", ["mlp", "all"])
     assert [(c["x"], c["y"]) for c in cells] == [(0.5, "mlp"), (1.0, "mlp"), (0.5, "all"), (1.0, "all")]
-    assert cells[2]["answer"] == explorer.answerer.ask(MergePlan.from_text(PLAN), Q, None,
+    assert cells[2]["answer"] == api_explorer.answerer.ask(MergePlan.from_text(PLAN), Q, None,
                                                        XY_SETTINGS)["answer"]
 
 
@@ -71,9 +55,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("fn, args, words", BAD, ids=[f"{fn.__name__}-{i}" for i, (fn, _, _) in enumerate(BAD)])
-def test_bad_input_gets_one_line_and_changes_nothing(explorer, original, fn, args, words):
+def test_bad_input_gets_one_line_and_changes_nothing(api_explorer, api_original, fn, args, words):
     with pytest.raises(gr.Error, match=words) as caught:
-        bind(fn, explorer)(*args)
+        bind(fn, api_explorer)(*args)
     message = caught.value.message
     assert message and "\n" not in message and len(message) <= 300 and "Traceback" not in message
-    check_weights_hold_a_known_plan(explorer.engine, original)
+    check_weights_hold_a_known_plan(api_explorer.engine, api_original)

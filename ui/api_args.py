@@ -74,6 +74,18 @@ def int_arg(value: Any, what: str, low: int, high: int) -> int:
     return bounded_int(value, what, low, high)
 
 
+def json_text(value: Any, what: str, shape: str) -> Any:
+    """`value` parsed when it is JSON text (a list sent as a string), size-checked first; anything else as
+    it is. Raises LimitError (one line: `what`, then "give `shape`") for text that is not JSON."""
+    if not isinstance(value, str):
+        return value
+    check_size(value, what)
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise LimitError(f"{what}: {brief(value, 60)} is not JSON; give {shape}") from None
+
+
 def numbers_arg(value: Any, what: str, low: float, high: float, max_items: int,
                 default: list[float] | None = None) -> list[float]:
     """A list of 1 to `max_items` finite numbers in [low, high]: a real list, one number, or the list as
@@ -84,12 +96,7 @@ def numbers_arg(value: Any, what: str, low: float, high: float, max_items: int,
         if default is None:
             raise LimitError(f"{what}: give {shape}")
         return list(default)
-    if isinstance(value, str):
-        check_size(value, what)
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise LimitError(f"{what}: {brief(value, 60)} is not JSON; give {shape}") from None
+    value = json_text(value, what, shape)
     if _is_number(value):
         value = [value]
     if not isinstance(value, list) or not 0 < len(value) <= max_items:

@@ -5,17 +5,16 @@ result or a one-line error."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import gradio as gr
 
 from merging.experiments.xy_grid import MAX_CELLS, XY_SETTINGS, check_axis, xy_grid
-from merging.limits import LimitError, as_text, brief, check_size
+from merging.limits import LimitError, as_text, brief
 from merging.plan.merge_plan import MergePlan
 from merging.run.sensitivity import layer_sensitivity
 
-from .api_args import ImageArg, endpoint, image_arg, int_arg, plan_arg, question_arg
+from .api_args import ImageArg, endpoint, image_arg, int_arg, json_text, plan_arg, question_arg
 from .compare_tab import gold_for
 from .explorer import GPU, Explorer, bind
 
@@ -54,12 +53,7 @@ def api_lens(explorer: Explorer, plan_yaml: str | dict, question: str, image: Im
 
 def axis_values(value: Any, what: str) -> list:
     """An axis' values: a real list, or the list as JSON text ("[0.2, 0.5]", '["mlp", "norms"]')."""
-    if isinstance(value, str):
-        check_size(value, what)
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise LimitError(f"{what}: {brief(value, 60)} is not JSON; give a list like [0.3, 0.6]") from None
+    value = json_text(value, what, "a list like [0.3, 0.6]")
     if not isinstance(value, list):
         raise LimitError(f"{what}: give a list of values (or that JSON list as text), got {brief(value, 60)}")
     return value
