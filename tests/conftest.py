@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +17,12 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, load_pair  # noqa: E402
-from merging.model.known_pairs import TOY_LLM, TOY_VLM  # noqa: E402
+from merging.evals.eval_sets import load_eval_set  # noqa: E402
+from merging.io.checkpoint import Checkpoint  # noqa: E402
+from merging.model.known_pairs import TOY_LLM, TOY_VLM, resolve_models  # noqa: E402
 from merging.run.answerer import Answerer  # noqa: E402
 from toy.tiny import DecoderShape, build_llava_pair, build_qwen_pair  # noqa: E402
+from ui.app import build_app  # noqa: E402
 from ui.explorer import Explorer  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -100,3 +106,61 @@ def api_explorer(tmp_path_factory):
 def api_original(api_explorer):
     """The VLM's own weights (the engine is fresh: it holds the empty plan)."""
     return {n: p.detach().clone() for n, p in api_explorer.engine.pair.vlm.named_parameters()}
+
+
+# The browser-test harness: the explorer on the shipped toy pair behind a real Gradio server, and Debian's
+# chromium driven by playwright. Each module that uses `server` gets its own, so its cache starts empty.
+CHROMIUM = "/usr/bin/chromium"
+NEEDS_CHROMIUM = pytest.mark.skipif(not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                                    reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The explorer on the shipped toy pair, built as app.py builds it (the default pair, both donors)."""
+    root = tmp_path_factory.mktemp("ui")
+    models = resolve_models(None, None, None, None)
+    donors = {label: Checkpoint(path) for label, path in models.other_donors}
+    answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
+                        donors, models.donor_label)
+    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
+                        search_dir=root / "search")
+    app = build_app(explorer).queue(default_concurrency_limit=1)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", explorer
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page.goto(server[0], wait_until="domcontentloaded")
+    page.wait_for_selector("#curve svg", timeout=60_000)
+    yield page
+    page.close()
+
+
+def wait_status(page, selector: str, text: str, timeout: int = 180_000) -> str:
+    page.wait_for_function(f"() => (document.querySelector('{selector}')?.innerText || '').includes({json.dumps(text)})",
+                           timeout=timeout)
+    return page.locator(selector).inner_text()
+
+

@@ -3,72 +3,24 @@ on the shipped toy pair; and several gradio_client clients at once."""
 
 import json
 import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cache import AnswerCache
-from merging import MergeEngine, MergePlan, load_pair
-from merging.io.checkpoint import Checkpoint
-from merging.evals.eval_sets import load_eval_set
-from merging.model.known_pairs import NO_SHARED_SEED, resolve_models
+from merging import MergePlan
+from merging.model.known_pairs import NO_SHARED_SEED
 from merging.run.generate import GenerationSettings
 from merging.run.answerer import Answerer
-from ui.app import Explorer, build_app
 
-CHROMIUM = "/usr/bin/chromium"
+from tests.conftest import NEEDS_CHROMIUM, free_port, wait_status
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
-                                reason="Debian chromium is not installed (.ci/run installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = NEEDS_CHROMIUM
 
 
 COLOUR_Q = "What colour is the shape at the top left?"  # the toy eval set's first colour item (example 2)
 OTHER = NO_SHARED_SEED
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The explorer on the shipped toy pair, built as app.py builds it (the default pair, both donors)."""
-    root = tmp_path_factory.mktemp("ui")
-    models = resolve_models(None, None, None, None)
-    donors = {label: Checkpoint(path) for label, path in models.other_donors}
-    answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
-                        donors, models.donor_label)
-    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
-                        search_dir=root / "search")
-    app = build_app(explorer).queue(default_concurrency_limit=1)
-    port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}", explorer
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1700})
-    page.goto(server[0], wait_until="domcontentloaded")
-    page.wait_for_selector("#curve svg", timeout=60_000)
-    yield page
-    page.close()
 
 
 def open_exact_values(page):
@@ -244,7 +196,7 @@ def test_readme_app_command_serves_the_toy_pair_on_localhost(tmp_path):
     import sys
     import time
     import urllib.request
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -418,11 +370,11 @@ def test_stop_leaves_a_partial_sweep(page, server):
     # here, the cached cells go through and the third cannot start computing until Stop is in
     with explorer.engine.lock:
         page.locator("#run-sweep").click()
-        _wait_status(page, "#sweep-status", "Sweep: 2/11 cells")
+        wait_status(page, "#sweep-status", "Sweep: 2/11 cells")
         assert sweep_tab.STOPS
         page.locator("#stop-sweep").click()
-        _wait_status(page, "#sweep-status", "Stopping after the current batch")
-    status = _wait_status(page, "#sweep-status", "stopped at")
+        wait_status(page, "#sweep-status", "Stopping after the current batch")
+    status = wait_status(page, "#sweep-status", "stopped at")
     assert "/ 176 answers" in status and "(3 of 11 cells)" in status  # base + 10 cells × 16 items
     page.wait_for_selector("#sweep-lines .main-svg")
     assert "linear ramp" in page.locator("#sweep-table").inner_text()
@@ -431,12 +383,6 @@ def test_stop_leaves_a_partial_sweep(page, server):
 
 SEARCH_SPACE = "groups:\n  attention: {anchors: 2, range: [0.0, 0.8]}\n  mlp: {anchors: 2, range: [0.0, 0.8]}\n" \
                "max_new_tokens: 4\n"
-
-
-def _wait_status(page, selector: str, text: str, timeout: int = 180_000) -> str:
-    page.wait_for_function(f"() => (document.querySelector('{selector}')?.innerText || '').includes({json.dumps(text)})",
-                           timeout=timeout)
-    return page.locator(selector).inner_text()
 
 
 def test_search_starts_stops_resumes_and_opens_the_best_plan_in_compare(page, server):
@@ -458,11 +404,11 @@ def test_search_starts_stops_resumes_and_opens_the_best_plan_in_compare(page, se
             page.wait_for_timeout(100)
         assert search_tab.STOPS, "the search never started"
         page.locator("#stop-search").click()
-        _wait_status(page, "#search-status", "Stopping after the current trial")
-    status = _wait_status(page, "#search-status", "Search stopped at")
+        wait_status(page, "#search-status", "Stopping after the current trial")
+    status = wait_status(page, "#search-status", "Search stopped at")
     assert "/ 3 trials; Start resumes it" in status
     page.locator("#start-search").click()  # the same study resumes and finishes its budget
-    status = _wait_status(page, "#search-status", "Search done: best trial")
+    status = wait_status(page, "#search-status", "Search done: best trial")
     assert "held-out items" in status and "McNemar vs base p =" in status
     rows = page.locator("#search-trials-table").inner_text()
     assert sum(rows.count(state) for state in ("complete", "pruned")) == 3
@@ -471,6 +417,6 @@ def test_search_starts_stops_resumes_and_opens_the_best_plan_in_compare(page, se
     page.locator("#search-trial input").press("Tab")
     page.locator("#open-trial").click()
     page.get_by_role("tab", name="Compare").click()
-    _wait_status(page, "#status", f"Opened search trial {best}")
+    wait_status(page, "#status", f"Opened search trial {best}")
     assert page.locator("#separate-curves input").is_checked()  # attention + MLP: one curve per group
     page.wait_for_selector("#curve-attention svg", state="visible")
