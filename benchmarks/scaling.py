@@ -7,6 +7,8 @@ donor with that size's REAL text configuration, random bf16 weights written shar
   0.3B  hidden 768,  12 layers, 12/2 heads, MLP 3072,  vocabulary 151936, untied
   1.5B  hidden 1536, 28 layers, 12/2 heads, MLP 8960,  vocabulary 151936, untied (Qwen2.5-1.5B's text)
   3B    hidden 2048, 36 layers, 16/2 heads, MLP 11008, vocabulary 151936, untied (Qwen2.5-VL-3B's text)
+  0.5B  hidden 896,  24 layers, 14/2 heads, MLP 4864,  vocabulary 151936, tied (Qwen2.5-0.5B's text: an
+        attention-only switch writes 168 tensors, 84 MiB)
 
 One JSON row per size (medians of `--repeats`, each apply starting from the pure VLM):
 params, build_s, load_s, first_apply_s (the first apply verifies every original it reads),
@@ -17,13 +19,18 @@ mergekit workflow for one configuration (the attention-only plan) as a user woul
 `mergekit.merge.run_merge` on the VLM's text model (a Qwen2 config over the VLM's own shards) and the
 donor, the merged text spliced back with the VLM's vision tower, `from_pretrained` of that VLM. The
 summary fits apply seconds against bytes moved (time = fixed + bytes / bandwidth) over every plan and
-size, and gives mergekit / apply per size. Logs go to stderr; ONE JSON object to stdout at the end.
+size, and gives mergekit / apply per size. Each row also holds benchmarks/switch.py's
+`switch_figures` for that pair (first apply, warm switch α 0.4 ↔ 0.5 beside its single-pass lerp
+limit, `switch_over_limit`, per-tensor overhead; medians of `--switch-repeats`), so the switch and
+the mergekit workflow come from one run. Logs go to stderr;
+ONE JSON object to stdout at the end.
 
 Disk: per size, about 2 × the model's bf16 bytes for the pair, plus 1 × for mergekit's output:
 3B ≈ 7.0 + 6.8 + 6.8 ≈ 21 GB at the peak (sizes run one after another; each folder is deleted).
 Memory: the resident VLM (3B: 6.9 GB) + page cache. Time here (2 cores, shared): see README.
 
-Run: python benchmarks/scaling.py [--sizes 0.3B,1.5B,3B] [--no-mergekit] [--repeats 3] [--tmp DIR]
+Run: python benchmarks/scaling.py [--sizes 0.3B,1.5B,3B,0.5B] [--no-mergekit] [--repeats 3] [--switch-repeats 7]
+     [--tmp DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch
 import transformers
 
 import merging
+from switch import SWITCH_TO, switch_figures  # run as a script: benchmarks/ is on sys.path
 from toy.sharded import write_qwen_pair_sharded
 from toy.tiny import DecoderShape
 
@@ -54,6 +62,8 @@ SIZES = {
                          intermediate_size=8960),
     "3B": DecoderShape(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
                        intermediate_size=11008),
+    "0.5B": DecoderShape(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         intermediate_size=4864, tie_word_embeddings=True),
 }
 ALPHA = 0.4
 
@@ -100,7 +110,7 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 7) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
-def measure_engine(vlm_dir: Path, llm_dir: Path, repeats: int) -> tuple[dict, dict]:
+def measure_engine(vlm_dir: Path, llm_dir: Path, repeats: int, switch_repeats: int) -> tuple[dict, dict]:
     """Engine figures for one pair; returns (row fields, the mergekit config of the attention plan)."""
     start = time.perf_counter()
     pair = merging.load_pair(vlm_dir, llm_dir, dtype="bfloat16", device="cpu")
@@ -129,6 +139,9 @@ def measure_engine(vlm_dir: Path, llm_dir: Path, repeats: int) -> tuple[dict, di
     bandwidth = statistics.median([bandwidth, copy_bandwidth()])  # before and after: the machine is shared
     extra = engine.extra_resident_bytes()
     after = rss()
+    to = {c: plan([c], {"preset": "constant", "value": SWITCH_TO}) for c in ("self_attn", "all")}
+    switches = switch_figures(engine, {"attention": (attn, to["self_attn"]), "full": (full, to["all"])},
+                              lambda: None, switch_repeats, [vlm_dir, llm_dir])
     engine.restore()
     params = dict(pair.vlm.named_parameters())
     bit_exact = all(torch.equal(params[s.name].detach(), pair.vlm_files.get(s.vlm_key)) for s in pair.layout.slots)
@@ -149,6 +162,7 @@ def measure_engine(vlm_dir: Path, llm_dir: Path, repeats: int) -> tuple[dict, di
         "rss_before": before, "rss_after": after,
         "extra_resident_bytes": extra, "restore_bit_exact": bit_exact,
         "torch_threads": torch.get_num_threads(), "write_workers": engine._pool.workers,
+        **switches, "load_average": os.getloadavg(),
     }
     return row, kit
 
@@ -197,7 +211,7 @@ def mergekit_workflow(root: Path, vlm_dir: Path, llm_dir: Path, kit: dict) -> di
             "mergekit_splice_s": splice_s, "mergekit_reload_s": reload_s}
 
 
-def run_size(name: str, base: Path, repeats: int, with_mergekit: bool) -> dict:
+def run_size(name: str, base: Path, repeats: int, switch_repeats: int, with_mergekit: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"scaling-{name}-", dir=base))
     try:
         start = time.perf_counter()
@@ -205,7 +219,7 @@ def run_size(name: str, base: Path, repeats: int, with_mergekit: bool) -> dict:
         build_s = time.perf_counter() - start
         disk = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
         log(f"{name}: built pair in {build_s:.1f}s ({disk / 1e9:.1f} GB)")
-        row, kit = measure_engine(vlm_dir, llm_dir, repeats)
+        row, kit = measure_engine(vlm_dir, llm_dir, repeats, switch_repeats)
         gc.collect()  # the engine and the resident VLM are gone before mergekit's turn
         row = {"size": name, **row, "build_s": build_s, "pair_disk_bytes": disk}
         log(f"{name}: attention {row['apply_attention_s']:.3f}s, full {row['apply_full_s']:.3f}s, "
@@ -214,6 +228,7 @@ def run_size(name: str, base: Path, repeats: int, with_mergekit: bool) -> dict:
             row.update(mergekit_workflow(root, vlm_dir, llm_dir, kit))
             row["mergekit_over_apply_attention"] = row["mergekit_s"] / row["apply_attention_s"]
             row["mergekit_over_apply_full"] = row["mergekit_s"] / row["apply_full_s"]
+            row["mergekit_over_switch_attention"] = row["mergekit_s"] / row["switch_attention_s"]
             row["peak_disk_bytes"] = sum(f.stat().st_size for f in root.rglob("*")
                                          if f.is_file() and not f.is_symlink())
             log(f"{name}: mergekit workflow {row['mergekit_s']:.1f}s")
@@ -250,6 +265,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="0.3B,1.5B,3B", help=f"comma-separated, of {list(SIZES)}")
     parser.add_argument("--no-mergekit", action="store_true", help="skip the mergekit workflow")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--switch-repeats", type=int, default=7, help="switches (and limits) per plan")
     parser.add_argument("--tmp", default=os.environ.get("TMPDIR", tempfile.gettempdir()),
                         help="where the temporary pairs go (needs ~21 GB free for 3B with mergekit)")
     args = parser.parse_args()
@@ -262,7 +278,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     for name in sizes:
-        rows.append(run_size(name, Path(args.tmp), args.repeats, not args.no_mergekit))
+        rows.append(run_size(name, Path(args.tmp), args.repeats, args.switch_repeats, not args.no_mergekit))
         log(f"{name} done at {time.perf_counter() - start:.0f}s")
     print(json.dumps({"rows": rows, "summary": summary(rows), "total_s": time.perf_counter() - start}, indent=1))
 
