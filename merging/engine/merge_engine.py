@@ -2,35 +2,32 @@
 
 State is one dict, slot name → the `Target` that tensor currently holds (absent = the VLM's
 original). Applying a plan resolves it to targets (validating everything before the first write),
-then writes only the tensors whose target differs and restores the ones that left the plan.
-Each write recomputes from the VLM's original and the donor — never from the current, possibly
-merged, value — so the same plan gives bit-identical weights whatever was applied before.
+then writes only the tensors whose target differs and restores the ones that left the plan. Each
+write recomputes from the VLM's original and the donor — never from the current value — so the
+same plan gives bit-identical weights whatever was applied before.
 
 Originals are re-read from the VLM's own safetensors (memory-mapped: no extra resident memory). On
 first touch the engine checks that the file value, cast to the parameter's dtype, equals the loaded
 parameter bit for bit; where it does not (a dtype cast the loader did differently, weights edited
-after loading), it keeps a copy of that one tensor on the CPU instead.
+after loading), it keeps a CPU copy of that tensor instead.
 
 Element-wise writes (restores, `linear` on half types) skip the methods' per-tensor machinery: on the
 CPU they go to a pool of single-threaded workers, small tensors batched, large ones chunked
-(merging/engine/cpu_pool.py); elsewhere they are gathered into group calls (merging/engine/fused.py). Bookkeeping
-is per apply: each file is checked for changes once per apply, and again only after a method's own
-code ran (merging/io/reads.py); inputs are the checkpoints' kept memory-mapped views. On a GPU they come
-from an LRU device cache (`device_cache_bytes`) or through pinned staging buffers
-(merging/engine/staging.py); both hand over bit-exact copies, so the weights do not depend on them.
+(cpu_pool.py); elsewhere they are gathered into group calls (fused.py). Bookkeeping is per apply: each
+file is checked once per apply, and again only after a method's own code ran (merging/io/reads.py);
+on the CPU each parameter's restore and `linear` write is prepared once and kept (kept.py), so a
+switch queues its kernels without per-tensor lookups. On a GPU inputs come, as bit-exact copies,
+from an LRU device cache (`device_cache_bytes`) or through pinned staging buffers (staging.py).
 
-If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan
-(or, should even that fail, to the pure VLM) before re-raising: the weights are never left
-half-merged, and `engine.plan` always says what they hold.
+If anything fails mid-apply, the engine rewrites the touched tensors back to the previous plan (or,
+should even that fail, to the pure VLM) before re-raising: `engine.plan` always says what they hold.
 
 Methods get what they declare in `Method.context`: the tensor's decoder-relative name (DARE seeds
-each tensor's mask with it) and, for RegMean, the Gram matrices of the tensor's linear-layer input in
-the VLM and the donor. Gram files (`python -m merging grams`) are attached with
-`MergeEngine(pair, grams={"vlm": path, "donor": path})` or `set_grams`, checked against the models'
-fingerprints at once, and memory-mapped: a Gram is read only when a regmean tensor is written. A plan
-whose regmean rules cover a linear layer without Grams fails before the first write. The Gram files'
-own fingerprints are part of a regmean tensor's target, so attaching other Grams rewrites exactly the
-regmean tensors.
+its mask with it) and, for RegMean, the Gram matrices of the layer's input in the VLM and the donor,
+from Gram files (`python -m merging grams`) attached with `MergeEngine(pair, grams={"vlm": path,
+"donor": path})` or `set_grams`: checked against the models' fingerprints at once, memory-mapped, read
+only when a regmean tensor is written. A plan whose regmean rules cover a linear layer without Grams
+fails before the first write; the Gram files' fingerprints are part of a regmean tensor's target.
 """
 
 from __future__ import annotations
@@ -44,7 +41,8 @@ import torch
 from merging.io.checkpoint import Checkpoint
 from merging.engine.cpu_pool import CpuPool
 from merging.errors import LayoutError, MergescopeError, PlanError
-from merging.engine.fused import WriteBatch, lerp_fusable
+from merging.engine.fused import WriteBatch
+from merging.engine.kept import KeptWrites, queue_copy, queue_linear
 from merging.stats.gram_files import GramFile, GramSet, decoder_linears
 from merging.model.layout import Layout, Slot, build_layout, mapped_rel
 from merging.methods import Method, get_method
@@ -95,7 +93,9 @@ class MergeEngine:
         self._verified: set[str] = set()
         self._snapshots: dict[str, torch.Tensor] = {}  # originals the files could not reproduce
         self._reads = ApplyReads()
-        self._resolved: dict[tuple[str, bool], tuple[Layout, dict[str, Target]]] = {}  # plan → targets, by layout
+        # plan → (layout, targets, the ones RegMean needs Grams for), reused while the layout stays
+        self._resolved: dict[tuple[str, bool], tuple[Layout, dict[str, Target], list[str]]] = {}
+        self._kept = KeptWrites()  # each CPU parameter's restore and linear write, prepared (kept.py)
         linears = set(decoder_linears(pair.vlm))
         # slot name → decoder-relative module name, for the weights of linear layers (RegMean's domain)
         linear_modules = {s.name: s.rel[:-len(".weight")] for s in pair.layout.slots
@@ -159,15 +159,17 @@ class MergeEngine:
 
     def _targets(self, plan: MergePlan) -> dict[str, Target]:
         key = (plan.hash(), self.pair.base is not None)  # resolving walks every slot: reuse the last few
-        layout, resolved = self._resolved.get(key, (None, None))
+        layout, resolved, grams = self._resolved.get(key, (None, None, None))
         if layout is not self.pair.layout:
-            layout, resolved = self._resolved[key] = self.pair.layout, plan.targets(self.pair.layout, key[1])
+            layout, resolved = self.pair.layout, plan.targets(self.pair.layout, key[1])
+            # non-linear tensors of a regmean rule are merged linearly: only linear layers need Grams
+            grams = [name for name, t in resolved.items()
+                     if get_method(t.method).needs_grams and name in self.gram_set.linear_modules]
+            self._resolved[key] = layout, resolved, grams
             while len(self._resolved) > 16:
                 del self._resolved[next(iter(self._resolved))]
         targets = dict(resolved)  # Targets are immutable; the dict is the caller's
-        # non-linear tensors of a regmean rule are merged linearly: only linear layers need Grams
-        needing = {name: t.method for name, t in targets.items()
-                   if get_method(t.method).needs_grams and name in self.gram_set.linear_modules}
+        needing = {name: targets[name].method for name in grams}
         if needing:
             identity = self.gram_set.identity(needing, self.pair.donor.fingerprint())
             for name in needing:
@@ -201,6 +203,7 @@ class MergeEngine:
             self.restore()
             self.pair = replace(self.pair, donor=donor, layout=layout)  # the loaded pair itself is left as it was
             self._slots = {s.name: s for s in layout.slots}
+            self._kept.clear()
 
     # -- applying plans ------------------------------------------------------------------------
     def apply(self, plan: MergePlan) -> ApplyReport:
@@ -211,6 +214,7 @@ class MergeEngine:
             # weights keep the current plan; reads check again after a method's own code ran (reads.py)
             self.pair.check_files()
             self._reads.start(self.pair.vlm_files, self.pair.donor, self.pair.base)
+            self._kept.renew(self.pair.vlm_files, self.pair.donor)
             start = time.perf_counter()
             report = ApplyReport(plan.hash())
             previous = self._plan
@@ -249,8 +253,7 @@ class MergeEngine:
 
     def donor_bytes_used(self) -> int:
         """Donor bytes the current plan reads (distinct tensors)."""
-        keys = {self._slots[name].donor_key for name in self._state}
-        return sum(self.pair.donor.nbytes(k) for k in keys)
+        return sum(self.pair.donor.nbytes(k) for k in {self._slots[name].donor_key for name in self._state})
 
     # -- internals ---------------------------------------------------------------------------
     def _write_all(self, targets: dict[str, Target], report: ApplyReport) -> None:
@@ -263,7 +266,8 @@ class MergeEngine:
                 if self._state.get(name) == target:
                     continue
                 self._state[name] = _DIRTY
-                self._compute(self._slots[name], target, self._params[name], report, batch)
+                if not self._queue_kept(name, target, report, batch):
+                    self._compute(self._slots[name], target, self._params[name], report, batch)
                 done.append((name, target))
                 if batch.full:
                     batch.run(self._reads.before_batch)
@@ -279,6 +283,15 @@ class MergeEngine:
             else:
                 self._state[name] = target
                 report.written.append(name)
+
+    def _queue_kept(self, name: str, target: Target | None, report: ApplyReport, batch: WriteBatch) -> bool:
+        """Queue `name`'s write from its kept record, unless a method's code ran since the files' check."""
+        kept = self._reads.unchanged(self.pair.vlm_files, self.pair.donor) and self._kept.queue(
+            name, target, self._pool, batch)
+        if kept:
+            report.bytes_read += kept.last_read
+            report.bytes_written += kept.written
+        return bool(kept)
 
     def _recover(self, previous: MergePlan) -> None:
         try:
@@ -327,39 +340,26 @@ class MergeEngine:
 
     def _compute(self, slot: Slot, target: Target | None, out: torch.Tensor, report: ApplyReport,
                  batch: WriteBatch) -> None:
-        """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it).
-
-        Element-wise writes go to the write pool on the CPU (cpu_pool.POOL_MIN_ELEMENTS and up), else
-        on `batch`: the caller's `batch.run` and `self._pool.finish()` make them land."""
+        """Write `target`'s value of `slot` into `out` (the parameter, or a scratch tensor like it); element-
+        wise writes are queued (kept.py): the caller's `batch.run` and `self._pool.finish()` land them."""
         param, device = self._params[slot.name], out.device
         method = get_method(target.method) if target is not None else None
         rows = slot.shared_rows or param.shape[0]
         needs_base = method is not None and method.needs_base
         original, donor, base = self._inputs(slot, target, param, device, rows, needs_base)
+        if donor is not None and out is param and self._feeder(device).passthrough:
+            self._kept.prepare(slot, param, original, donor, rows, self.pair)
         report.bytes_read += sum(t.numel() * t.element_size() for t in (original, donor, base) if t is not None)
         report.bytes_written += out.numel() * out.element_size()
         cpu = device.type == "cpu"
         if target is None:
-            return self._copy(out, original, batch, cpu)
-        head, vlm_rows, alpha = out, original, target.alpha
+            return queue_copy(out, original, self._pool, batch, cpu)
+        head, vlm_rows = out, original
         if rows < param.shape[0]:  # vocab mismatch: the VLM keeps its extra rows
-            self._copy(out[rows:], original[rows:], batch, cpu)
+            queue_copy(out[rows:], original[rows:], self._pool, batch, cpu)
             head, vlm_rows = out[:rows], original[:rows]
-        if target.method == "linear" and alpha in (0, 1):  # linear's endpoints are exact copies
-            self._copy(head, vlm_rows if alpha == 0 else donor, batch, cpu)
-        elif target.method == "linear" and lerp_fusable(head, vlm_rows, donor):
-            if cpu and CpuPool.worth(head, vlm_rows, donor):
-                self._pool.submit(lambda o, v, d: torch.lerp(v, d, alpha, out=o), head, vlm_rows, donor)
-            else:
-                batch.lerp(head, vlm_rows, donor, alpha)
-        else:
+        if target.method != "linear" or not queue_linear(head, vlm_rows, donor, target.alpha, self._pool, batch, cpu):
             self._method(slot, method, target, head, vlm_rows, donor, base)
-
-    def _copy(self, out: torch.Tensor, src: torch.Tensor, batch: WriteBatch, cpu: bool) -> None:
-        if cpu and CpuPool.worth(out, src):
-            self._pool.submit(torch.Tensor.copy_, out, src)
-        else:
-            batch.copy(out, src)
 
     def _method(self, slot: Slot, method: Method, target: Target, out: torch.Tensor, vlm: torch.Tensor,
                 donor: torch.Tensor, base: torch.Tensor | None) -> None:

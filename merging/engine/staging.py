@@ -111,6 +111,11 @@ class Feeder:
         cached = self.cache.used if self.device.type == "cpu" else 0
         return cached + (self.stager.host_bytes() if self.stager else 0)
 
+    @property
+    def passthrough(self) -> bool:
+        """Whether `fetch` hands back what `load()` returns itself (the CPU without cache or staging)."""
+        return self.direct and not self.cache.budget
+
     def _move(self, host: torch.Tensor) -> torch.Tensor:
         if self.stager is not None:
             return self.stager.to_device(host)
@@ -121,7 +126,7 @@ class Feeder:
 
         The key must name the value exactly (checkpoint identity, tensor, dtype, rows): a hit is
         returned without calling `load`."""
-        if self.direct and not self.cache.budget:  # the CPU without cache or staging: nothing to move
+        if self.passthrough:  # nothing to move
             return load()
         if self.cache.budget:
             hit = self.cache.get(key)

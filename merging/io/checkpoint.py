@@ -7,14 +7,14 @@ copy and no resident memory beyond the OS page cache — unlike `safe_open(...).
 copies every tensor it returns. Every header is validated up front, so a corrupt file fails with a
 clear `CheckpointError` at open time, not halfway through a merge.
 
-Every dtype of the format is accepted in a header (an unused U16 or F4 tensor is no reason to refuse a
-file); a tensor whose dtype we cannot compute with is refused only when it is read as a float
-(`float_problem`), by name. A mapped file truncated under us would kill the process with SIGBUS on the
-next read, so reads first check that the file still has the size and identity (st_size, st_ino,
-st_mtime_ns, st_dev) it had at open (the engine: once per file per apply, merging/io/reads.py); a changed
-file is re-opened if it holds the same checkpoint (a restored copy), refused with a CheckpointError
-otherwise. Views are made once per tensor and kept. Block-scaled FP8 weights are dequantized on read
-(`merging.io.quantization`); other quantizations are recorded in `quantization` for the caller to refuse.
+Every dtype of the format is accepted in a header; a tensor whose dtype we cannot compute with is
+refused only when it is read as a float (`float_problem`), by name. A mapped file truncated under us
+would kill the process with SIGBUS on the next read, so reads first check that the file still has the
+size and identity (st_size, st_ino, st_mtime_ns, st_dev) it had at open (the engine: once per file
+per apply, merging/io/reads.py); a changed file is re-opened if it holds the same checkpoint (a
+restored copy), refused with a CheckpointError otherwise. Views are made once and kept. Block-scaled
+FP8 weights are dequantized on read (`merging.io.quantization`); other quantizations are recorded in
+`quantization` for the caller to refuse.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import os
 import struct
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,8 +130,7 @@ class _SafetensorsFile:
         """Refuse to read a file that changed since it was opened; re-map one that was restored.
 
         Reading a mapped page past a truncated end is SIGBUS, which no `except` catches, so the file's
-        (st_size, st_ino, st_mtime_ns, st_dev) are compared before reads (one stat call). A file
-        that changed but holds the same header and sampled bytes (a restored copy) is mapped afresh.
+        identity is compared before reads (one stat); a restored copy (same header and sampled bytes) is mapped afresh.
         A truncation between this check and the read itself is not caught (no portable way to).
         """
         try:
@@ -299,15 +299,16 @@ class Checkpoint:
 
     def dtype_counts(self) -> dict[str, int]:
         """How many tensors of each stored dtype code the checkpoint holds, e.g. {"BF16": 338, "U16": 1}."""
-        counts: dict[str, int] = {}
-        for entry in self._entries.values():
-            counts[entry.code] = counts.get(entry.code, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(entry.code for entry in self._entries.values()).items()))
 
     def check_unchanged(self) -> None:
         """CheckpointError if any file changed on disk since it was opened (see `_SafetensorsFile.check`)."""
         for file in self._files:
             file.check()
+
+    def mapping(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Each file's identity as mapped now: it changes when `check_unchanged` maps a restored file afresh."""
+        return tuple(f.identity for f in self._files)
 
     def _scale_key(self, name: str) -> str | None:
         """The block-scale tensor of an FP8 weight in an FP8-quantized checkpoint, else None."""

@@ -36,6 +36,14 @@ class ApplyReads:
         """A merge method's code ran: every file is checked again before its next read."""
         self._checked = set()
 
+    def unchanged(self, *checkpoints: Checkpoint) -> bool:
+        """Whether every one of `checkpoints` was checked since a method's code last ran, so views of it
+        kept from an earlier read may be read now; marks them as read by the current batch if so."""
+        if not self._checked.issuperset(checkpoints):
+            return False
+        self._reading.update(checkpoints)
+        return True
+
     def read(self, checkpoint: Checkpoint, key: str, rows: int | None = None) -> torch.Tensor:
         """The kept view of `key` (its first `rows` rows); CheckpointError if the file changed."""
         if checkpoint not in self._checked:
