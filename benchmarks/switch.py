@@ -255,6 +255,8 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     t0 = time.perf_counter()
 
+    if args.pair_dir:
+        Path(args.pair_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.pair_dir) as tmp:
         build_s, (vlm_dir, llm_dir) = pair_folders(Path(args.pair_dir or tmp), sync)
         log(f"built pair in {build_s:.1f}s")

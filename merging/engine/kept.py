@@ -25,6 +25,7 @@ from merging.engine import cpu_pool
 from merging.engine.cpu_pool import CpuPool
 from merging.engine.fused import WriteBatch, lerp_fusable
 from merging.io.checkpoint import SAFETENSORS_DTYPES, Checkpoint
+from merging.io.reads import ApplyReads
 from merging.model.pair import ModelPair
 from merging.model.layout import Slot
 from merging.plan.merge_plan import Target
@@ -121,10 +122,12 @@ class KeptWrites:
     def __init__(self):
         self._by_slot: dict[str, KeptWrite] = {}
         self._for: tuple = ()  # the mappings and the donor the views belong to
+        self._files: tuple[Checkpoint, ...] = ()  # (VLM files, donor) of the last renew
 
     def renew(self, vlm_files: Checkpoint, donor: Checkpoint) -> None:
         """At the start of an apply, after the files were checked: drop every record when a file was
         mapped afresh (a restored copy: views of the new map from now on) or the donor changed."""
+        self._files = (vlm_files, donor)
         now = (vlm_files.mapping(), donor, donor.mapping())
         if now != self._for:
             self._by_slot.clear()
@@ -140,11 +143,22 @@ class KeptWrites:
     def clear(self) -> None:
         self._by_slot.clear()
 
-    def queue(self, name: str, target: Target | None, pool: CpuPool, batch: WriteBatch) -> KeptWrite | None:
+    def __len__(self) -> int:
+        return len(self._by_slot)
+
+    def queue(self, name: str, target: Target | None, reads: ApplyReads, pool: CpuPool,
+              batch: WriteBatch) -> KeptWrite | None:
         """Queue `name`'s restore (`target` None) or `linear` write from its record; returns the record
         (its bytes: `last_read`, `written`), or None with nothing queued when there is no record or
-        `target` is another method or not one kernel. The caller knows the files need no check."""
+        `target` is another method or not one kernel. The files it reads are checked first where a
+        method's code ran since their last check (`reads.ready`; a restore does not read, nor check,
+        the donor, which may be the file that failed: recovery must not depend on it)."""
         kept = self._by_slot.get(name)
         if kept is None or (target is not None and target.method != "linear"):
             return None
+        if reads.ready(*self._files[:1 if target is None else 2]):
+            self.renew(*self._files)  # a file mapped afresh: its records go
+            kept = self._by_slot.get(name)
+            if kept is None:
+                return None
         return kept if kept.queue(None if target is None else target.alpha, pool, batch) else None

@@ -285,9 +285,8 @@ class MergeEngine:
                 report.written.append(name)
 
     def _queue_kept(self, name: str, target: Target | None, report: ApplyReport, batch: WriteBatch) -> bool:
-        """Queue `name`'s write from its kept record, unless a method's code ran since the files' check."""
-        kept = self._reads.unchanged(self.pair.vlm_files, self.pair.donor) and self._kept.queue(
-            name, target, self._pool, batch)
+        """Queue `name`'s write from its kept record, if it has one (see KeptWrites.queue)."""
+        kept = self._kept.queue(name, target, self._reads, self._pool, batch)
         if kept:
             report.bytes_read += kept.last_read
             report.bytes_written += kept.written

@@ -36,20 +36,20 @@ class ApplyReads:
         """A merge method's code ran: every file is checked again before its next read."""
         self._checked = set()
 
-    def unchanged(self, *checkpoints: Checkpoint) -> bool:
-        """Whether every one of `checkpoints` was checked since a method's code last ran, so views of it
-        kept from an earlier read may be read now; marks them as read by the current batch if so."""
-        if not self._checked.issuperset(checkpoints):
-            return False
+    def ready(self, *checkpoints: Checkpoint) -> bool:
+        """Before views kept from earlier reads of `checkpoints` are read again: checks each one not checked
+        since a method's code last ran (CheckpointError if it changed); True if any was checked (a file
+        may have been mapped afresh). Marks them as read by the current batch."""
+        stale = [c for c in checkpoints if c not in self._checked]
+        for checkpoint in stale:
+            checkpoint.check_unchanged()
+            self._checked.add(checkpoint)
         self._reading.update(checkpoints)
-        return True
+        return bool(stale)
 
     def read(self, checkpoint: Checkpoint, key: str, rows: int | None = None) -> torch.Tensor:
         """The kept view of `key` (its first `rows` rows); CheckpointError if the file changed."""
-        if checkpoint not in self._checked:
-            checkpoint.check_unchanged()
-            self._checked.add(checkpoint)
-        self._reading.add(checkpoint)
+        self.ready(checkpoint)
         tensor = checkpoint.get(key, check=False)
         return tensor if rows is None or rows == tensor.shape[0] else tensor[:rows]
 
