@@ -21,6 +21,10 @@ COPY --chown=user requirements.txt .
 USER user
 RUN pip install --no-cache-dir --user -r requirements.txt
 COPY --chown=user . .
+# Warm the answers cache for the toy pair (examples, lessons: Compare, bars, α scan), so a visitor's first
+# click is a cache hit. Same pair, dtype and device as CMD below: the keys hold the models' fingerprints
+# and the runtime, so a Space serving another pair (MERGESCOPE_VLM) simply misses and computes.
+RUN python -m ui.warm --examples --lessons --dtype auto --device cpu --cache-dir /home/user/app/runs/cache
 
 EXPOSE 7860
 CMD ["sh", "-c", "python app.py --host \"$GRADIO_SERVER_NAME\" --port \"$GRADIO_SERVER_PORT\" ${MERGESCOPE_VLM:+--vlm \"$MERGESCOPE_VLM\" --llm \"$MERGESCOPE_LLM\"} ${MERGESCOPE_BASE:+--base \"$MERGESCOPE_BASE\"} --device \"${MERGESCOPE_DEVICE:-cpu}\" --dtype \"${MERGESCOPE_DTYPE:-auto}\" --cache-dir /home/user/app/runs/cache --export-dir '' $([ \"${MERGESCOPE_PUBLIC:-1}\" = 0 ] && echo --i-know-this-is-open || echo --public)"]

@@ -20,6 +20,7 @@ from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, sample_items
 from merging.experiments.distributed import run_sweep_ray
 from merging.experiments.sweep import load_grid, record_sweep, run_sweep, write_results
+from merging.export.hub import check_repo_id, push_folder
 from merging.export.mergekit_import import plan_from_mergekit
 from merging.export.writer import export_checkpoint, parse_size
 from merging.io.images import read_image
@@ -177,10 +178,12 @@ def cmd_grams(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    """Write the merged checkpoint, its plan, model card and mergekit YAML."""
-
+    """Write the merged checkpoint, its plan, model card and mergekit YAML; with --push-to-hub, upload the
+    folder to that Hub model repo (`merging.export.hub.push_folder`)."""
     plan = MergePlan.load(args.plan)
     max_shard = parse_size(args.max_shard_size)  # bad input fails before the model is loaded
+    if args.push_to_hub is not None:
+        check_repo_id(args.push_to_hub)
     engine = stack_of(args).engine
     with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=args.json) as bar:
         def progress(done, total):
@@ -192,6 +195,10 @@ def cmd_export(args) -> dict:
         print(f"wrote {report['out']}: {report['tensors']} tensors ({report['merged']} merged) in "
               f"{report['shards']} shard(s), {report['bytes'] / 2**20:.1f} MiB")
         print("mergekit.yaml written" if report["mergekit"] else f"no mergekit.yaml: {report['mergekit_reason']}")
+    if args.push_to_hub is not None:
+        report["hub"] = push_folder(report["out"], args.push_to_hub, report["plan_hash"], private=args.private)
+        if not args.json:
+            print(f"uploaded to {report['hub']['url']}")
     return report
 
 
@@ -264,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", type=text, required=True, help="new folder for the checkpoint")
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB, 2GiB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    export.add_argument("--push-to-hub", metavar="OWNER/NAME", type=text,
+                        help="then upload the folder to this Hub model repo (created if missing; needs "
+                             "`huggingface-cli login` or HF_TOKEN)")
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     plan = sub.add_parser("plan", help="a plan file from a mergekit YAML configuration")
     plan.add_argument("--from-mergekit", type=text, required=True, help="mergekit configuration (YAML)")
     plan.add_argument("--out", type=text, required=True, help="plan file to write (YAML)")

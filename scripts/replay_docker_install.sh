@@ -12,7 +12,10 @@ work=$(mktemp -d)
 cp -r app.py merging cache ui assets requirements.txt "$work"/
 port=7899
 cd "$work"
-GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' >"$work/log" 2>&1 &
+# the Dockerfile's build-time warm-up, into the cache the app then serves from
+"$venv/bin/python" -m ui.warm --examples --lessons --dtype auto --device cpu --cache-dir "$work/runs/cache"
+GRADIO_SERVER_NAME=127.0.0.1 "$venv/bin/python" app.py --port $port --export-dir '' \
+  --cache-dir "$work/runs/cache" >"$work/log" 2>&1 &
 app=$!
 trap 'kill $app 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do

@@ -121,16 +121,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The explorer on the shipped toy pair, built as app.py builds it (the default pair, both donors)."""
-    root = tmp_path_factory.mktemp("ui")
+def toy_explorer(root: Path) -> Explorer:
+    """The explorer on the shipped toy pair as app.py builds it (the default pair, both donors, its eval
+    set), with its cache, exports and searches under `root`."""
     models = resolve_models(None, None, None, None)
     donors = {label: Checkpoint(path) for label, path in models.other_donors}
     answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
                         donors, models.donor_label)
-    explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
-                        search_dir=root / "search")
+    return Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
+                    search_dir=root / "search")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The explorer on the shipped toy pair, built as app.py builds it (the default pair, both donors)."""
+    root = tmp_path_factory.mktemp("ui")
+    explorer = toy_explorer(root)
     app = build_app(explorer).queue(default_concurrency_limit=1)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

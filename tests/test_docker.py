@@ -40,3 +40,16 @@ def test_binds_localhost_unless_told_otherwise(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     assert parse_args([]).host == "0.0.0.0"
     assert parse_args(["--host", "127.0.0.2"]).host == "127.0.0.2"
+
+
+def test_the_image_warms_the_cache_the_app_reads():
+    """The build runs the warm-up (ui/warm.py) as the app's user after the code is copied, into the cache
+    folder CMD serves from, with CMD's default pair, dtype and device (what the cache keys hold)."""
+    text = dockerfile()
+    warm = next(line for line in text.splitlines() if line.startswith("RUN python -m ui.warm"))
+    assert text.index("\nUSER user") < text.index("\nCOPY --chown=user . .") < text.index(warm)
+    assert "--examples" in warm and "--lessons" in warm and "--device cpu" in warm and "--dtype auto" in warm
+    cmd = json.loads(text[text.index("\nCMD") + 4:].strip())[-1]
+    cache_dir = warm.split("--cache-dir ")[1].split()[0]
+    assert f"--cache-dir {cache_dir}" in cmd
+    assert '--device "${MERGESCOPE_DEVICE:-cpu}"' in cmd and '--dtype "${MERGESCOPE_DTYPE:-auto}"' in cmd

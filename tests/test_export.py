@@ -170,6 +170,33 @@ def test_mergekit_yaml_per_filter_gradients(qwen_pair):
     assert text.startswith("# mergekit configuration of Mergescope plan") and "vision-language model" in text
 
 
+def _floats(value) -> list[float]:
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _floats(v)]
+    if isinstance(value, list):
+        return [f for v in value for f in _floats(v)]
+    return [value] if isinstance(value, float) else []
+
+
+@pytest.mark.parametrize("method, params", [("linear", {}), ("ties", {"density": 1 / 3})])
+def test_mergekit_yaml_writes_every_float_to_four_decimals(qwen_dirs, method, params):
+    """α (e.g. 0.7/3 = 0.2333 on a ramp), the VLM's complement weight and parameters such as density =
+    1/3 all come out to 4 decimals (parameters other than α: 4 significant digits below 0.1), within 0.5·10⁻⁴ of the plan's value; the
+    exact form stays available (decimals=None)."""
+    vlm_dir, llm_dir = qwen_dirs
+    pair = load_pair(vlm_dir, llm_dir, base=vlm_dir)
+    plan = MergePlan.from_dict({"rules": [{"components": ["all"], "method": method, "params": params,
+                                           "curve": {"preset": "linear", "start": 0.0, "end": 0.7}}]})
+    text = mergekit_yaml(plan, pair)
+    floats = _floats(yaml.safe_load(text))
+    assert floats and all(round(f, 4) == f or float(f"{f:.4g}") == f for f in floats)
+    assert 0.2333 in floats and 0.7667 in floats  # the ramp's layer 1 of 4: α = 0.7/3, the VLM's weight 1 − α
+    assert "0.0857142857" not in text and "Values rounded to 4 decimals" in text
+    exact = _floats(yaml.safe_load(mergekit_yaml(plan, pair, decimals=None)))
+    assert any(round(f, 4) != f for f in exact)  # the ramp's exact values have more digits
+    assert all(abs(r - e) <= 0.5e-4 + 1e-12 for r, e in zip(floats, exact)) and len(floats) == len(exact)
+
+
 def test_mergekit_weights_for_linear_and_task_vector_methods(qwen_dirs):
     vlm_dir, llm_dir = qwen_dirs
     pair = load_pair(vlm_dir, llm_dir, base=vlm_dir)
@@ -177,8 +204,9 @@ def test_mergekit_weights_for_linear_and_task_vector_methods(qwen_dirs):
         {"components": ["all"], "method": "linear", "curve": {"preset": "linear", "start": 0.0, "end": 0.6}}]}), pair)
     assert "base_model" not in linear and linear["parameters"] == {"normalize": False}
     alphas = curves.linear(4, 0.0, 0.6)
-    assert linear["models"][1]["parameters"] == {"weight": alphas}  # unfiltered: everything, exact per layer
-    assert linear["models"][0]["parameters"] == {"weight": [1 - a for a in alphas]}
+    # unfiltered: everything, per layer, to 4 decimals
+    assert linear["models"][1]["parameters"] == {"weight": [round(a, 4) for a in alphas]}
+    assert linear["models"][0]["parameters"] == {"weight": [round(1 - a, 4) for a in alphas]}
     ties = mergekit_config(MergePlan.from_dict({"rules": [
         {"components": ["mlp"], "method": "ties", "curve": {"preset": "constant", "value": 0.25},
          "params": {"density": 0.5, "lambda": 1.5, "normalize": 0}}]}), pair)

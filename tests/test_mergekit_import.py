@@ -12,7 +12,7 @@ import yaml
 
 from merging import MergeEngine, load_pair
 from merging.__main__ import main
-from merging.export.mergekit_config import mergekit_yaml
+from merging.export.mergekit_config import DECIMALS, mergekit_yaml
 from merging.export.mergekit_import import plan_from_mergekit
 from merging.methods.mergekit import MERGEKIT, MergekitUnsupported
 from merging.plan.merge_plan import MergePlan
@@ -33,7 +33,11 @@ def _round_trip(plan: MergePlan, pair) -> MergePlan:
     got = plan_from_mergekit(text)
     assert (got.vlm, got.donor) == (str(pair.vlm_files.path.resolve()), str(pair.donor.path.resolve()))
     layout, has_base = pair.layout, pair.base is not None
-    assert got.plan.targets(layout, has_base) == plan.targets(layout, has_base)
+    mine, back = plan.targets(layout, has_base), got.plan.targets(layout, has_base)
+    assert mine.keys() == back.keys()
+    for name, target in mine.items():  # the file's α are rounded to DECIMALS places, the rest as they were
+        assert back[name].alpha == pytest.approx(target.alpha, abs=0.5 * 10 ** -DECIMALS + 1e-12), name
+        assert (back[name].method, back[name].params) == (target.method, target.params), name
     return got.plan
 
 

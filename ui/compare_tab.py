@@ -30,6 +30,9 @@ from .plan_panel import badge, parse_table, table_of, token_diff
 from .probe_panel import build_scan_panel
 
 DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
+# the page starts on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
+START_CURVE = {"preset": "loglinear", "start": 0.05, "end": 0.4}
+START_NEW_TOKENS = 32
 STALE = "stale — plan changed"
 ANSWER_LABELS = {"base": "Base VLM", "merged": "Merged (current plan)", "pinned": "Plan B (pinned)"}
 CSS = """
@@ -169,6 +172,13 @@ def mark_stale_donor(merged_answer, pinned_answer):
     return _stale("merged", merged_answer), _stale("pinned", pinned_answer)
 
 
+def start_panel(explorer: Explorer) -> Panel:
+    """The panel as a fresh page shows it (what an example clicked first is compared under): the
+    self-attention roles, START_CURVE, linear, every parameter box at its default."""
+    return Panel(attention_roles(explorer), curves.layer_alphas(START_CURVE, explorer.num_layers), "linear", None,
+                 {p.name: p.default for p in PARAM_DEFS})
+
+
 def fresh(name: str, value: str) -> dict:
     return gr.update(value=value, label=ANSWER_LABELS[name], elem_classes=["answer"])
 
@@ -278,7 +288,7 @@ def _ask_column(explorer: Explorer) -> dict:
     c["gold"] = gr.Markdown("", elem_id="gold")
     with gr.Row():
         c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
+        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, START_NEW_TOKENS, step=1, label="Max new tokens")
     with gr.Row(equal_height=True):
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         c["status"] = gr.Markdown("", elem_id="status")
@@ -301,9 +311,7 @@ def _answer_card(name: str, elem: str, visible: bool = True) -> dict:
 
 
 def build_compare_tab(explorer: Explorer) -> CompareTab:
-    L = explorer.num_layers
-    # start on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
-    start_alphas = curves.layer_alphas({"preset": "loglinear", "start": 0.05, "end": 0.4}, L)
+    start_alphas = start_panel(explorer).alphas
     pinned_plan = gr.State("")
     gr.HTML(f"<style>{CSS}</style>", padding=False)  # Gradio 6 takes page CSS only at launch()
     lesson, lesson_text = build_lessons(explorer)

@@ -18,6 +18,7 @@ as one whole-tensor call. `finish()` waits for every queued chunk and re-raises 
 from __future__ import annotations
 
 import queue
+import os
 import threading
 import weakref
 from typing import Callable
@@ -80,6 +81,7 @@ class CpuPool:
         self.workers = workers or default_workers()
         self._shared = _Shared()
         self._started = False
+        self._pid = os.getpid()  # threads do not survive a fork: a forked process starts its own
         self._batch: list[Callable[[], None]] = []  # small calls, handed over together
         self._batch_elements = 0
 
@@ -94,7 +96,7 @@ class CpuPool:
         ready.wait()
         torch.set_num_threads(previous)
         weakref.finalize(self, _stop, self._shared, self.workers)
-        self._started = True
+        self._started, self._pid = True, os.getpid()
 
     @staticmethod
     def fits(*tensors: torch.Tensor | None) -> bool:
@@ -130,6 +132,8 @@ class CpuPool:
             self._put(lambda: [call() for call in calls])
 
     def _put(self, job: Callable[[], object]) -> None:
+        if self._started and self._pid != os.getpid():  # forked (a ZeroGPU worker): this process has no workers
+            self._shared, self._started = _Shared(), False
         if not self._started:
             self._start()
         with self._shared.done:

@@ -13,10 +13,17 @@ per layer with scalar values instead. Plans mergekit cannot express get a clear 
 file (`MergekitUnsupported`). How each method maps onto mergekit's (base model, weights, parameter
 names) is `merging.methods.mergekit.MERGEKIT`; mergekit's weightless methods (model_stock, sce, ram,
 karcher, nearswap, …) are written only where every tensor has α = 1.
+
+Every float the file holds (α, the VLM's complement weight, density, ε, λ, …) is written rounded to
+`DECIMALS` (4) decimal places — "0.9143", not "0.9142857142857143" — and parameters other than α to 4
+significant digits where that keeps more (ε = 1e-8 stays 1e-8), so mergekit merges with every value
+within 0.5·10⁻⁴ of the plan's; the generator's check accepts exactly that much (`decimals=None` writes the exact
+values, which mergekit then reproduces bit for bit: the parity tests use it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +36,24 @@ from merging.methods.mergekit import (MERGEKIT, MERGEKIT_METHODS, MergekitUnsupp
 from merging.plan.merge_plan import PLAN_NAME, MergePlan, Target
 
 MERGEKIT_NAME = "mergekit.yaml"
+DECIMALS = 4  # the decimal places of every float the exported file writes
+
+
+def rounded(value: Any, decimals: int | None, significant: bool = True) -> Any:
+    """`value` (a mergekit configuration or any part of it) with every float rounded to `decimals`
+    places — with `significant`, to `decimals` significant digits where that keeps more (a small ε);
+    None: unchanged. ints, bools and strings stay as they are."""
+    if decimals is None:
+        return value
+    if isinstance(value, float):
+        if value == 0 or not math.isfinite(value) or not significant:
+            return round(value, decimals) if math.isfinite(value) else value
+        return round(value, max(decimals, decimals - 1 - math.floor(math.log10(abs(value)))))
+    if isinstance(value, dict):
+        return {k: rounded(v, decimals, significant) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, decimals, significant) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,10 @@ def _setting(items: list[tuple[str | None, Any]], fallback: Any):
     return entries
 
 
-def _parameters(method: str, plan: MergePlan, layout, layer: int | None) -> tuple[dict, dict, dict]:
-    """(VLM's, donor's, shared) mergekit parameters; `layer` set: scalars for that layer's slice."""
+def _parameters(method: str, plan: MergePlan, layout, layer: int | None,
+                decimals: int | None) -> tuple[dict, dict, dict]:
+    """(VLM's, donor's, shared) mergekit parameters; `layer` set: scalars for that layer's slice. α is
+    rounded to `decimals` places before the VLM's weight 1 − α is taken from it, so the two still sum to 1."""
     spec = MERGEKIT[method]
     L = layout.num_layers
     alpha_items: list = []
@@ -96,7 +123,7 @@ def _parameters(method: str, plan: MergePlan, layout, layer: int | None) -> tupl
             for f in _filters(component, layout, rule.curve, sliced=layer is not None):
                 value = (_layer_value(rule.curve, alphas, per_layer=layer is not None, layer=layer) if f.layer
                          else curves.non_layer_alpha(rule.curve, alphas))
-                alpha_items.append((f.text, value))
+                alpha_items.append((f.text, rounded(value, decimals, significant=False)))
                 for name in items:
                     items[name].append((f.text, mk_value(method, name, rule.params[name])))
     vlm: dict[str, Any] = {}
@@ -120,8 +147,9 @@ def _model_path(ckpt) -> str:
     return str(path.resolve())  # absolute: mergekit takes a relative name for a hub id
 
 
-def mergekit_config(plan: MergePlan, pair) -> dict:
-    """`plan` as a mergekit configuration (a dict), or MergekitUnsupported saying why it cannot be."""
+def mergekit_config(plan: MergePlan, pair, decimals: int | None = DECIMALS) -> dict:
+    """`plan` as a mergekit configuration (a dict) with its floats rounded to `decimals` places (None:
+    exact), or MergekitUnsupported saying why it cannot be."""
     layout = pair.layout
     targets = plan.targets(layout, has_base=pair.base is not None)
     if not targets:
@@ -161,7 +189,7 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
         head["base_model"] = base
 
     def models_form() -> dict:
-        p_vlm, p_donor, shared = _parameters(method, plan, layout, None)
+        p_vlm, p_donor, shared = _parameters(method, plan, layout, None, decimals)
         models = [{"model": vlm, **({"parameters": p_vlm} if p_vlm else {})},
                   {"model": donor, **({"parameters": p_donor} if p_donor else {})}]
         if base is not None:
@@ -172,7 +200,7 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
     def slices_form() -> dict:
         slices = []
         for layer in range(layout.num_layers):
-            p_vlm, p_donor, shared = _parameters(method, plan, layout, layer)
+            p_vlm, p_donor, shared = _parameters(method, plan, layout, layer, decimals)
             sources = [{"model": vlm, "layer_range": [layer, layer + 1], **({"parameters": p_vlm} if p_vlm else {})},
                        {"model": donor, "layer_range": [layer, layer + 1],
                         **({"parameters": p_donor} if p_donor else {})}]
@@ -181,10 +209,11 @@ def mergekit_config(plan: MergePlan, pair) -> dict:
             slices.append({"sources": sources, **({"parameters": shared} if shared else {})})
         return {**head, "slices": slices, "dtype": "float32", "out_dtype": out_dtype}
 
-    config = models_form()
-    if _mismatches(config, method, plan, pair, targets):
-        config = slices_form()
-        bad = _mismatches(config, method, plan, pair, targets)
+    slack = 0.0 if decimals is None else 0.5 * 10.0 ** -decimals + 1e-12  # what rounding may move a value
+    config = rounded(models_form(), decimals)
+    if _mismatches(config, method, plan, pair, targets, slack):
+        config = rounded(slices_form(), decimals)
+        bad = _mismatches(config, method, plan, pair, targets, slack)
         if bad:
             raise MergekitUnsupported(f"mergekit's filters cannot reproduce this plan for {bad[0]}")
     return config
@@ -223,7 +252,8 @@ def _resolve(scopes: list[dict | None], param: str, name: str, t: float):
     return None
 
 
-def _mismatches(config: dict, method: str, plan: MergePlan, pair, targets: dict[str, Target]) -> list[str]:
+def _mismatches(config: dict, method: str, plan: MergePlan, pair, targets: dict[str, Target],
+                slack: float = 0.0) -> list[str]:
     layout = pair.layout
     L = layout.num_layers
     bad = []
@@ -256,7 +286,7 @@ def _mismatches(config: dict, method: str, plan: MergePlan, pair, targets: dict[
             want += [(spec.mk(name), m, value, 0.0) for m in ((0, 1) if name in spec.per_model else (None,))]
         for param, model, value, tol in want:
             got = get(param, model)
-            if got is None or abs(float(got) - float(value)) > tol:
+            if got is None or abs(float(got) - float(value)) > tol + slack:
                 bad.append(f"{slot.rel} ({param}: mergekit {got}, plan {value})")
                 break
     return bad
@@ -271,15 +301,18 @@ _Dumper.add_representer(list, lambda d, data: d.represent_sequence(
     "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(e, (int, float)) for e in data)))
 
 
-def mergekit_yaml(plan: MergePlan, pair) -> str:
-    """`mergekit_config` as commented YAML (raises MergekitUnsupported where mergekit cannot express the plan)."""
-    config = mergekit_config(plan, pair)
+def mergekit_yaml(plan: MergePlan, pair, decimals: int | None = DECIMALS) -> str:
+    """`mergekit_config` as commented YAML, floats to `decimals` places (None: exact); raises
+    MergekitUnsupported where mergekit cannot express the plan."""
+    config = mergekit_config(plan, pair, decimals)
     method = config["merge_method"]
     targets = plan.targets(pair.layout, has_base=pair.base is not None)
     partial = len(targets) < len(pair.layout.slots)
     notes = [f"mergekit configuration of Mergescope plan {plan.hash()} ({PLAN_NAME}); α = the donor's weight.",
              "Components are substring filters, first match wins; the last entry (no filter) is for tensors",
              "no rule matches, which keep the VLM."]
+    if decimals is not None:
+        notes.append(f"Values rounded to {decimals} decimals: the exact ones are in {PLAN_NAME}.")
     notes += method_notes(method, plan, partial)
     if "slices" in config:
         notes += ["One single-layer slice per layer: a per-layer gradient list would not reproduce every α",

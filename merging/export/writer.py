@@ -11,8 +11,8 @@ DIR receives
   the resident model's dtype;
 - `config.json` and `generation_config.json` (from the resident model, so the dtype is right) and
   every other non-weight file of the VLM's folder (tokenizer, processor, chat template);
-- `mergescope_plan.yaml`, the plan; `README.md`, a model card naming the sources (paths and
-  fingerprints), the plan, the methods and the per-layer α;
+- `mergescope_plan.yaml`, the plan; `README.md`, the model card (`merging.export.model_card`: Hub
+  metadata, the sources with their fingerprints, the plan, its mergekit YAML, the methods, the per-layer α);
 - `mergekit.yaml`, the plan as a mergekit configuration, where mergekit can express it (below).
 
 Streaming: tensors are computed and written one at a time (a merged tensor in a scratch buffer on the
@@ -40,13 +40,12 @@ import torch
 from merging.io.checkpoint import INDEX_NAME, write_safetensors
 from merging.errors import MergescopeError
 from merging.export.mergekit_config import MERGEKIT_NAME, MergekitUnsupported, mergekit_yaml
-from merging.methods import REGISTRY, get_method
-from merging.plan.merge_plan import PLAN_NAME, MergePlan, Target
+from merging.export.model_card import CARD_NAME, model_card
+from merging.plan.merge_plan import PLAN_NAME, MergePlan
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 SKIPPED_FILES = {INDEX_NAME, "pytorch_model.bin.index.json", "README.md", ".gitattributes"}
 DEFAULT_SHARD_BYTES = 5 * 10**9
-CARD_NAME = "README.md"
 
 
 def parse_size(text: str | int) -> int:
@@ -188,7 +187,7 @@ def export_checkpoint(engine, plan: MergePlan, out: str | Path, *, max_shard_byt
         (work / PLAN_NAME).write_text(plan.to_yaml())
         if mergekit_text is not None:
             (work / MERGEKIT_NAME).write_text(mergekit_text)
-        (work / CARD_NAME).write_text(model_card(engine, plan, targets, out, mergekit_reason))
+        (work / CARD_NAME).write_text(model_card(engine, plan, targets, out, mergekit_text, mergekit_reason))
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -212,65 +211,3 @@ def _copy_side_files(pair, work: Path) -> None:
     generation = getattr(pair.vlm, "generation_config", None)
     if generation is not None and pair.vlm.can_generate():
         generation.save_pretrained(work)
-
-
-# -- the model card --------------------------------------------------------------------------------
-def model_card(engine, plan: MergePlan, targets: dict[str, Target], out: Path, mergekit_reason: str | None) -> str:
-    """The exported checkpoint's README.md: sources (paths, fingerprints), plan, methods, per-layer α."""
-    pair = engine.pair
-    fps = pair.fingerprints()
-    layout = pair.layout
-    used = sorted({t.method for t in targets.values()})
-    lines = ["---", "tags: [mergescope, merge]", "---", "",
-             f"# {out.name}", "",
-             f"A layer-wise merge of the vision-language model `{pair.vlm_files.path}` with the text LLM "
-             f"`{pair.donor.path}`, written by Mergescope (`python -m merging export`). α is the donor's "
-             f"weight (0 = the VLM). The vision tower and projector are the VLM's own.", "",
-             "## Sources", "", "| role | model | fingerprint |", "|---|---|---|",
-             f"| VLM | `{pair.vlm_files.path}` | `{fps['vlm']}` |",
-             f"| donor LLM | `{pair.donor.path}` | `{fps['donor']}` |"]
-    if pair.base is not None:
-        lines.append(f"| base | `{pair.base.path}` | `{fps['base']}` |")
-    for role, gram in engine.gram_files().items():
-        if any(get_method(t.method).needs_grams for t in targets.values()):
-            lines.append(f"| Gram statistics ({role}) | `{gram.path}` | `{gram.fingerprint()}` |")
-    lines += ["", f"## Plan (hash `{plan.hash()}`, also in `{PLAN_NAME}`)", "", "```yaml",
-              plan.to_yaml().rstrip() if plan.rules else "rules: []", "```", "",
-              f"{len(targets)} of {layout.total} language-model tensors merged; the others keep the "
-              f"VLM's values" + (f" ({len(layout.unmatched)} of them because the donor lacks them: "
-                                 f"a partial donor)." if layout.unmatched else ".")]
-    for note in layout.notes:
-        lines.append(f"Note: {note}")
-    if used:
-        lines += ["", "## Methods", "", "| method | formula | parameters |", "|---|---|---|"]
-        for name in used:
-            m = REGISTRY[name]
-            params = "; ".join(f"`{p.name}`: {p.doc}" for p in m.params) or "–"
-            formula = m.formula.replace("|", "\\|")  # a literal | inside a table cell
-            lines.append(f"| `{name}` | {formula} | {params} |")
-        lines += ["", "## α per layer", "", _alpha_table(layout, targets)]
-    lines += ["", "## mergekit", ""]
-    lines.append(f"`{MERGEKIT_NAME}` expresses this plan for mergekit." if mergekit_reason is None
-                 else f"No `{MERGEKIT_NAME}`: {mergekit_reason}")
-    lines += ["", "## Reproduce", "", "```bash",
-              f"python -m merging export --vlm {pair.vlm_files.path} --llm {pair.donor.path}"
-              + (f" --base {pair.base.path}" if pair.base is not None else "")
-              + f" --plan {PLAN_NAME} --out {out.name}", "```", ""]
-    return "\n".join(lines)
-
-
-def _alpha_table(layout, targets: dict[str, Target]) -> str:
-    groups = list(dict.fromkeys(s.group for s in layout.slots if s.layer is not None))
-    rows = ["| layer | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
-
-    def cell(slots) -> str:
-        values = sorted({f"{targets[s.name].method} {targets[s.name].alpha:.4g}" for s in slots if s.name in targets})
-        return ", ".join(values) if values else "–"
-
-    for layer in range(layout.num_layers):
-        in_layer = [s for s in layout.slots if s.layer == layer]
-        rows.append(f"| {layer} | " + " | ".join(cell([s for s in in_layer if s.group == g]) for g in groups) + " |")
-    outside = [s for s in layout.slots if s.layer is None]
-    for role in dict.fromkeys(s.role for s in outside):
-        rows.append(f"| {role} | " + cell([s for s in outside if s.role == role]) + " |" + " |" * (len(groups) - 1))
-    return "\n".join(rows)

@@ -30,6 +30,7 @@ from merging.run.probe import (TOP_STORED, first_token_id, first_token_logprobs,
 from merging.run.runtime import runtime_fingerprint
 from merging.run.lens import lens_logprobs, lens_rows
 from merging.run.worker import Donor, ModelWorker
+from merging.run.zerogpu import ON_ZEROGPU, PairJob
 
 DEFAULT_DONOR = "donor"  # the label of the pair's own donor when no other is named
 
@@ -131,7 +132,8 @@ class Answerer:
         """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
 
         A cache hit yields once. Apply and generation are one job of the model worker, so the weights
-        cannot change under a running answer (`ModelWorker.stream`).
+        cannot change under a running answer (`ModelWorker.stream`). On a ZeroGPU Space the answer comes
+        whole (one GPU call whose result crosses back at its end: merging.run.zerogpu).
         """
         start = time.perf_counter()
         config = self.config(plan, question, image, settings, donor)
@@ -140,13 +142,13 @@ class Answerer:
         if hit is not None:
             yield dict(result, answer=hit["answer"], cached=True, done=True, seconds=time.perf_counter() - start)
             return
-        if live:
+        if live and not ON_ZEROGPU:
             text = ""
             pieces = self.worker.stream(plan, self._donor(self._donor_for(plan, donor)), question, image, settings)
             for text in pieces:
                 yield dict(result, answer=text, seconds=time.perf_counter() - start)
         else:
-            text = self._on_merged(plan, donor, lambda engine: answer(engine.pair, question, image, settings))
+            text = self._on_merged(plan, donor, PairJob(answer, (question, image, settings)))
         seconds = time.perf_counter() - start
         self._store(config, text, seconds)
         yield dict(result, answer=text, seconds=seconds, done=True)
@@ -184,7 +186,7 @@ class Answerer:
             part = missing[start:start + batch_size]
             begin = time.perf_counter()
             batch = [(requests[i][0], _load(requests[i][1])) for i in part]
-            texts = self._on_merged(plan, donor, lambda engine: answer_batch(engine.pair, batch, settings, batch_size))
+            texts = self._on_merged(plan, donor, PairJob(answer_batch, (batch, settings, batch_size)))
             seconds = (time.perf_counter() - begin) / len(part)
             for i, text in zip(part, texts):
                 self._store(configs[i], text, seconds, batched=True)
@@ -228,7 +230,7 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         logprobs = None
         if hit is None:
-            logprobs = self._on_merged(plan, donor, lambda engine: first_token_logprobs(engine.pair, question, image))
+            logprobs = self._on_merged(plan, donor, PairJob(first_token_logprobs, (question, image)))
             summary = summarize(logprobs, decode=token_decoder(self.engine.pair))
             if self.cache is not None:
                 self.cache.put(config, {"summary": summary})
@@ -253,7 +255,7 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is not None:
             return hit["p_gold"], True
-        logprobs = self._on_merged(plan, donor, lambda engine: first_token_logprobs(engine.pair, question, image))
+        logprobs = self._on_merged(plan, donor, PairJob(first_token_logprobs, (question, image)))
         p_gold = math.exp(float(logprobs[gold_id]))
         self._put(config, {"p_gold": p_gold})
         return p_gold, False
@@ -302,7 +304,7 @@ class Answerer:
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is not None:
             return hit["rows"]
-        logprobs = self._on_merged(plan, donor, lambda engine: lens_logprobs(engine.pair, question, image))
+        logprobs = self._on_merged(plan, donor, PairJob(lens_logprobs, (question, image)))
         rows = lens_rows(self.engine.pair, logprobs, gold_id)
         self._put(config, {"rows": rows})
         return rows
@@ -325,7 +327,7 @@ class Answerer:
         for start in range(0, len(missing), GOLD_BATCH):  # images decoded a batch at a time
             part = missing[start:start + GOLD_BATCH]
             batch = [(requests[i][0], _load(requests[i][1]), requests[i][2]) for i in part]
-            scored = self._on_merged(plan, donor, lambda engine: reference_logprobs(engine.pair, batch, GOLD_BATCH))
+            scored = self._on_merged(plan, donor, PairJob(reference_logprobs, (batch, GOLD_BATCH)))
             for i, value in zip(part, scored):
                 values[i] = value
                 self._put(configs[i], {"logprob": value})
