@@ -130,7 +130,7 @@ def server(tmp_path_factory):
     answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
                         donors, models.donor_label)
     explorer = Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
-                        search_dir=root / "search")
+                        search_dir=root / "search", answer_tokens=models.answer_tokens)
     app = build_app(explorer).queue(default_concurrency_limit=1)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -208,8 +208,11 @@ def test_method_notes_say_what_is_loaded():
     explorer.answerer.donors = {"shared": "ckpt"}
     explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base=None),
                                             gram_fingerprints=lambda donor: {"vlm": None, "donor": None})
-    assert "none loaded" in compare_tab.method_note(explorer, "ties")
-    assert "no Gram files attached" in compare_tab.method_note(explorer, "regmean")
+    assert "unavailable here: ties needs a base model and none is loaded" in compare_tab.method_note(explorer, "ties")
+    assert "unavailable here: regmean needs Gram files" in compare_tab.method_note(explorer, "regmean")
+    labels = dict((v, k) for k, v in compare_tab.method_choices(explorer))
+    assert labels["regmean"] == "regmean — unavailable: needs Gram files" and labels["linear"] == "linear"
+    assert labels["ties"] == "ties — unavailable: needs a base model"
     explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base="ckpt"),
                                             gram_fingerprints=lambda donor: {"vlm": "a", "donor": "b"})
     assert "base: loaded" in compare_tab.method_note(explorer, "ties")
@@ -336,3 +339,42 @@ def test_lesson_numbers_are_the_toy_pairs_measured_tables():
     assert lessons.measured("colour", "linear", 0.6) == expected
     assert expected in lessons.LESSONS["Early layers keep perception"]["text"]
     assert f"{round(results['vlm']['text_plus'] * 100)} %" in lessons.LESSONS["A skill moves across"]["text"]
+
+
+class NoGramsExplorer(FakeExplorer):
+    """What a pair without Gram files or base model offers: RegMean and TIES cannot run."""
+    engine = types.SimpleNamespace(pair=types.SimpleNamespace(base=None),
+                                   gram_fingerprints=lambda donor: {"vlm": None, "donor": None})
+
+
+def test_each_method_shows_its_own_parameter_help():
+    """γ means one thing to breadcrumbs and another to RegMean: the box shows the selected method's help."""
+    from merging.methods import REGISTRY
+    box = [p.name for p in PARAM_DEFS].index("gamma")
+    for method in ("breadcrumbs", "regmean"):
+        update = compare_tab.on_method(NoGramsExplorer(), method)[1 + box]
+        own = next(p for p in REGISTRY[method].params if p.name == "gamma")
+        assert update["info"] == own.doc and update["value"] == own.default and update["visible"]
+    assert REGISTRY["breadcrumbs"].params[1].doc != REGISTRY["regmean"].params[0].doc
+
+
+def test_a_method_that_cannot_run_is_refused_in_one_line_before_any_answer():
+    explorer = NoGramsExplorer()
+    for method in ("regmean", "ties"):
+        steps = compare(explorer, panel=replace(PANEL, method=method))
+        assert len(steps) == 1 and steps[0][0].startswith(f"⚠️ cannot compare: {method} needs")
+        assert "\n" not in steps[0][0] and not explorer.answerer.asked  # nothing answered, no badge at all
+    pinned = plan_of(replace(PANEL, method="regmean")).to_yaml()  # plan B is checked too
+    assert compare(explorer, pinned=pinned)[0][0].startswith("⚠️ cannot compare: regmean")
+
+
+def test_an_answer_that_fails_midway_leaves_no_badge_on_generating():
+    explorer = FakeExplorer()
+
+    def stream(plan, question, image, settings, donor=None):
+        yield {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "done": not plan.rules}
+        if plan.rules:
+            raise PlanError("the merge failed")
+    explorer.answerer.stream = stream
+    status, _, _, _, base_meta, merged_meta, _, _ = compare(explorer)[-1]
+    assert status == "⚠️ the merge failed" and "done" in base_meta and merged_meta == ""

@@ -17,7 +17,7 @@ from merging.plan.merge_plan import MergePlan
 from merging.run.generate import GenerationSettings
 from merging.run.probe import kl_divergence
 
-from .asking import compare_inputs, gold_for
+from .asking import compare_inputs, gold_for, method_refusal
 from .curve_editor import curve_editor
 from .examples import build_examples
 from .explorer import CHEAP, GPU, Explorer, bind
@@ -73,23 +73,33 @@ class CompareTab:
 # -- cheap handlers: the merge panel -------------------------------------------------------------
 
 def method_note(explorer: Explorer, method_name: str, donor_name=None) -> str:
-    """What a method needs from files, and whether it is loaded."""
-    method, notes = REGISTRY[method_name], []
-    if method.needs_base:
-        notes.append("base: loaded" if explorer.engine.pair.base is not None
-                     else "⚠️ needs a base model: none loaded (start with `--base`), Compare will refuse it")
-    if method.needs_grams:
-        donor = explorer.answerer.donors.get(donor_name or explorer.answerer.default_donor)
-        loaded = all(explorer.engine.gram_fingerprints(donor).values())
-        notes.append("Gram files: loaded" if loaded else "⚠️ unavailable: no Gram files attached for this pair "
-                     "(`python -m merging grams`, then `--grams`), Compare will refuse it")
-    return f"`{method.formula}`" + (f" — {'; '.join(notes)}" if notes else "")
+    """What a method needs from files, and whether it is loaded (one line)."""
+    method = REGISTRY[method_name]
+    if (reason := method_refusal(explorer, method_name, donor_name)) is not None:
+        return f"`{method.formula}` — ⚠️ unavailable here: {reason}"
+    loaded = ["base: loaded"] * method.needs_base + ["Gram files: loaded"] * method.needs_grams
+    return f"`{method.formula}`" + (f" — {'; '.join(loaded)}" if loaded else "")
+
+
+def method_choices(explorer: Explorer, donor_name=None) -> list[tuple[str, str]]:
+    """(label, method) for the method menu: a method that cannot run on what is loaded says so in its
+    label ("regmean — unavailable: needs Gram files"); it stays selectable, and Compare refuses it in one line."""
+    return [(name if method_refusal(explorer, name, donor_name) is None else
+             f"{name} — unavailable: needs {'a base model' if REGISTRY[name].needs_base else 'Gram files'}", name)
+            for name in REGISTRY]
+
+
+def param_updates(method_name: str, values: dict | None = None) -> list[dict]:
+    """One update per parameter box (PARAM_DEFS order): this method's boxes shown with `values` (default:
+    its defaults) and its own help — a name such as γ or density means different things to different
+    methods —, the others hidden."""
+    names, values = {p.name: p for p in REGISTRY[method_name].params}, values or {}
+    return [gr.update(visible=True, value=values.get(p.name, names[p.name].default), info=names[p.name].doc)
+            if p.name in names else gr.update(visible=False, value=None) for p in PARAM_DEFS]
 
 
 def on_method(explorer: Explorer, method_name, donor_name=None):
-    names = {p.name: p for p in REGISTRY[method_name].params}
-    updates = [gr.update(visible=p.name in names, value=names[p.name].default if p.name in names else None)
-               for p in PARAM_DEFS]
+    updates = param_updates(method_name)
     return [method_note(explorer, method_name, donor_name), *updates]
 
 
@@ -180,7 +190,7 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
     """Streams (status, base, merged, plan B, their three badges, diff) as the answers grow."""
     keep = gr.update()
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel)
+        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel, donor_name)
         settings = GenerationSettings(max_new_tokens=bounded_int(tokens, "max new tokens", 1,
                                                                  explorer.max_new_tokens))
     except MergescopeError as exc:
@@ -198,8 +208,9 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
                 answers[name] = shown[name] = update["answer"]
                 metas[name] = badge(update) + (f" · donor: {donor_name}" if p.rules else " · no donor")
                 yield ("Answering…", *shown.values(), *metas.values(), keep)
-    except MergescopeError as exc:
-        yield (f"⚠️ {exc}", *[keep] * 7)
+    except MergescopeError as exc:  # no badge stays on "generating…" for an answer that stopped
+        yield (f"⚠️ {exc}", *[keep] * 3, *(m if m.split(" · ")[1:2] != ["generating…"] else "" for m in
+                                          metas.values()), keep)
         return
     yield ("", *[keep] * 6, token_diff(answers["base"], answers["merged"]))
 
@@ -217,7 +228,7 @@ def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_
     """After Compare: the next-token bars of base, merged and plan B, and KL(base ‖ merged)."""
     keep = gr.update()
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel)
+        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel, donor_name)
         plans = {"base": MergePlan(), "merged": plan, **({"pinned": plan_b} if plan_b is not None else {})}
         dists, kl = distributions(explorer, plans, q, img, donor_name)
     except MergescopeError:
@@ -242,7 +253,8 @@ def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
     with gr.Row():
         c["setting1"] = gr.Button("Setting 1: all language-model tensors", size="sm", elem_id="setting-1")
         c["setting2"] = gr.Button("Setting 2: self-attention only", size="sm", elem_id="setting-2")
-    c["method"] = gr.Dropdown(list(REGISTRY), value="linear", label=f"Method ({len(REGISTRY)})", elem_id="method")
+    c["method"] = gr.Dropdown(method_choices(explorer), value="linear", label=f"Method ({len(REGISTRY)})",
+                              elem_id="method")
     c["method_formula"] = gr.Markdown(f"`{REGISTRY['linear'].formula}`")
     with gr.Row():
         c["param_boxes"] = [gr.Number(p.default, label=f"{p.name}", info=p.doc, visible=False,
@@ -278,7 +290,9 @@ def _ask_column(explorer: Explorer) -> dict:
     c["gold"] = gr.Markdown("", elem_id="gold")
     with gr.Row():
         c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, 32, step=1, label="Max new tokens")
+        short = min(explorer.answer_tokens, explorer.max_new_tokens)  # the pair's usual answer: small boxes
+        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, short, step=1, label="Max new tokens",
+                                        elem_id="max-new-tokens")
     with gr.Row(equal_height=True):
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         c["status"] = gr.Markdown("", elem_id="status")

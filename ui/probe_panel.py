@@ -24,7 +24,7 @@ def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_
     """Streams (figure, status) as `alpha_scan` answers the current plan scaled by α = 0, 0.1, …, 1;
     *Stop scan* ends it before the next point and keeps the points drawn."""
     try:
-        q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel)
+        q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel, donor_name)
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}"
         return
