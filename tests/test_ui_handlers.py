@@ -378,3 +378,24 @@ def test_an_answer_that_fails_midway_leaves_no_badge_on_generating():
     explorer.answerer.stream = stream
     status, _, _, _, base_meta, merged_meta, _, _ = compare(explorer)[-1]
     assert status == "⚠️ the merge failed" and "done" in base_meta and merged_meta == ""
+
+
+def test_the_default_sweep_spreads_its_items_over_every_kind():
+    """Not the first 8 items (one per kind, per-category cells of "0 % (0–79)"): PER_KIND of each kind,
+    the same items however the eval set is sorted."""
+    from collections import Counter
+    from merging.evals.eval_sets import load_eval_set, spread_items
+    from merging.model.known_pairs import TOY_EVAL
+    items = load_eval_set(TOY_EVAL)
+    explorer = FakeExplorer()
+    explorer.eval_items, explorer.eval_spec = items, str(TOY_EVAL)
+    n = sweep_tab.default_items(explorer)
+    _, chosen, _ = sweep_tab.sweep_plan(explorer, sweep_tab.DEFAULT_GRID, str(TOY_EVAL), n)
+    kinds = Counter(i.category for i in items)
+    assert n == sweep_tab.PER_KIND * len(kinds) and set(Counter(i.category for i in chosen).values()) == {10}
+    by_kind = sorted(items, key=lambda i: i.category)  # a file sorted by kind spreads the same way
+    assert Counter(i.category for i in spread_items(by_kind, 16)).most_common()[0][1] == 2
+    assert spread_items(items, 16) == items[:16]  # the toy set is interleaved: its first items
+    explorer.public = True  # a public demo's default fits its answer cap
+    cells = len(sweep_tab.parse_grid(sweep_tab.DEFAULT_GRID)[0])
+    assert sweep_tab.default_items(explorer) * cells <= sweep_tab.PUBLIC_MAX_SWEEP_ANSWERS

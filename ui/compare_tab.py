@@ -372,8 +372,9 @@ def _wire_compare(explorer: Explorer, tab: CompareTab, a: dict, cards: dict, kl,
     inputs = [tab.image, tab.question, tab.text_only, a["max_new_tokens"], tab.pinned_plan, tab.donor,
               *tab.plan_inputs]
     outputs = [tab.status, *(cards[n]["box"] for n in cards), *(cards[n]["meta"] for n in cards), diff]
+    # a burst of clicks: the newest waits while one runs and replaces any older waiting one
     event = a["compare"].click(bind(with_panel(on_compare), explorer), inputs, outputs, api_name="on_compare",
-                               **GPU)
+                               trigger_mode="always_last", **GPU)
     probe_inputs = [tab.image, tab.question, tab.text_only, tab.pinned_plan, tab.donor, *tab.plan_inputs]
     event.then(bind(with_panel(on_distributions), explorer), probe_inputs,
                [*(cards[n]["probs"] for n in cards), kl], **GPU)
