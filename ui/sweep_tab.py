@@ -112,7 +112,8 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
     finally:
         STOPS.end(request, stop)
         grid_name = "grid " + hashlib.sha256(str(grid).encode()).hexdigest()[:8]
-        config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec)
+        config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec,
+                              planned=len(cells))
         if explorer.public and config is not None:  # a visitor's History lists their own sweeps
             explorer.remember(request, config)
 
