@@ -35,7 +35,7 @@ class FakeAnswerer:
     def config(self, plan, question, image, settings, donor=None):
         return {"plan": plan.to_dict(), "question": question}
 
-    def stream(self, plan, question, image, settings, donor=None):
+    def stream(self, plan, question, image, settings, donor=None, source="ask"):
         self.asked.append((plan, question, donor))
         answer = "merged" if plan.rules else "base"
         yield {"answer": answer, "cached": False, "seconds": 0.1, "plan_hash": plan.hash(), "done": True}
@@ -315,7 +315,8 @@ def test_history_filters_before_it_limits(tmp_path, monkeypatch):
     for i in range(12):  # a sweep's answers, stored after it: newer
         store.put({"kind": "answer", "question": f"item {i}", "plan": {"rules": []}}, {"answer": "x", "batched": True})
     monkeypatch.setattr(history_tab, "HISTORY_LIMIT", 5)
-    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False)
+    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False,
+                                     engine=types.SimpleNamespace(pair=types.SimpleNamespace(layout=None)))
     table, configs = history_tab.on_refresh(explorer)
     assert list(table["question"]) == ["What colour?"] and configs == [asked]
     assert len(store.entries(limit=5)) == 5 and len(store.entries(limit=5, keep=history_tab.listed)) == 1
@@ -371,7 +372,7 @@ def test_a_method_that_cannot_run_is_refused_in_one_line_before_any_answer():
 def test_an_answer_that_fails_midway_leaves_no_badge_on_generating():
     explorer = FakeExplorer()
 
-    def stream(plan, question, image, settings, donor=None):
+    def stream(plan, question, image, settings, donor=None, source="ask"):
         yield {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "done": not plan.rules}
         if plan.rules:
             raise PlanError("the merge failed")

@@ -28,6 +28,7 @@ from .lessons import build_lessons, on_lesson
 from .panel import PARAM_DEFS, Panel, attention_roles, component_choices, plan_of, with_panel
 from .plan_panel import badge, parse_table, table_of, token_diff
 from .probe_panel import build_scan_panel
+from .records import asked, record
 
 DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
 STALE = "stale — plan changed"
@@ -62,6 +63,7 @@ class CompareTab:
     separate: gr.Checkbox | None = None        # the separate-curves switch, its group ticks and one editor
     group_ticks: gr.CheckboxGroup | None = None  # per group (CURVE_GROUPS order): what Search's "Open in Compare" sets
     group_curves: tuple = ()
+    max_new_tokens: gr.Slider | None = None  # what History's restore sets back
 
     @property
     def plan_inputs(self) -> list:
@@ -188,7 +190,7 @@ def fresh(name: str, value: str) -> dict:
 def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name,
                panel: Panel):
     """Streams (status, base, merged, plan B, their three badges, diff) as the answers grow."""
-    keep = gr.update()
+    keep, path = gr.update(), img  # the file, for History's record (the image itself is decoded below)
     try:
         q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel, donor_name)
         settings = GenerationSettings(max_new_tokens=bounded_int(tokens, "max new tokens", 1,
@@ -204,7 +206,7 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
     try:
         for name, p in runs:
             explorer.remember(request, explorer.answerer.config(p, q, img, settings, donor_name))
-            for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name):
+            for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name, source="compare"):
                 answers[name] = shown[name] = update["answer"]
                 metas[name] = badge(update) + (f" · donor: {donor_name}" if p.rules else " · no donor")
                 yield ("Answering…", *shown.values(), *metas.values(), keep)
@@ -212,6 +214,9 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
         yield (f"⚠️ {exc}", *[keep] * 3, *(m if m.split(" · ")[1:2] != ["generating…"] else "" for m in
                                           metas.values()), keep)
         return
+    record(explorer, request, asked("compare", q, path, img, text_only_q, donor_name, plan,
+                                    max_new_tokens=settings.max_new_tokens,
+                                    plan_b=plan_b.to_dict() if plan_b is not None else None), {"answers": answers})
     yield ("", *[keep] * 6, token_diff(answers["base"], answers["merged"]))
 
 
@@ -331,7 +336,7 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
-                     gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]))
+                     gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]), a["max_new_tokens"])
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)
     lesson.input(bind(on_lesson, explorer), lesson,
