@@ -98,7 +98,7 @@ def describe(explorer: Explorer, entry: dict) -> list[str]:
     if kind == "sweep":
         alphas = result.get("alphas")
         span = f", α {alphas[0]:g}–{alphas[1]:g}" if alphas else ""
-        plan = f"{len(config['cells'])} cells: {', '.join(result.get('methods', []))}{span}"
+        plan = f"{len(config['cells'])} cells: {', '.join(result.get('settings', []) + result.get('curves', []))}{span}"
         done = ("complete" if result.get("complete", True) else
                 f"stopped: {result.get('answered', '?')} answers, {len(config['cells'])} of "
                 f"{result.get('planned', '?')} cells")

@@ -229,7 +229,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 def record_sweep(cache, rows: list[dict], grid: str, eval_set: str, planned: int | None = None) -> dict | None:
     """Remember a finished (or stopped) sweep in the answers cache as one entry of kind "sweep": its grid
-    name, eval set, donor, answer counts, best cell, the settings, methods and α range its cells cover, and
+    name, eval set, donor, answer counts, best cell, the settings, curves and α range its merged cells cover, and
     whether it is complete — every one of its `planned` cells (default: those in `rows`) answered every
     item — : what History lists, one row per sweep, in place of the sweep's individual answers. `cache`
     is an AnswerCache (or None: nothing stored). Returns the entry's configuration (None without rows)."""
@@ -246,8 +246,8 @@ def record_sweep(cache, rows: list[dict], grid: str, eval_set: str, planned: int
                                    f"strict {100 * best['accuracy']:.0f} %{official}",
                            "answered": sum(r["answered"] for r in rows), "planned": planned or len(rows),
                            "complete": all(r["complete"] for r in rows) and len(rows) >= (planned or 0),
-                           "settings": sorted({r["setting"] for r in rows}),
-                           "methods": sorted({r["method"] for r in rows}),
+                           "settings": sorted({r["setting"] for r in rows if r["alpha"] is not None}),
+                           "curves": sorted({r["method"] for r in rows if r["alpha"] is not None}),
                            "alphas": [min(alphas), max(alphas)] if alphas else None})
     return config
 
