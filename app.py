@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     explorer = Explorer(answerer, items, eval_spec or "",
                         Path(args.export_dir) if args.export_dir else None, public=args.public,
                         rate_limit=args.rate_limit, global_rate_limit=args.global_rate_limit,
-                        proxy_hops=args.proxy_hops, search_dir=Path(args.search_dir))
+                        proxy_hops=args.proxy_hops, search_dir=Path(args.search_dir),
+                        answer_tokens=spec.answer_tokens)
     if args.public:
         start_janitor(upload_folder(), PUBLIC_UPLOAD_FOLDER_BYTES, PUBLIC_UPLOAD_AGE_S)
     app = build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None)

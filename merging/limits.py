@@ -185,6 +185,15 @@ def bounded_int(value: object, what: str, low: int, high: int) -> int:
     return number
 
 
+def byte_size(n: int | float) -> str:
+    """`n` bytes as a short human size in binary units: "17.8 GiB", "42.0 MiB", "512 B" — the unit that
+    keeps one to three digits before the point, so a tiny model never reads "0.0 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def as_text(value: object, what: str) -> str:
     """`value` if it is text (None: empty); raises LimitError naming `what` for anything else."""
     if value is None:

@@ -129,7 +129,7 @@ def toy_explorer(root: Path) -> Explorer:
     answerer = Answerer(MergeEngine(load_pair(models.vlm, models.llm, models.base)), AnswerCache(root / "cache"),
                         donors, models.donor_label)
     return Explorer(answerer, load_eval_set(models.eval_set), models.eval_set, root / "exports",
-                    search_dir=root / "search")
+                    search_dir=root / "search", answer_tokens=models.answer_tokens)
 
 
 @pytest.fixture(scope="module")

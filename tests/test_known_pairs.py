@@ -1,14 +1,16 @@
 """Every named pair's tensor layout, checked on the meta device from hand-written configs (no download),
 and the memory estimate that runs before a load."""
 
+import re
+
 import pytest
 import torch
-from transformers import (Gemma3Config, Gemma3TextConfig, Idefics3Config, InternVLConfig, LlamaConfig, LlavaConfig,
+from transformers import (AutoConfig, Gemma3Config, Gemma3TextConfig, Idefics3Config, InternVLConfig, LlamaConfig, LlavaConfig,
                           LlavaOnevisionConfig, MistralConfig, Mistral3Config, MllamaConfig, Qwen2_5_VLConfig,
                           Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig)
 
 from merging.errors import MergescopeError
-from merging.model.known_pairs import KNOWN_PAIRS, known_pair
+from merging.model.known_pairs import KNOWN_PAIRS, TOY_VLM, known_pair
 from merging.model.pair import check_fits, meta_model, weight_bytes
 from merging.model.layout import build_layout
 
@@ -162,6 +164,9 @@ def test_memory_estimate_and_refusal():
     assert "needs about 17.8 GiB on cuda; 80.0 GiB free" in check_fits(config, torch.bfloat16, "cuda", free=80 * 2**30)
     with pytest.raises(MergescopeError, match="needs about 17.8 GiB on cpu; 16.0 GiB free — it does not fit"):
         check_fits(config, torch.bfloat16, "cpu", free=16 * 2**30)
+    toy = AutoConfig.from_pretrained(TOY_VLM)  # a few MiB: said in MiB, never "needs about 0.0 GiB"
+    assert re.search(r"needs about [1-9][0-9.]* MiB on cpu; 1.0 GiB free", check_fits(toy, torch.float32, "cpu",
+                                                                                        free=2**30))
     with pytest.raises(MergescopeError, match="unknown pair 'gpt-4'"):
         known_pair("gpt-4")
 

@@ -35,7 +35,7 @@ class FakeAnswerer:
     def config(self, plan, question, image, settings, donor=None):
         return {"plan": plan.to_dict(), "question": question}
 
-    def stream(self, plan, question, image, settings, donor=None):
+    def stream(self, plan, question, image, settings, donor=None, source="ask"):
         self.asked.append((plan, question, donor))
         answer = "merged" if plan.rules else "base"
         yield {"answer": answer, "cached": False, "seconds": 0.1, "plan_hash": plan.hash(), "done": True}
@@ -208,8 +208,11 @@ def test_method_notes_say_what_is_loaded():
     explorer.answerer.donors = {"shared": "ckpt"}
     explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base=None),
                                             gram_fingerprints=lambda donor: {"vlm": None, "donor": None})
-    assert "none loaded" in compare_tab.method_note(explorer, "ties")
-    assert "no Gram files attached" in compare_tab.method_note(explorer, "regmean")
+    assert "unavailable here: ties needs a base model and none is loaded" in compare_tab.method_note(explorer, "ties")
+    assert "unavailable here: regmean needs Gram files" in compare_tab.method_note(explorer, "regmean")
+    labels = dict((v, k) for k, v in compare_tab.method_choices(explorer))
+    assert labels["regmean"] == "regmean — unavailable: needs Gram files" and labels["linear"] == "linear"
+    assert labels["ties"] == "ties — unavailable: needs a base model"
     explorer.engine = types.SimpleNamespace(pair=types.SimpleNamespace(base="ckpt"),
                                             gram_fingerprints=lambda donor: {"vlm": "a", "donor": "b"})
     assert "base: loaded" in compare_tab.method_note(explorer, "ties")
@@ -312,7 +315,8 @@ def test_history_filters_before_it_limits(tmp_path, monkeypatch):
     for i in range(12):  # a sweep's answers, stored after it: newer
         store.put({"kind": "answer", "question": f"item {i}", "plan": {"rules": []}}, {"answer": "x", "batched": True})
     monkeypatch.setattr(history_tab, "HISTORY_LIMIT", 5)
-    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False)
+    explorer = types.SimpleNamespace(answerer=types.SimpleNamespace(cache=store), public=False,
+                                     engine=types.SimpleNamespace(pair=types.SimpleNamespace(layout=None)))
     table, configs = history_tab.on_refresh(explorer)
     assert list(table["question"]) == ["What colour?"] and configs == [asked]
     assert len(store.entries(limit=5)) == 5 and len(store.entries(limit=5, keep=history_tab.listed)) == 1
@@ -336,3 +340,63 @@ def test_lesson_numbers_are_the_toy_pairs_measured_tables():
     assert lessons.measured("colour", "linear", 0.6) == expected
     assert expected in lessons.LESSONS["Early layers keep perception"]["text"]
     assert f"{round(results['vlm']['text_plus'] * 100)} %" in lessons.LESSONS["A skill moves across"]["text"]
+
+
+class NoGramsExplorer(FakeExplorer):
+    """What a pair without Gram files or base model offers: RegMean and TIES cannot run."""
+    engine = types.SimpleNamespace(pair=types.SimpleNamespace(base=None),
+                                   gram_fingerprints=lambda donor: {"vlm": None, "donor": None})
+
+
+def test_each_method_shows_its_own_parameter_help():
+    """γ means one thing to breadcrumbs and another to RegMean: the box shows the selected method's help."""
+    from merging.methods import REGISTRY
+    box = [p.name for p in PARAM_DEFS].index("gamma")
+    for method in ("breadcrumbs", "regmean"):
+        update = compare_tab.on_method(NoGramsExplorer(), method)[1 + box]
+        own = next(p for p in REGISTRY[method].params if p.name == "gamma")
+        assert update["info"] == own.doc and update["value"] == own.default and update["visible"]
+    assert REGISTRY["breadcrumbs"].params[1].doc != REGISTRY["regmean"].params[0].doc
+
+
+def test_a_method_that_cannot_run_is_refused_in_one_line_before_any_answer():
+    explorer = NoGramsExplorer()
+    for method in ("regmean", "ties"):
+        steps = compare(explorer, panel=replace(PANEL, method=method))
+        assert len(steps) == 1 and steps[0][0].startswith(f"⚠️ cannot compare: {method} needs")
+        assert "\n" not in steps[0][0] and not explorer.answerer.asked  # nothing answered, no badge at all
+    pinned = plan_of(replace(PANEL, method="regmean")).to_yaml()  # plan B is checked too
+    assert compare(explorer, pinned=pinned)[0][0].startswith("⚠️ cannot compare: regmean")
+
+
+def test_an_answer_that_fails_midway_leaves_no_badge_on_generating():
+    explorer = FakeExplorer()
+
+    def stream(plan, question, image, settings, donor=None, source="ask"):
+        yield {"answer": "", "cached": False, "seconds": 0.0, "plan_hash": plan.hash(), "done": not plan.rules}
+        if plan.rules:
+            raise PlanError("the merge failed")
+    explorer.answerer.stream = stream
+    status, _, _, _, base_meta, merged_meta, _, _ = compare(explorer)[-1]
+    assert status == "⚠️ the merge failed" and "done" in base_meta and merged_meta == ""
+
+
+def test_the_default_sweep_spreads_its_items_over_every_kind():
+    """Not the first 8 items (one per kind, per-category cells of "0 % (0–79)"): PER_KIND of each kind,
+    the same items however the eval set is sorted."""
+    from collections import Counter
+    from merging.evals.eval_sets import load_eval_set, spread_items
+    from merging.model.known_pairs import TOY_EVAL
+    items = load_eval_set(TOY_EVAL)
+    explorer = FakeExplorer()
+    explorer.eval_items, explorer.eval_spec = items, str(TOY_EVAL)
+    n = sweep_tab.default_items(explorer)
+    _, chosen, _ = sweep_tab.sweep_plan(explorer, sweep_tab.DEFAULT_GRID, str(TOY_EVAL), n)
+    kinds = Counter(i.category for i in items)
+    assert n == sweep_tab.PER_KIND * len(kinds) and set(Counter(i.category for i in chosen).values()) == {10}
+    by_kind = sorted(items, key=lambda i: i.category)  # a file sorted by kind spreads the same way
+    assert Counter(i.category for i in spread_items(by_kind, 16)).most_common()[0][1] == 2
+    assert spread_items(items, 16) == items[:16]  # the toy set is interleaved: its first items
+    explorer.public = True  # a public demo's default fits its answer cap
+    cells = len(sweep_tab.parse_grid(sweep_tab.DEFAULT_GRID)[0])
+    assert sweep_tab.default_items(explorer) * cells <= sweep_tab.PUBLIC_MAX_SWEEP_ANSWERS

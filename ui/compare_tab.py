@@ -17,7 +17,7 @@ from merging.plan.merge_plan import MergePlan
 from merging.run.generate import GenerationSettings
 from merging.run.probe import kl_divergence
 
-from .asking import compare_inputs, gold_for
+from .asking import compare_inputs, gold_for, method_refusal
 from .curve_editor import curve_editor
 from .examples import build_examples
 from .explorer import CHEAP, GPU, Explorer, bind
@@ -28,11 +28,11 @@ from .lessons import build_lessons, on_lesson
 from .panel import PARAM_DEFS, Panel, attention_roles, component_choices, plan_of, with_panel
 from .plan_panel import badge, parse_table, table_of, token_diff
 from .probe_panel import build_scan_panel
+from .records import asked, record
 
 DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
 # the page starts on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
 START_CURVE = {"preset": "loglinear", "start": 0.05, "end": 0.4}
-START_NEW_TOKENS = 32
 STALE = "stale — plan changed"
 ANSWER_LABELS = {"base": "Base VLM", "merged": "Merged (current plan)", "pinned": "Plan B (pinned)"}
 CSS = """
@@ -65,6 +65,7 @@ class CompareTab:
     separate: gr.Checkbox | None = None        # the separate-curves switch, its group ticks and one editor
     group_ticks: gr.CheckboxGroup | None = None  # per group (CURVE_GROUPS order): what Search's "Open in Compare" sets
     group_curves: tuple = ()
+    max_new_tokens: gr.Slider | None = None  # what History's restore sets back
 
     @property
     def plan_inputs(self) -> list:
@@ -76,23 +77,33 @@ class CompareTab:
 # -- cheap handlers: the merge panel -------------------------------------------------------------
 
 def method_note(explorer: Explorer, method_name: str, donor_name=None) -> str:
-    """What a method needs from files, and whether it is loaded."""
-    method, notes = REGISTRY[method_name], []
-    if method.needs_base:
-        notes.append("base: loaded" if explorer.engine.pair.base is not None
-                     else "⚠️ needs a base model: none loaded (start with `--base`), Compare will refuse it")
-    if method.needs_grams:
-        donor = explorer.answerer.donors.get(donor_name or explorer.answerer.default_donor)
-        loaded = all(explorer.engine.gram_fingerprints(donor).values())
-        notes.append("Gram files: loaded" if loaded else "⚠️ unavailable: no Gram files attached for this pair "
-                     "(`python -m merging grams`, then `--grams`), Compare will refuse it")
-    return f"`{method.formula}`" + (f" — {'; '.join(notes)}" if notes else "")
+    """What a method needs from files, and whether it is loaded (one line)."""
+    method = REGISTRY[method_name]
+    if (reason := method_refusal(explorer, method_name, donor_name)) is not None:
+        return f"`{method.formula}` — ⚠️ unavailable here: {reason}"
+    loaded = ["base: loaded"] * method.needs_base + ["Gram files: loaded"] * method.needs_grams
+    return f"`{method.formula}`" + (f" — {'; '.join(loaded)}" if loaded else "")
+
+
+def method_choices(explorer: Explorer, donor_name=None) -> list[tuple[str, str]]:
+    """(label, method) for the method menu: a method that cannot run on what is loaded says so in its
+    label ("regmean — unavailable: needs Gram files"); it stays selectable, and Compare refuses it in one line."""
+    return [(name if method_refusal(explorer, name, donor_name) is None else
+             f"{name} — unavailable: needs {'a base model' if REGISTRY[name].needs_base else 'Gram files'}", name)
+            for name in REGISTRY]
+
+
+def param_updates(method_name: str, values: dict | None = None) -> list[dict]:
+    """One update per parameter box (PARAM_DEFS order): this method's boxes shown with `values` (default:
+    its defaults) and its own help — a name such as γ or density means different things to different
+    methods —, the others hidden."""
+    names, values = {p.name: p for p in REGISTRY[method_name].params}, values or {}
+    return [gr.update(visible=True, value=values.get(p.name, names[p.name].default), info=names[p.name].doc)
+            if p.name in names else gr.update(visible=False, value=None) for p in PARAM_DEFS]
 
 
 def on_method(explorer: Explorer, method_name, donor_name=None):
-    names = {p.name: p for p in REGISTRY[method_name].params}
-    updates = [gr.update(visible=p.name in names, value=names[p.name].default if p.name in names else None)
-               for p in PARAM_DEFS]
+    updates = param_updates(method_name)
     return [method_note(explorer, method_name, donor_name), *updates]
 
 
@@ -172,6 +183,11 @@ def mark_stale_donor(merged_answer, pinned_answer):
     return _stale("merged", merged_answer), _stale("pinned", pinned_answer)
 
 
+def start_new_tokens(explorer: Explorer) -> int:
+    """The page's first max new tokens: the pair's usual answer length (short boxes), within the cap."""
+    return min(explorer.answer_tokens, explorer.max_new_tokens)
+
+
 def start_panel(explorer: Explorer) -> Panel:
     """The panel as a fresh page shows it (what an example clicked first is compared under): the
     self-attention roles, START_CURVE, linear, every parameter box at its default."""
@@ -188,9 +204,9 @@ def fresh(name: str, value: str) -> dict:
 def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name,
                panel: Panel):
     """Streams (status, base, merged, plan B, their three badges, diff) as the answers grow."""
-    keep = gr.update()
+    keep, path = gr.update(), img  # the file, for History's record (the image itself is decoded below)
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel)
+        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel, donor_name)
         settings = GenerationSettings(max_new_tokens=bounded_int(tokens, "max new tokens", 1,
                                                                  explorer.max_new_tokens))
     except MergescopeError as exc:
@@ -204,13 +220,17 @@ def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tok
     try:
         for name, p in runs:
             explorer.remember(request, explorer.answerer.config(p, q, img, settings, donor_name))
-            for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name):
+            for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name, source="compare"):
                 answers[name] = shown[name] = update["answer"]
                 metas[name] = badge(update) + (f" · donor: {donor_name}" if p.rules else " · no donor")
                 yield ("Answering…", *shown.values(), *metas.values(), keep)
-    except MergescopeError as exc:
-        yield (f"⚠️ {exc}", *[keep] * 7)
+    except MergescopeError as exc:  # no badge stays on "generating…" for an answer that stopped
+        yield (f"⚠️ {exc}", *[keep] * 3, *(m if m.split(" · ")[1:2] != ["generating…"] else "" for m in
+                                          metas.values()), keep)
         return
+    record(explorer, request, asked("compare", q, path, img, text_only_q, donor_name, plan,
+                                    max_new_tokens=settings.max_new_tokens,
+                                    plan_b=plan_b.to_dict() if plan_b is not None else None), {"answers": answers})
     yield ("", *[keep] * 6, token_diff(answers["base"], answers["merged"]))
 
 
@@ -227,7 +247,7 @@ def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_
     """After Compare: the next-token bars of base, merged and plan B, and KL(base ‖ merged)."""
     keep = gr.update()
     try:
-        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel)
+        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel, donor_name)
         plans = {"base": MergePlan(), "merged": plan, **({"pinned": plan_b} if plan_b is not None else {})}
         dists, kl = distributions(explorer, plans, q, img, donor_name)
     except MergescopeError:
@@ -252,7 +272,8 @@ def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
     with gr.Row():
         c["setting1"] = gr.Button("Setting 1: all language-model tensors", size="sm", elem_id="setting-1")
         c["setting2"] = gr.Button("Setting 2: self-attention only", size="sm", elem_id="setting-2")
-    c["method"] = gr.Dropdown(list(REGISTRY), value="linear", label=f"Method ({len(REGISTRY)})", elem_id="method")
+    c["method"] = gr.Dropdown(method_choices(explorer), value="linear", label=f"Method ({len(REGISTRY)})",
+                              elem_id="method")
     c["method_formula"] = gr.Markdown(f"`{REGISTRY['linear'].formula}`")
     with gr.Row():
         c["param_boxes"] = [gr.Number(p.default, label=f"{p.name}", info=p.doc, visible=False,
@@ -288,7 +309,8 @@ def _ask_column(explorer: Explorer) -> dict:
     c["gold"] = gr.Markdown("", elem_id="gold")
     with gr.Row():
         c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, START_NEW_TOKENS, step=1, label="Max new tokens")
+        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, start_new_tokens(explorer), step=1,
+                                        label="Max new tokens", elem_id="max-new-tokens")
     with gr.Row(equal_height=True):
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         c["status"] = gr.Markdown("", elem_id="status")
@@ -325,7 +347,7 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
     cards, kl, diff = a["cards"], a["kl"], a["diff"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
-                     gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]))
+                     gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]), a["max_new_tokens"])
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
     _wire_panel(explorer, tab, m, a, cards)
     lesson.input(bind(on_lesson, explorer), lesson,
@@ -366,8 +388,9 @@ def _wire_compare(explorer: Explorer, tab: CompareTab, a: dict, cards: dict, kl,
     inputs = [tab.image, tab.question, tab.text_only, a["max_new_tokens"], tab.pinned_plan, tab.donor,
               *tab.plan_inputs]
     outputs = [tab.status, *(cards[n]["box"] for n in cards), *(cards[n]["meta"] for n in cards), diff]
+    # a burst of clicks: the newest waits while one runs and replaces any older waiting one
     event = a["compare"].click(bind(with_panel(on_compare), explorer), inputs, outputs, api_name="on_compare",
-                               **GPU)
+                               trigger_mode="always_last", **GPU)
     probe_inputs = [tab.image, tab.question, tab.text_only, tab.pinned_plan, tab.donor, *tab.plan_inputs]
     event.then(bind(with_panel(on_distributions), explorer), probe_inputs,
                [*(cards[n]["probs"] for n in cards), kl], **GPU)

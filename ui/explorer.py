@@ -48,6 +48,7 @@ class Explorer:
     _limiter: RateLimiter | None = None
     history: History = field(default_factory=History)
     search_dir: Path = Path("runs/search")  # the Search tab's studies, one folder per configuration
+    answer_tokens: int = 32  # Compare's default max new tokens (the pair's usual answer length)
 
     def __post_init__(self):
         if self.public:

@@ -179,16 +179,16 @@ def start_janitor(folder: Path, max_bytes: int, max_age_s: float, every_s: float
     return thread
 
 
-def uploaded_image(**kwargs) -> gr.Image:
-    """A gr.Image that hands the handler the uploaded file's path without opening it.
+def _keep(block: gr.components.Component, patch) -> None:
+    """Apply `patch` (a function that changes a component instance) to `block`, and remember it: Gradio
+    rebuilds a component per session from its constructor arguments once an event sends it an update
+    (an example or lesson clicked, a box shown), and that copy must answer as the original does
+    (`explain_bad_inputs` applies the remembered patches to it)."""
+    patch(block)
+    block._guards = (*getattr(block, "_guards", ()), patch)
 
-    gr.Image(type="filepath") still calls PIL.Image.open in preprocessing, so a non-image or a
-    declared-huge image failed there, with Gradio's generic error; here the handler gets the path and
-    checks it itself (merging.io.images.read_image: header first, one-line refusals). An instance, not a
-    subclass: Gradio writes a .pyi stub next to the source of every component class.
-    """
-    image = gr.Image(type="filepath", image_mode=None, **kwargs)
 
+def _path_only(image: gr.Image) -> None:
     def preprocess(payload) -> str | None:
         if payload is None:
             return None
@@ -199,31 +199,66 @@ def uploaded_image(**kwargs) -> gr.Image:
         return str(payload.path)
 
     image.preprocess = preprocess
+
+
+def uploaded_image(**kwargs) -> gr.Image:
+    """A gr.Image that hands the handler the uploaded file's path without opening it.
+
+    gr.Image(type="filepath") still calls PIL.Image.open in preprocessing, so a non-image or a
+    declared-huge image failed there, with Gradio's generic error; here the handler gets the path and
+    checks it itself (merging.io.images.read_image: header first, one-line refusals). An instance, not a
+    subclass: Gradio writes a .pyi stub next to the source of every component class; its per-session
+    copies get the same preprocessing (`_keep`).
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    _keep(image, _path_only)
     return image
 
 
+def _explained(block: gr.components.Component) -> None:
+    """`block`'s preprocessing with a one-line gr.Error for a value it cannot read; a number box's range
+    is left to the handler, which refuses it in its status line (Gradio's own check is a red toast)."""
+    if isinstance(block, (gr.Number, gr.Slider)):
+        def original(payload, _precision=block.precision):
+            return None if payload is None else gr.Number.round_to_precision(payload, _precision)
+    else:
+        original = block.preprocess
+    name = str(block.label or block.elem_id or type(block).__name__.lower())[:40]
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 — any reader's failure is a bad value from the client
+            raise gr.Error(f"{name}: {brief(payload, 60)} is not a value this field takes "
+                           f"({type(exc).__name__}); send what the page sends") from None
+
+    block.preprocess = preprocess
+
+
 def explain_bad_inputs(app: gr.Blocks) -> None:
-    """Make every input component of `app` answer a value it cannot read with one line (gr.Error).
+    """Make every input component of `app` answer a value it cannot read with one line (gr.Error), in
+    every session.
 
     Gradio turns an exception in a component's preprocessing (text where a slider's number goes,
     something a script sent that the page never would) into its generic "upstream Gradio app has
     raised an exception"; a gr.Error's message is shown instead. Only the message changes: the value
-    is still refused before any handler runs.
+    is still refused before any handler runs. A number outside a box's range goes through to the
+    handler (each checks its own, e.g. `bounded_int`), whose refusal is a line in its status, not a toast.
     """
     for block in app.blocks.values():
-        if not isinstance(block, gr.components.Component) or getattr(block, "_explains_bad_inputs", False):
-            continue
-        original = block.preprocess
-        name = str(block.label or block.elem_id or type(block).__name__.lower())[:40]
+        if isinstance(block, gr.components.Component) and _explained not in getattr(block, "_guards", ()):
+            _keep(block, _explained)
+    original = app.preprocess_data
 
-        def preprocess(payload, _original=original, _name=name):
-            try:
-                return _original(payload)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 — any reader's failure is a bad value from the client
-                raise gr.Error(f"{_name}: {brief(payload, 60)} is not a value this field takes "
-                               f"({type(exc).__name__}); send what the page sends") from None
+    async def preprocess_data(block_fn, inputs, state, *args, **kwargs):
+        for block in block_fn.inputs if state is not None else ():
+            copy = state.blocks_config.blocks.get(block._id)
+            if copy is not None and copy is not block and getattr(copy, "_guards", None) is None:
+                copy._guards = ()
+                for patch in getattr(block, "_guards", ()):
+                    _keep(copy, patch)
+        return await original(block_fn, inputs, state, *args, **kwargs)
 
-        block.preprocess = preprocess
-        block._explains_bad_inputs = True
+    app.preprocess_data = preprocess_data

@@ -14,6 +14,7 @@ from .asking import compare_inputs, gold_for
 from .explorer import CHEAP, GPU, Explorer, bind
 from .figures import scan_figure
 from .panel import Panel, with_panel
+from .records import asked, record
 from .stops import Stops
 
 MAX_SCAN_ALPHAS = 21
@@ -23,8 +24,9 @@ STOPS = Stops("Stopping after the current point…")  # read by alpha_scan befor
 def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_name, panel: Panel):
     """Streams (figure, status) as `alpha_scan` answers the current plan scaled by α = 0, 0.1, …, 1;
     *Stop scan* ends it before the next point and keeps the points drawn."""
+    path = img  # the file, for History's record
     try:
-        q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel)
+        q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel, donor_name)
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}"
         return
@@ -40,6 +42,11 @@ def on_scan(explorer: Explorer, request: gr.Request, img, q, text_only_q, donor_
         yield gr.update(), f"⚠️ {exc}"
     finally:
         STOPS.end(request, stop)
+        if points:  # one History row for the whole scan, not one per point
+            record(explorer, request, asked("scan", q, path, img, text_only_q, donor_name, plan,
+                                            points=len(SCAN_ALPHAS)),
+                   {"points": [{"alpha": p["alpha"], "answer": p["answer"]} for p in points],
+                    "complete": len(points) == len(SCAN_ALPHAS)})
 
 
 def build_scan_panel(explorer: Explorer, compare, text_only, image) -> None:

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from merging.errors import MergescopeError
-from merging.evals.eval_sets import load_eval_set
+from merging.evals.eval_sets import load_eval_set, spread_items
 from merging.limits import bounded_int
 from merging.experiments.sweep import parse_grid, record_sweep, run_sweep
 
@@ -32,8 +32,8 @@ def sweep_plan(explorer: Explorer, grid, spec, limit) -> tuple[list, list, objec
     demo may not run or what does not parse."""
     # public: the cell count is refused from the axes' lengths, before any cell is built
     cells, settings = parse_grid(grid, max_cells=PUBLIC_MAX_SWEEP_ANSWERS) if explorer.public else parse_grid(grid)
-    limit = bounded_int(limit or 1, "items (max)", 1, 1_000_000)
-    items = load_eval_set(explorer.eval_spec if explorer.public else spec)[:limit]
+    limit = bounded_int(limit or 1, "items", 1, 1_000_000)
+    items = spread_items(load_eval_set(explorer.eval_spec if explorer.public else spec), limit)
     if explorer.public and (len(cells) * len(items) > PUBLIC_MAX_SWEEP_ANSWERS
                             or settings.max_new_tokens > PUBLIC_MAX_NEW_TOKENS):
         raise MergescopeError(f"this public demo runs sweeps of at most {PUBLIC_MAX_SWEEP_ANSWERS} "
@@ -69,6 +69,16 @@ def category_table(rows: list[dict]) -> pd.DataFrame:
 
 
 STOPS = Stops("Stopping after the current batch…")  # read between batches
+PER_KIND = 10  # the default sweep's items per category: a per-category cell reads "30 % (11–60)", not "0 % (0–79)"
+
+
+def default_items(explorer: Explorer) -> int:
+    """The Items box's start value: PER_KIND items of each category of the loaded eval set (public: as many
+    as the default grid may answer within the demo's cap)."""
+    kinds = len({item.category for item in explorer.eval_items}) or 1
+    if explorer.public:
+        return max(1, PUBLIC_MAX_SWEEP_ANSWERS // len(parse_grid(DEFAULT_GRID)[0]))
+    return min(PER_KIND * kinds, len(explorer.eval_items)) or PER_KIND * kinds
 
 
 def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
@@ -102,7 +112,8 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
     finally:
         STOPS.end(request, stop)
         grid_name = "grid " + hashlib.sha256(str(grid).encode()).hexdigest()[:8]
-        config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec)
+        config = record_sweep(explorer.answerer.cache, rows, grid_name, explorer.eval_spec if explorer.public else spec,
+                              planned=len(cells))
         if explorer.public and config is not None:  # a visitor's History lists their own sweeps
             explorer.remember(request, config)
 
@@ -113,7 +124,8 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     with gr.Row():
         eval_spec = gr.Textbox(explorer.eval_spec, label="Eval set (PATH.jsonl, mathvista:PATH, "
                                "mathvision:PATH)", elem_id="eval-set", interactive=not explorer.public)
-        max_items = gr.Number(8, label="Items (max)", precision=0, minimum=1, elem_id="sweep-items")
+        max_items = gr.Number(default_items(explorer), label="Items (spread evenly over the kinds)", precision=0,
+                              minimum=1, elem_id="sweep-items")
     with gr.Row():
         run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
         stop = gr.Button("Stop", elem_id="stop-sweep")

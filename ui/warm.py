@@ -30,7 +30,7 @@ from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set
 from merging.run.stack import add_model_args, build_stack, model_spec
 
-from .compare_tab import START_NEW_TOKENS, on_compare, on_distributions, start_panel
+from .compare_tab import on_compare, on_distributions, start_new_tokens, start_panel
 from .examples import teaching_order
 from .explorer import Explorer
 from .lessons import LESSONS, lesson_setup
@@ -77,7 +77,7 @@ def press(explorer: Explorer, click: Click, scan: bool = True) -> list[str]:
     """Compare, the bars and (with `scan`) the α scan for `click`, as the page runs them; the one-line
     refusals their status lines showed (none when everything was answered)."""
     errors = []
-    for update in on_compare(explorer, None, click.image, click.question, click.text_only, START_NEW_TOKENS,
+    for update in on_compare(explorer, None, click.image, click.question, click.text_only, start_new_tokens(explorer),
                              click.pinned, click.donor, click.panel):
         if str(update[0]).startswith("⚠️"):
             errors.append(f"{click.name}: {update[0]}")

@@ -140,6 +140,19 @@ def _with_choices(question: str, choices: tuple[str, ...]) -> str:
     return question + "\nChoices:\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
 
 
+def spread_items(items: list[EvalItem], n: int) -> list[EvalItem]:
+    """The first `n` items taken in turn from each category (round robin, each category in eval-set
+    order; a category that runs out drops out of the turn), returned in eval-set order — so `n` items
+    cover every kind evenly however the file is sorted, and the same `n` always gives the same items
+    (a sweep's answers are cached). All items when n ≥ len(items)."""
+    rank: dict[str | None, int] = {}
+    order = []
+    for i, item in enumerate(items):
+        rank[item.category] = rank.get(item.category, -1) + 1
+        order.append((rank[item.category], i))
+    return [items[i] for i in sorted(i for _, i in sorted(order)[:max(n, 0)])]
+
+
 def sample_items(items: list[EvalItem], n: int, seed: int = 0) -> list[EvalItem]:
     """A seeded sample of `n` items stratified by category: each category gets its share of `n` in
     proportion to its size (largest remainders round), drawn with `random.Random(seed)`; the sample

@@ -227,11 +227,12 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def record_sweep(cache, rows: list[dict], grid: str, eval_set: str) -> dict | None:
+def record_sweep(cache, rows: list[dict], grid: str, eval_set: str, planned: int | None = None) -> dict | None:
     """Remember a finished (or stopped) sweep in the answers cache as one entry of kind "sweep": its grid
-    name, eval set, donor, answer counts and best cell — what History lists, one row per sweep, in place
-    of the sweep's individual answers. `cache` is an AnswerCache (or None: nothing stored). Returns the
-    entry's configuration (None without rows)."""
+    name, eval set, donor, answer counts, best cell, the settings, curves and α range its merged cells cover, and
+    whether it is complete — every one of its `planned` cells (default: those in `rows`) answered every
+    item — : what History lists, one row per sweep, in place of the sweep's individual answers. `cache`
+    is an AnswerCache (or None: nothing stored). Returns the entry's configuration (None without rows)."""
     if not rows:
         return None
     best = max(rows, key=lambda r: r["accuracy"])
@@ -239,10 +240,15 @@ def record_sweep(cache, rows: list[dict], grid: str, eval_set: str) -> dict | No
     official = f", official {100 * best['official_accuracy']:.0f} %" if "official_accuracy" in best else ""
     config = {"kind": "sweep", "grid": grid, "eval_set": eval_set, "donor": rows[0]["donor"],
               "cells": [r["plan_hash"] for r in rows], "items": rows[0]["items"]}
+    alphas = [r["alpha"] for r in rows if r["alpha"] is not None]
     if cache is not None:
         cache.put(config, {"best": f"{best['setting']} · {best['method']} · α {alpha}: "
                                    f"strict {100 * best['accuracy']:.0f} %{official}",
-                           "answered": sum(r["answered"] for r in rows), "complete": all(r["complete"] for r in rows)})
+                           "answered": sum(r["answered"] for r in rows), "planned": planned or len(rows),
+                           "complete": all(r["complete"] for r in rows) and len(rows) >= (planned or 0),
+                           "settings": sorted({r["setting"] for r in rows if r["alpha"] is not None}),
+                           "curves": sorted({r["method"] for r in rows if r["alpha"] is not None}),
+                           "alphas": [min(alphas), max(alphas)] if alphas else None})
     return config
 
 

@@ -34,13 +34,16 @@ class KnownPair:
     eval_set: str | None = None  # examples and sweep items served with the pair when none is named
     donor_label: str = "donor"   # the donor's name where several are offered
     other_donors: tuple[tuple[str, str], ...] = ()  # (label, folder or hub id): more donors of the same shape
+    answer_tokens: int = 32      # Compare's default max new tokens: room for the pair's usual answer
 
 
 SHARED_SEED, NO_SHARED_SEED = "LLM from the shared seed", "LLM from another init (no shared seed)"
 
 
 def _toy_pair(llm: Path, label: str, other: Path, other_label: str, note: str) -> KnownPair:
-    return KnownPair(str(TOY_VLM), str(llm), str(TOY_SEED), note, str(TOY_EVAL), label, ((other_label, str(other)),))
+    # the toy answers in one or two tokens ("red", "6"): 8 keeps the answer boxes small
+    return KnownPair(str(TOY_VLM), str(llm), str(TOY_SEED), note, str(TOY_EVAL), label, ((other_label, str(other)),),
+                     answer_tokens=8)
 
 
 DEFAULT_PAIR = "toy"

@@ -27,6 +27,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from merging.errors import CheckpointError, LayoutError, MergescopeError
+from merging.limits import byte_size
 from merging.io.checkpoint import Checkpoint
 from merging.io.quantization import refusal
 from merging.model.layout import Layout, build_layout
@@ -94,8 +95,8 @@ def check_fits(config: PretrainedConfig, dtype: torch.dtype, device: str, free: 
     """
     need = int(weight_bytes(config, dtype) * headroom)
     free = available_bytes(device) if free is None else free
-    line = (f"{config.model_type} in {str(dtype).removeprefix('torch.')} needs about {need / 2**30:.1f} GiB on "
-            f"{device}; {free / 2**30:.1f} GiB free")
+    line = (f"{config.model_type} in {str(dtype).removeprefix('torch.')} needs about {byte_size(need)} on "
+            f"{device}; {byte_size(free)} free")
     if need > free:
         raise MergescopeError(line + " — it does not fit: pick a smaller pair, bfloat16, or another device")
     return line

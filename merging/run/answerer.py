@@ -120,16 +120,20 @@ class Answerer:
         return self.worker.run(plan, self._donor(self._donor_for(plan, donor)), job)
 
     def ask(self, plan: MergePlan, question: str, image: Image.Image | None = None,
-            settings: GenerationSettings = GenerationSettings(), donor: str | None = None) -> dict[str, Any]:
-        """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan` (merged with `donor`)."""
-        *_, final = self.stream(plan, question, image, settings, live=False, donor=donor)
+            settings: GenerationSettings = GenerationSettings(), donor: str | None = None,
+            source: str = "ask") -> dict[str, Any]:
+        """{"answer", "cached", "seconds", "plan_hash"} for `question` under `plan` (merged with `donor`);
+        `source` as `stream`'s."""
+        *_, final = self.stream(plan, question, image, settings, live=False, donor=donor, source=source)
         del final["done"]
         return final
 
     def stream(self, plan: MergePlan, question: str, image: Image.Image | None = None,
                settings: GenerationSettings = GenerationSettings(), live: bool = True,
-               donor: str | None = None) -> Iterator[dict[str, Any]]:
+               donor: str | None = None, source: str = "ask") -> Iterator[dict[str, Any]]:
         """Like `ask`, but yields the answer as it grows (`"done": False`) before the final result.
+        `source` is stored beside a computed answer: "ask" (one question), or what asked it as part of a
+        larger record ("compare", "scan"), which History lists as one row in its place.
 
         A cache hit yields once. Apply and generation are one job of the model worker, so the weights
         cannot change under a running answer (`ModelWorker.stream`). On a ZeroGPU Space the answer comes
@@ -150,7 +154,7 @@ class Answerer:
         else:
             text = self._on_merged(plan, donor, PairJob(answer, (question, image, settings)))
         seconds = time.perf_counter() - start
-        self._store(config, text, seconds)
+        self._store(config, text, seconds, source=source)
         yield dict(result, answer=text, seconds=seconds, done=True)
 
     def ask_many(self, plan: MergePlan, requests: list[tuple[str, ImageSource]],
@@ -192,11 +196,13 @@ class Answerer:
                 self._store(configs[i], text, seconds, batched=True)
                 yield i, {"answer": text, "cached": False, "seconds": seconds, "plan_hash": plan.hash()}
 
-    def _store(self, config: dict, text: str, seconds: float, batched: bool = False) -> None:
-        """Cache an answer; `batched` marks one a sweep computed (History lists sweeps as one row each)."""
+    def _store(self, config: dict, text: str, seconds: float, batched: bool = False, source: str = "ask") -> None:
+        """Cache an answer; `batched` marks one a sweep computed, `source` what asked it (History lists
+        sweeps, scans and Compare's questions as one row each)."""
         if self.cache is not None:
             tokens = len(text_tokenizer(self.engine.pair.processor).encode(text, add_special_tokens=False))
-            self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds, "batched": batched})
+            self.cache.put(config, {"answer": text, "tokens": tokens, "seconds": seconds, "batched": batched,
+                                    "source": "sweep" if batched else source})
 
     # -- the next-token distribution (issue #11) -------------------------------------------------
     def distribution_config(self, plan: MergePlan, question: str, image: Image.Image | None,
@@ -288,7 +294,7 @@ class Answerer:
             if base is None:
                 base = self._distribution(MergePlan(), question, image, 1, None, None, donor)
                 base_cached = base["cached"]
-            reply = self.ask(scaled, question, image, settings, donor)
+            reply = self.ask(scaled, question, image, settings, donor, source="scan")
             dist = self._distribution(scaled, question, image, 1, gold, gold_id, donor)
             yield {"alpha": alpha, "answer": reply["answer"], "p_top": dist["tokens"][0][1],
                    "p_gold": dist["p_gold"], "kl_to_base": kl_divergence(base["summary"], dist["summary"]),

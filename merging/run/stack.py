@@ -62,6 +62,7 @@ class ModelSpec:
     donor_label: str = "donor"
     other_donors: tuple[tuple[str, str], ...] = ()
     eval_set: str | None = None
+    answer_tokens: int = 32  # the pair's usual answer length: the UI's default max new tokens
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -71,7 +72,8 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(str(models.vlm), str(models.llm), str(models.base) if models.base else None, args.dtype,
                      args.device, gram_paths(args.grams_vlm, args.grams_donor), args.allow_partial,
                      budget_from_gb(args.device_cache_gb), models.donor_label,
-                     tuple((label, str(path)) for label, path in models.other_donors), models.eval_set)
+                     tuple((label, str(path)) for label, path in models.other_donors), models.eval_set,
+                     models.answer_tokens)
 
 
 @dataclass(frozen=True)
