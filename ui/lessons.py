@@ -87,6 +87,6 @@ def on_lesson(explorer: Explorer, name):
 def build_lessons(explorer: Explorer) -> tuple[gr.Dropdown, gr.Markdown]:
     with gr.Row(equal_height=True):
         picker = gr.Dropdown(list(LESSONS), value=None, label="Lessons: one click sets up a merge to look at",
-                             elem_id="lessons", scale=1, visible=bool(explorer.eval_items))
-        text = gr.Markdown("", elem_id="lesson-text")
+                             elem_id="lessons", scale=1, min_width=220, visible=bool(explorer.eval_items))
+        text = gr.Markdown("", elem_id="lesson-text", scale=3)
     return picker, text
