@@ -116,7 +116,7 @@ def on_divergence(explorer: Explorer, img, q, text_only_q, donor_name, base_answ
 def _answer_card(name: str, elem: str, visible: bool = True) -> dict:
     with gr.Column(min_width=120, visible=visible, elem_classes=["answer-card"]) as column:
         box = gr.Textbox(label=ANSWER_LABELS[name], elem_id=f"answer-{elem}", interactive=False,
-                         elem_classes=["answer"], lines=1, max_lines=1)
+                         elem_classes=["answer"], lines=1, max_lines=2)
         meta = gr.Markdown("", elem_id=f"meta-{elem}", elem_classes=["meta"])
     return {"column": column, "box": box, "meta": meta}
 
