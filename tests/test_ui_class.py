@@ -123,3 +123,23 @@ def test_the_skill_scan_stops_when_asked(page, server):
     status = wait_status(page, "#skills-status", "stopped at", timeout=600_000)
     assert f"stopped at 2/{len(SKILL_ALPHAS)} points" in status  # α 0.2's one batch ended, nothing after it
     page.wait_for_selector("#skills-scan-plot .main-svg")
+
+
+def test_a_stroke_compares_on_release_and_scores_skills_after(page, server):
+    explorer = server[1]
+    question = "How many times does fox appear in: fox fish fox? Add 2."
+    page.locator("#question textarea").fill(question)
+    page.locator("#text-only input").check()
+    open_skills(page, PER_SKILL)
+    page.locator("#skills-after-compare input").check()
+    page.locator("#compare-on-release input").check()
+    box = page.locator("#curve svg").bounding_box()  # one stroke at α 0.8 across every layer, no click on Compare
+    page.mouse.move(box["x"] + 3, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] * 0.2, steps=8)
+    page.mouse.up()
+    wait_status(page, "#skills-status", "Skills of the current plan", timeout=600_000)  # after Compare's chain
+    assert page.locator("#answer-merged textarea").input_value()
+    merged = [e for e in explorer.answerer.cache.entries()
+              if e["config"].get("question") == question and e["config"]["plan"].get("rules")]
+    assert merged and merged[0]["config"]["plan"]["rules"][0]["curve"]["values"] == [0.8] * explorer.num_layers

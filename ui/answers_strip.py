@@ -93,7 +93,8 @@ def divergence_text(d: dict) -> str:
         f"parts from the base VLM at token {d['parting']}" + \
         (f" ({d['tokens'][d['parting']]!r})" if d["parting"] < len(d["tokens"]) else "")
     flag = " ⚠️ **far from the base VLM**" if d["mean_kl"] >= LARGE_DIVERGENCE else ""
-    return (f"**Whole answer** ({len(d['tokens'])} tokens): mean KL(base ‖ merged) = **{d['mean_kl']:.2f} "
+    count = f"{len(d['tokens'])} token" + ("s" if len(d["tokens"]) > 1 else "")
+    return (f"**Whole answer** ({count}): mean KL(base ‖ merged) = **{d['mean_kl']:.2f} "
             f"nats/token**{flag} · log p per token: base {d['mean_logp_base']:.2f}, merged "
             f"{d['mean_logp_merged']:.2f} · {where}")
 

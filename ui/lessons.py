@@ -33,8 +33,7 @@ LESSONS = {
         "donor": NO_SHARED_SEED, "components": "all", "curve": {"preset": "constant", "value": 0.4},
         "item": COLOUR_ID,
         "text": "Every tensor at constant α 0.4 with the LLM trained from **another init**: press Compare — the "
-                "merge collapses (it says \"redredred…\": its first token is still \"red\", the whole-answer "
-                "divergence is several nats per token; colour "
+                "merge collapses (it says \"redredred…\"; colour "
                 f"{measured('colour', 'constant', 0.4, 'grid_llm_noseed')}, arithmetic "
                 f"{measured('arith', 'constant', 0.4, 'grid_llm_noseed')} on {N} items). Switch *Donor "
                 f"LLM* to the shared seed and Compare again: \"red\", colour {measured('colour', 'constant', 0.4)}, "
