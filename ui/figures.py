@@ -109,9 +109,10 @@ def divergence_figure(d: dict) -> go.Figure:
     each token as bars (nats), each token's log-probability under base and merged as lines."""
     labels = [f"{i}:{repr(t)[1:-1] or '␣'}" for i, t in enumerate(d["tokens"])]
     fig = go.Figure(go.Bar(x=labels, y=d["kl"], name="KL(base ‖ merged)", marker_color="#d62728", opacity=0.6))
-    fig.add_trace(go.Scatter(x=labels, y=d["logp_base"], name="log p base", mode="lines+markers", yaxis="y2"))
+    fig.add_trace(go.Scatter(x=labels, y=d["logp_base"], name="log p base", mode="lines+markers", yaxis="y2",
+                             line={"color": "#444444"}))
     fig.add_trace(go.Scatter(x=labels, y=d["logp_merged"], name="log p merged", mode="lines+markers", yaxis="y2",
-                             line={"dash": "dash"}))
+                             line={"dash": "dash", "color": "#1f77b4"}))
     fig.update_layout(height=260, title={"text": "The merged answer, token by token", "font": {"size": 14}},
                       yaxis={"title": "KL, nats", "rangemode": "tozero"},
                       yaxis2={"title": "log p", "overlaying": "y", "side": "right"},
@@ -137,10 +138,11 @@ def skill_figure(row: dict, base: dict | None = None) -> go.Figure:
                                       "array": [100 * (v["high"] - v["accuracy"]) for v in values],
                                       "arrayminus": [100 * (v["accuracy"] - v["low"]) for v in values]},
                              text=[f"{100 * v['accuracy']:.0f}" for v in values], textposition="inside",
+                             insidetextanchor="middle", textangle=0,
                              hovertext=[_skill_hover(v) for v in values], hoverinfo="text"))
     fig.update_layout(height=300, barmode="group", yaxis={"title": "accuracy %", "range": [0, 105]},
-                      font={"size": 14}, legend={"orientation": "h", "y": 1.12},
-                      margin={"l": 50, "r": 10, "t": 30, "b": 40})
+                      font={"size": 14}, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+                      uniformtext={"minsize": 10, "mode": "hide"}, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
 
 
