@@ -77,7 +77,7 @@ def test_compare_shows_both_answers_then_cached(page):
     page.locator("#preset input").click()
     page.get_by_role("option", name="constant", exact=True).click()
     page.wait_for_function("() => document.querySelector('#preset-formula').innerText.includes('= value')")
-    value = page.get_by_label("value").first
+    value = page.get_by_label("value", exact=True).first
     value.fill("0.6")
     value.press("Tab")  # a number box reports its value when it loses focus
     page.locator("#apply-preset").click()
@@ -91,12 +91,14 @@ def test_compare_shows_both_answers_then_cached(page):
     assert "cached ✓" in page.locator("#meta-base").inner_text()
     assert "cached ✓" in page.locator("#meta-merged").inner_text()
     assert page.locator("#answer-merged textarea").input_value() == merged
-    if os.environ.get("MERGESCOPE_SCREENSHOT"):  # the README's picture: from the top of the page to the diff
+    if os.environ.get("MERGESCOPE_SCREENSHOT"):  # the README's picture: the class view, lesson to bars
         page.locator("#exact-values").get_by_text("Exact values and plan YAML").click()  # closed, as it starts
-        page.wait_for_timeout(500)
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.wait_for_selector("#divergence p", timeout=120_000)
+        page.wait_for_timeout(800)
         page.evaluate("window.scrollTo(0, 0)")
         bottom = max(page.locator(f"#{e}").bounding_box()["y"] + page.locator(f"#{e}").bounding_box()["height"]
-                     for e in ("diff", "exact-values"))  # both columns: the answers and the editor
+                     for e in ("probs-merged", "image"))  # both columns: the answers' bars and the question's image
         page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=True,
                         clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 16})
 
@@ -272,7 +274,7 @@ def test_a_bad_table_cell_blocks_compare_until_fixed(page):
     assert "oops" not in page.locator("#status").inner_text() or "fix the cell" in page.locator("#status").inner_text()
 
 
-def test_at_800_px_the_page_is_one_column_with_the_answers_visible(server, browser):
+def test_at_800_px_the_answers_stay_side_by_side_beside_the_question(server, browser):
     page = browser.new_page(viewport={"width": 800, "height": 1200})
     try:
         page.goto(server[0], wait_until="domcontentloaded")
@@ -280,9 +282,9 @@ def test_at_800_px_the_page_is_one_column_with_the_answers_visible(server, brows
         _ask_text_only(page)
         curve, question = page.locator("#curve").bounding_box(), page.locator("#question").bounding_box()
         base, merged = page.locator("#answer-base").bounding_box(), page.locator("#answer-merged").bounding_box()
-        assert question["y"] > curve["y"] + curve["height"]  # the ask column under the editor
-        assert merged["y"] >= base["y"] + base["height"] and abs(merged["x"] - base["x"]) < 2  # stacked
-        assert curve["width"] > 600 and base["width"] > 600  # full width, not squeezed
+        assert question["x"] >= curve["x"] + curve["width"]  # the question beside the curve, not under it
+        assert abs(merged["y"] - base["y"]) < 2 and merged["x"] >= base["x"] + base["width"]  # side by side
+        assert curve["width"] > 380 and base["width"] > 150  # not squeezed
         assert page.locator("#answer-base textarea").input_value() and \
             page.locator("#answer-merged textarea").input_value()
     finally:

@@ -16,7 +16,7 @@ from merging.run.answerer import SCAN_ALPHAS
 from merging.run.probe import summarize
 from merging.model.known_pairs import TOY_DIR
 from ui import lessons
-from ui import asking, compare_tab, export_tab, group_curves, probe_panel, sweep_tab
+from ui import answers_strip, asking, compare_tab, export_tab, group_curves, probe_panel, sweep_tab
 from ui.explorer import bind
 from ui.panel import PANEL_CONTROLS, PARAM_DEFS, Panel, plan_of, with_panel
 from ui.plan_panel import table_of
@@ -77,7 +77,7 @@ PANEL = Panel(["q_proj"], [0.5] * L, "linear", None, PARAMS)  # the linked curve
 
 
 def compare(explorer, img=None, q="What colour is it?", text_only=True, pinned="", panel=PANEL):
-    return list(compare_tab.on_compare(explorer, None, img, q, text_only, 8, pinned, "shared", panel))
+    return list(answers_strip.on_compare(explorer, None, img, q, text_only, 8, pinned, "shared", panel))
 
 
 def test_compare_streams_base_then_merged_then_a_diff():
@@ -86,7 +86,7 @@ def test_compare_streams_base_then_merged_then_a_diff():
     assert steps[0][0] == "Answering…" and status == ""
     assert steps[-2][1] == "base" and steps[-2][2] == "merged"
     assert diff == [("base ", "-"), ("merged ", "+")]
-    assert steps[1][2]["label"] == compare_tab.ANSWER_LABELS["merged"]  # fresh: not stale any more
+    assert steps[1][2]["label"] == answers_strip.ANSWER_LABELS["merged"]  # fresh: not stale any more
 
 
 def test_compare_needs_an_image_unless_text_only():
@@ -135,7 +135,7 @@ def test_preset_with_bad_anchors_is_one_line():
 
 
 def test_distributions_fill_the_bars_and_kl():
-    base, merged, b, kl = compare_tab.on_distributions(FakeExplorer(), None, None, "What colour is it?", True, "",
+    base, merged, b, kl = answers_strip.on_distributions(FakeExplorer(), None, None, "What colour is it?", True, "",
                                                        "shared", PANEL)
     assert base.data[0].x[-1] == pytest.approx(0.9) and merged.data[0].x[-1] == pytest.approx(0.5)
     assert b["visible"] is False  # no plan B pinned
@@ -155,11 +155,11 @@ def test_export_is_off_without_a_folder():
 def test_with_panel_folds_the_controls_into_one_panel():
     """What Gradio sends (one value per control, PANEL_CONTROLS order) reaches the handler as a Panel,
     and Gradio sees one named parameter per control (the API's positional arguments)."""
-    bound = bind(with_panel(compare_tab.on_compare), FakeExplorer())
+    bound = bind(with_panel(answers_strip.on_compare), FakeExplorer())
     names = list(inspect.signature(bound).parameters)
     assert names == ["request", "img", "q", "text_only_q", "tokens", "pinned", "donor_name", *PANEL_CONTROLS]
     explorer = FakeExplorer()
-    steps = list(bind(with_panel(compare_tab.on_compare), explorer)(
+    steps = list(bind(with_panel(answers_strip.on_compare), explorer)(
         None, None, "What colour is it?", True, 8, "", "shared", ["q_proj"], [0.5] * L, "linear", None,
         *PARAMS.values()))
     assert steps[-2][2] == "merged" and explorer.answerer.asked[1][0].hash() == plan_of(PANEL).hash()
@@ -173,7 +173,7 @@ def test_sweep_refuses_a_bad_grid_in_one_line():
 
 
 def test_bind_keeps_name_signature_and_generators():
-    bound = bind(compare_tab.on_compare, FakeExplorer())
+    bound = bind(answers_strip.on_compare, FakeExplorer())
     assert bound.__name__ == "on_compare" and inspect.isgeneratorfunction(bound)
     first = next(iter(inspect.signature(bound).parameters.values()))
     assert first.name == "request" and first.annotation is gr.Request

@@ -1,6 +1,8 @@
 """The Compare tab: draw a plan, ask a question, see base / merged / plan B side by side.
 
-Layout first (`build_compare_tab`), then the module-level handlers it wires; each handler takes the
+The class view comes first and fits a 1024×768 projector: the lesson, then the curve with Compare and the
+answers strip under it (ui/answers_strip.py) beside the question, its image and gold answer; the merge
+settings, examples, α scan and skill scores follow below. The module-level handlers it wires each handler takes the
 explorer explicitly and plain values, so tests call them without a browser."""
 
 from __future__ import annotations
@@ -10,36 +12,41 @@ from dataclasses import dataclass
 import gradio as gr
 
 from merging.errors import MergescopeError
-from merging.limits import bounded_int, check_size
+from merging.limits import check_size
 from merging.methods import REGISTRY
 from merging.plan import curves
-from merging.plan.merge_plan import MergePlan
-from merging.run.generate import GenerationSettings
-from merging.run.probe import kl_divergence
 
-from .asking import compare_inputs, gold_for, method_refusal
+from .answers_strip import ANSWER_LABELS, build_answers_strip, on_compare, on_distributions, on_divergence
+from .asking import gold_for, method_refusal
 from .curve_editor import curve_editor
 from .examples import build_examples
 from .explorer import CHEAP, GPU, Explorer, bind
-from .figures import probability_figure
 from .group_curves import build_group_curves, wire_group_curves
 from .guard import uploaded_image
 from .lessons import build_lessons, on_lesson
 from .panel import PARAM_DEFS, Panel, attention_roles, component_choices, plan_of, with_panel
-from .plan_panel import badge, parse_table, table_of, token_diff
+from .plan_panel import parse_table, table_of
 from .probe_panel import build_scan_panel
-from .records import asked, record
+from .skills_panel import build_skills_panel
 
 DRAWN_PRESETS = [name for name in curves.PRESETS if name != "custom"]  # custom is what the editor draws
 # the page starts on the blog's best configuration: Setting 2 (self-attention) + a log-scale ramp to 0.4
 START_CURVE = {"preset": "loglinear", "start": 0.05, "end": 0.4}
 STALE = "stale — plan changed"
-ANSWER_LABELS = {"base": "Base VLM", "merged": "Merged (current plan)", "pinned": "Plan B (pinned)"}
 CSS = """
+#compare-css { display: none !important; }
 #image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-.answer textarea { font-size: 2em !important; line-height: 1.3 !important; }
+.answer textarea { font-size: 1.6em !important; line-height: 1.25 !important; font-weight: 600; }
 .stale textarea, .stale .wrap { opacity: 0.45; }
 .bad-cell { outline: 3px solid #d62728; border-radius: 6px; }
+#class-view #curve .curve-editor svg { height: 140px; }
+#compare-row { gap: 8px; }
+.answers-strip { flex-wrap: nowrap !important; gap: 8px !important; }
+.answers-strip > .answer-card { min-width: 0 !important; flex: 1 1 0 !important; }
+.answer-card .meta { font-size: 0.8em; opacity: 0.8; }
+.answer-card .meta p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; }
+#lesson-text { font-size: 1.05em; }
+#kl p, #divergence p { margin: 0; }
 @media (max-width: 1000px) { .one-column-narrow { flex-direction: column !important; }
   .one-column-narrow > * { width: 100% !important; min-width: 0 !important; } }
 """
@@ -195,165 +202,95 @@ def start_panel(explorer: Explorer) -> Panel:
                  {p.name: p.default for p in PARAM_DEFS})
 
 
-def fresh(name: str, value: str) -> dict:
-    return gr.update(value=value, label=ANSWER_LABELS[name], elem_classes=["answer"])
-
-
-# -- model handlers ------------------------------------------------------------------------------
-
-def on_compare(explorer: Explorer, request: gr.Request, img, q, text_only_q, tokens, pinned, donor_name,
-               panel: Panel):
-    """Streams (status, base, merged, plan B, their three badges, diff) as the answers grow."""
-    keep, path = gr.update(), img  # the file, for History's record (the image itself is decoded below)
-    try:
-        q, img, plan, plan_b = compare_inputs(explorer, request, img, q, text_only_q, pinned, panel, donor_name)
-        settings = GenerationSettings(max_new_tokens=bounded_int(tokens, "max new tokens", 1,
-                                                                 explorer.max_new_tokens))
-    except MergescopeError as exc:
-        yield (f"⚠️ {exc}", *[keep] * 7)
-        return
-    shown = {"base": fresh("base", ""), "merged": fresh("merged", ""), "pinned": fresh("pinned", "")}
-    metas = {"base": "", "merged": "", "pinned": ""}
-    yield ("Answering…", *shown.values(), *metas.values(), [])
-    answers = {}
-    runs = [("base", MergePlan()), ("merged", plan)] + ([("pinned", plan_b)] if plan_b is not None else [])
-    try:
-        for name, p in runs:
-            explorer.remember(request, explorer.answerer.config(p, q, img, settings, donor_name))
-            for update in explorer.answerer.stream(p, q, img, settings, donor=donor_name, source="compare"):
-                answers[name] = shown[name] = update["answer"]
-                metas[name] = badge(update) + (f" · donor: {donor_name}" if p.rules else " · no donor")
-                yield ("Answering…", *shown.values(), *metas.values(), keep)
-    except MergescopeError as exc:  # no badge stays on "generating…" for an answer that stopped
-        yield (f"⚠️ {exc}", *[keep] * 3, *(m if m.split(" · ")[1:2] != ["generating…"] else "" for m in
-                                          metas.values()), keep)
-        return
-    record(explorer, request, asked("compare", q, path, img, text_only_q, donor_name, plan,
-                                    max_new_tokens=settings.max_new_tokens,
-                                    plan_b=plan_b.to_dict() if plan_b is not None else None), {"answers": answers})
-    yield ("", *[keep] * 6, token_diff(answers["base"], answers["merged"]))
-
-
-def distributions(explorer: Explorer, plans: dict, q: str, img, donor_name, top_k: int = 10) -> tuple[dict, float]:
-    """{name: distribution} for each plan, and KL(base ‖ merged) in nats."""
-    gold = gold_for(explorer, q)
-    out = {name: explorer.answerer.distribution(plan, q, img, top_k=top_k, gold=gold, donor=donor_name)
-           for name, plan in plans.items()}
-    return out, kl_divergence(out["base"]["summary"], out["merged"]["summary"])
-
-
-def on_distributions(explorer: Explorer, request: gr.Request, img, q, text_only_q, pinned, donor_name,
-                     panel: Panel):
-    """After Compare: the next-token bars of base, merged and plan B, and KL(base ‖ merged)."""
-    keep = gr.update()
-    try:
-        q, img, plan, plan_b = compare_inputs(explorer, None, img, q, text_only_q, pinned, panel, donor_name)
-        plans = {"base": MergePlan(), "merged": plan, **({"pinned": plan_b} if plan_b is not None else {})}
-        dists, kl = distributions(explorer, plans, q, img, donor_name)
-    except MergescopeError:
-        return keep, keep, keep, ""  # Compare's status already says why
-    gold = gold_for(explorer, q)
-    figs = [probability_figure(dists[n]["tokens"], f"{ANSWER_LABELS[n]}: next token", gold)
-            if n in dists else gr.update(visible=False) for n in ("base", "merged", "pinned")]
-    return (*figs, f"**KL(base ‖ merged) = {kl:.3f} nats** — how far the merge moved the first token's distribution")
-
-
 # -- layout and wiring ---------------------------------------------------------------------------
 
 def _merge_column(explorer: Explorer, start_alphas: list[float]) -> dict:
+    """The merge settings below the class view: donor, components, method and parameters (left), the
+    presets, plan B, separate curves and the exact values (right)."""
     L = explorer.num_layers
     c = {}
     donors = list(explorer.answerer.donors)
-    c["donor"] = gr.Radio(donors, value=explorer.answerer.default_donor, label="Donor LLM",
-                          visible=len(donors) > 1, elem_id="donor",
-                          info="merging only works from a shared initialisation: try both")
-    c["components"] = gr.CheckboxGroup(component_choices(explorer), value=attention_roles(explorer),
-                                       label="Components to merge", elem_id="components")
-    with gr.Row():
-        c["setting1"] = gr.Button("Setting 1: all language-model tensors", size="sm", elem_id="setting-1")
-        c["setting2"] = gr.Button("Setting 2: self-attention only", size="sm", elem_id="setting-2")
-    c["method"] = gr.Dropdown(method_choices(explorer), value="linear", label=f"Method ({len(REGISTRY)})",
-                              elem_id="method")
-    c["method_formula"] = gr.Markdown(f"`{REGISTRY['linear'].formula}`")
-    with gr.Row():
-        c["param_boxes"] = [gr.Number(p.default, label=f"{p.name}", info=p.doc, visible=False,
-                                      elem_id=f"param-{p.name}") for p in PARAM_DEFS]
-    gr.Markdown("**α per layer** — drag across the bars, or apply a preset. 0 keeps the VLM, 1 takes the LLM.")
-    c["curve"] = curve_editor(L, start_alphas)
-    with gr.Row():
-        c["preset"] = gr.Dropdown(DRAWN_PRESETS, value="loglinear", label="Preset", elem_id="preset")
-        c["preset_fields"] = [gr.Number(0.4, label="value", minimum=0, maximum=1),
-                              gr.Number(0.05, label="start", minimum=0, maximum=1),
-                              gr.Number(0.4, label="end", minimum=0, maximum=1),
-                              gr.Number(L // 2, label="layer", precision=0, minimum=0, maximum=L),
-                              gr.Textbox("0, 0.3, 0.6", label="anchors")]
-    c["preset_formula"] = gr.Markdown(curves.PRESETS["loglinear"].formula, elem_id="preset-formula")
-    with gr.Row():
-        c["apply_preset"] = gr.Button("Apply preset", elem_id="apply-preset")
-        c["pin"] = gr.Button("Pin as plan B", elem_id="pin")
-        c["unpin"] = gr.Button("Unpin plan B", elem_id="unpin")
-    c.update(build_group_curves(L, start_alphas))
-    with gr.Accordion("Exact values and plan YAML", open=False, elem_id="exact-values"):
-        c["table"] = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
-                                  elem_id="alpha-table", row_count=L)
-        c["plan_yaml"] = gr.Code("", language="yaml", label="Current plan", elem_id="plan-yaml",
-                                 interactive=False)
+    with gr.Column(scale=1, min_width=320):
+        c["donor"] = gr.Radio(donors, value=explorer.answerer.default_donor, label="Donor LLM",
+                              visible=len(donors) > 1, elem_id="donor",
+                              info="merging only works from a shared initialisation: try both")
+        c["components"] = gr.CheckboxGroup(component_choices(explorer), value=attention_roles(explorer),
+                                           label="Components to merge", elem_id="components")
+        with gr.Row():
+            c["setting1"] = gr.Button("Setting 1: all language-model tensors", size="sm", elem_id="setting-1")
+            c["setting2"] = gr.Button("Setting 2: self-attention only", size="sm", elem_id="setting-2")
+        c["method"] = gr.Dropdown(method_choices(explorer), value="linear", label=f"Method ({len(REGISTRY)})",
+                                  elem_id="method")
+        c["method_formula"] = gr.Markdown(f"`{REGISTRY['linear'].formula}`")
+        with gr.Row():
+            c["param_boxes"] = [gr.Number(p.default, label=f"{p.name}", info=p.doc, visible=False,
+                                          elem_id=f"param-{p.name}") for p in PARAM_DEFS]
+    with gr.Column(scale=1, min_width=320):
+        with gr.Row():
+            c["preset"] = gr.Dropdown(DRAWN_PRESETS, value="loglinear", label="Preset", elem_id="preset")
+            c["preset_fields"] = [gr.Number(0.4, label="value", minimum=0, maximum=1),
+                                  gr.Number(0.05, label="start", minimum=0, maximum=1),
+                                  gr.Number(0.4, label="end", minimum=0, maximum=1),
+                                  gr.Number(L // 2, label="layer", precision=0, minimum=0, maximum=L),
+                                  gr.Textbox("0, 0.3, 0.6", label="anchors")]
+        c["preset_formula"] = gr.Markdown(curves.PRESETS["loglinear"].formula, elem_id="preset-formula")
+        with gr.Row():
+            c["apply_preset"] = gr.Button("Apply preset", elem_id="apply-preset")
+            c["pin"] = gr.Button("Pin as plan B", elem_id="pin")
+            c["unpin"] = gr.Button("Unpin plan B", elem_id="unpin")
+        c.update(build_group_curves(L, start_alphas))
+        with gr.Accordion("Exact values and plan YAML", open=False, elem_id="exact-values"):
+            c["table"] = gr.Dataframe(table_of(start_alphas), headers=["layer", "α"], interactive=True,
+                                      elem_id="alpha-table", row_count=L)
+            c["plan_yaml"] = gr.Code("", language="yaml", label="Current plan", elem_id="plan-yaml",
+                                     interactive=False)
     return c
 
 
 def _ask_column(explorer: Explorer) -> dict:
     c = {}
-    # a path, opened by read_image: size from the header before any pixel is decoded
-    c["image"] = uploaded_image(label="Image", elem_id="image", height=300)
-    c["question"] = gr.Textbox(label="Question", elem_id="question", lines=2)
+    c["question"] = gr.Textbox(label="Question", elem_id="question", lines=2, max_lines=3)
     c["gold"] = gr.Markdown("", elem_id="gold")
-    with gr.Row():
-        c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-        c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, start_new_tokens(explorer), step=1,
-                                        label="Max new tokens", elem_id="max-new-tokens")
-    with gr.Row(equal_height=True):
-        c["compare"] = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
-        c["status"] = gr.Markdown("", elem_id="status")
-    with gr.Row(elem_classes=["one-column-narrow"], elem_id="answers"):
-        c["cards"] = {"base": _answer_card("base", "base"), "merged": _answer_card("merged", "merged"),
-                      "pinned": _answer_card("pinned", "pinned", visible=False)}
-    c["kl"] = gr.Markdown("", elem_id="kl")
-    c["diff"] = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
-                                   color_map={"-": "red", "+": "green"})
+    # a path, opened by read_image: size from the header before any pixel is decoded
+    c["image"] = uploaded_image(label="Image", elem_id="image", height=190)
+    c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
+    c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, start_new_tokens(explorer), step=1,
+                                    label="Max new tokens", elem_id="max-new-tokens")
     return c
-
-
-def _answer_card(name: str, elem: str, visible: bool = True) -> dict:
-    with gr.Column(min_width=200, visible=visible) as column:
-        box = gr.Textbox(label=ANSWER_LABELS[name], elem_id=f"answer-{elem}", interactive=False,
-                         elem_classes=["answer"], lines=2)
-        meta = gr.Markdown("", elem_id=f"meta-{elem}")
-        probs = gr.Plot(label="next token", elem_id=f"probs-{ {'pinned': 'b'}.get(name, name) }", show_label=False)
-    return {"column": column, "box": box, "meta": meta, "probs": probs}
 
 
 def build_compare_tab(explorer: Explorer) -> CompareTab:
     start_alphas = start_panel(explorer).alphas
     pinned_plan = gr.State("")
-    gr.HTML(f"<style>{CSS}</style>", padding=False)  # Gradio 6 takes page CSS only at launch()
+    gr.HTML(f"<style>{CSS}</style>", padding=False, elem_id="compare-css")  # Gradio 6 takes page CSS only at launch()
     lesson, lesson_text = build_lessons(explorer)
+    with gr.Row(elem_id="class-view"):  # never one column: at 800 px the question stays beside the answers
+        with gr.Column(scale=3, min_width=420):
+            curve = curve_editor(explorer.num_layers, start_alphas)
+            a = build_answers_strip()
+        with gr.Column(scale=2, min_width=240):
+            a.update(_ask_column(explorer))
     with gr.Row(elem_classes=["one-column-narrow"]):
-        with gr.Column(scale=5, min_width=320):
-            m = _merge_column(explorer, start_alphas)
-        with gr.Column(scale=5, min_width=320):
-            a = _ask_column(explorer)
+        a["diff"] = gr.HighlightedText(label="Base → merged, word by word", elem_id="diff",
+                                       color_map={"-": "red", "+": "green"})
+        a["divergence_plot"] = gr.Plot(label="The merged answer, token by token", elem_id="divergence-plot",
+                                       visible=False)
+    with gr.Row(elem_classes=["one-column-narrow"]):
+        m = _merge_column(explorer, start_alphas)
+    m["curve"] = curve
     if explorer.eval_items:
         build_examples(explorer.eval_items, a["image"], a["question"], a["text_only"])
-    cards, kl, diff = a["cards"], a["kl"], a["diff"]
+    cards = a["cards"]
     tab = CompareTab(a["status"], m["donor"], m["components"], m["method"], m["param_boxes"], m["curve"],
                      m["table"], a["question"], a["image"], a["text_only"], pinned_plan, m["method_formula"],
                      gr.State(None), m["separate"], m["group_ticks"], tuple(m["group_curves"]), a["max_new_tokens"])
     build_scan_panel(explorer, tab, tab.text_only, tab.image)
+    a["skills_after"] = build_skills_panel(explorer, tab)
     _wire_panel(explorer, tab, m, a, cards)
     lesson.input(bind(on_lesson, explorer), lesson,
                  [tab.donor, tab.components, tab.method, m["separate"], tab.curve, tab.question, tab.image,
                   tab.text_only, pinned_plan, cards["pinned"]["column"], lesson_text], **CHEAP)
-    _wire_compare(explorer, tab, a, cards, kl, diff)
+    _wire_compare(explorer, tab, a, cards)
     return tab
 
 
@@ -379,18 +316,29 @@ def _wire_panel(explorer: Explorer, tab: CompareTab, m: dict, a: dict, cards: di
     m["pin"].click(with_panel(on_pin), tab.plan_inputs, [tab.pinned_plan, cards["pinned"]["column"], status],
                    **CHEAP)
     m["unpin"].click(on_unpin, None, [tab.pinned_plan, cards["pinned"]["column"], cards["pinned"]["box"], status],
-                     **CHEAP)
+                     **CHEAP).then(lambda: gr.update(visible=False), None, cards["pinned"]["probs"], **CHEAP)
     tab.question.change(lambda q: f"Gold answer: **{g}**" if (g := gold_for(explorer, q)) else "",
                         tab.question, a["gold"], **CHEAP)
 
 
-def _wire_compare(explorer: Explorer, tab: CompareTab, a: dict, cards: dict, kl, diff) -> None:
+# a drawn stroke (or any other change of the curve) presses Compare when the switch is on, so the
+# release runs exactly the chain a click runs; the same for the skill scores after Compare
+CLICK_WHEN_ON = "(on) => {{ if (on) document.querySelector('#{}')?.click(); return []; }}"
+
+
+def _wire_compare(explorer: Explorer, tab: CompareTab, a: dict, cards: dict) -> None:
     inputs = [tab.image, tab.question, tab.text_only, a["max_new_tokens"], tab.pinned_plan, tab.donor,
               *tab.plan_inputs]
-    outputs = [tab.status, *(cards[n]["box"] for n in cards), *(cards[n]["meta"] for n in cards), diff]
+    outputs = [tab.status, *(cards[n]["box"] for n in cards), *(cards[n]["meta"] for n in cards), a["diff"]]
     # a burst of clicks: the newest waits while one runs and replaces any older waiting one
     event = a["compare"].click(bind(with_panel(on_compare), explorer), inputs, outputs, api_name="on_compare",
                                trigger_mode="always_last", **GPU)
     probe_inputs = [tab.image, tab.question, tab.text_only, tab.pinned_plan, tab.donor, *tab.plan_inputs]
+    divergence_inputs = [tab.image, tab.question, tab.text_only, tab.donor, cards["base"]["box"],
+                         cards["merged"]["box"], *tab.plan_inputs]
     event.then(bind(with_panel(on_distributions), explorer), probe_inputs,
-               [*(cards[n]["probs"] for n in cards), kl], **GPU)
+               [*(cards[n]["probs"] for n in cards), a["kl"]], **GPU) \
+        .then(bind(with_panel(on_divergence), explorer), divergence_inputs, [a["divergence"], a["divergence_plot"]],
+              **GPU) \
+        .then(None, a["skills_after"], None, js=CLICK_WHEN_ON.format("score-skills"))
+    tab.curve.change(None, a["on_release"], None, js=CLICK_WHEN_ON.format("compare"))

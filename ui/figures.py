@@ -6,7 +6,8 @@ import plotly.graph_objects as go
 
 from merging.experiments.sweep import heatmap as _heatmap
 
-__all__ = ["distance_figure", "probability_figure", "scan_figure", "sweep_heatmap", "sweep_lines"]
+__all__ = ["distance_figure", "divergence_figure", "probability_figure", "scan_figure", "skill_figure",
+           "skill_scan_figure", "sweep_heatmap", "sweep_lines"]
 
 
 # one colour scale whatever the donor: two independent random networks sit near √2 apart
@@ -83,8 +84,8 @@ def probability_figure(tokens: list, title: str, gold: str | None = None) -> go.
                for t, _ in tokens]
     fig = go.Figure(go.Bar(x=[p for _, p in tokens], y=labels, orientation="h", marker_color=colours,
                            text=[f"{p:.2f}" for _, p in tokens], textposition="auto"))
-    fig.update_layout(title=title, height=300, xaxis={"range": [0, 1], "title": "p(next token)"},
-                      margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, height=150, font={"size": 13},
+                      xaxis={"range": [0, 1], "showticklabels": False}, margin={"l": 8, "r": 8, "t": 28, "b": 8})
     return fig
 
 
@@ -100,4 +101,63 @@ def scan_figure(points: list[dict]) -> go.Figure:
     fig.update_layout(height=320, xaxis={"title": "α (scaled plan)", "range": [-0.05, 1.05]},
                       yaxis={"title": "probability", "range": [0, 1.1]}, legend={"orientation": "h"},
                       margin={"l": 40, "r": 10, "t": 20, "b": 40})
+    return fig
+
+
+def divergence_figure(d: dict) -> go.Figure:
+    """The merged answer token by token (`merging.run.divergence.divergence_along`): KL(base ‖ merged) at
+    each token as bars (nats), each token's log-probability under base and merged as lines."""
+    labels = [f"{i}:{repr(t)[1:-1] or '␣'}" for i, t in enumerate(d["tokens"])]
+    fig = go.Figure(go.Bar(x=labels, y=d["kl"], name="KL(base ‖ merged)", marker_color="#d62728", opacity=0.6))
+    fig.add_trace(go.Scatter(x=labels, y=d["logp_base"], name="log p base", mode="lines+markers", yaxis="y2",
+                             line={"color": "#444444"}))
+    fig.add_trace(go.Scatter(x=labels, y=d["logp_merged"], name="log p merged", mode="lines+markers", yaxis="y2",
+                             line={"dash": "dash", "color": "#1f77b4"}))
+    fig.update_layout(height=260, title={"text": "The merged answer, token by token", "font": {"size": 14}},
+                      yaxis={"title": "KL, nats", "rangemode": "tozero"},
+                      yaxis2={"title": "log p", "overlaying": "y", "side": "right"},
+                      legend={"orientation": "h", "y": -0.35}, margin={"l": 40, "r": 40, "t": 30, "b": 40})
+    return fig
+
+
+def _skill_hover(v: dict) -> str:
+    return f"{100 * v['accuracy']:.0f} % (Wilson 95 %: {100 * v['low']:.0f}–{100 * v['high']:.0f}) of {v['items']}"
+
+
+def skill_figure(row: dict, base: dict | None = None) -> go.Figure:
+    """Accuracy per skill (a sweep row's `by_category`) as bars with Wilson 95 % error bars, in %; the base
+    VLM's row, when given, as grey bars beside them."""
+    fig = go.Figure()
+    for name, r, colour in (("base VLM", base, "#aaaaaa"), ("current plan", row, "#1f77b4")):
+        if r is None:
+            continue
+        skills = list(r["by_category"])
+        values = [r["by_category"][k] for k in skills]
+        fig.add_trace(go.Bar(x=skills, y=[100 * v["accuracy"] for v in values], name=name, marker_color=colour,
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [100 * (v["high"] - v["accuracy"]) for v in values],
+                                      "arrayminus": [100 * (v["accuracy"] - v["low"]) for v in values]},
+                             text=[f"{100 * v['accuracy']:.0f}" for v in values], textposition="inside",
+                             insidetextanchor="middle", textangle=0,
+                             hovertext=[_skill_hover(v) for v in values], hoverinfo="text"))
+    fig.update_layout(height=300, barmode="group", yaxis={"title": "accuracy %", "range": [0, 105]},
+                      font={"size": 14}, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+                      uniformtext={"minsize": 10, "mode": "hide"}, margin={"l": 50, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def skill_scan_figure(rows: list[dict]) -> go.Figure:
+    """Each skill's accuracy (%) against α, one line per skill, Wilson 95 % intervals as error bars."""
+    fig = go.Figure()
+    skills = list(dict.fromkeys(k for r in rows for k in r["by_category"]))
+    for skill in skills:
+        points = [(r["alpha"], r["by_category"][skill]) for r in rows if skill in r["by_category"]]
+        fig.add_trace(go.Scatter(x=[a for a, _ in points], y=[100 * v["accuracy"] for _, v in points],
+                                 mode="lines+markers", name=skill, hovertext=[_skill_hover(v) for _, v in points],
+                                 error_y={"type": "data", "symmetric": False, "thickness": 1,
+                                          "array": [100 * (v["high"] - v["accuracy"]) for _, v in points],
+                                          "arrayminus": [100 * (v["accuracy"] - v["low"]) for _, v in points]}))
+    fig.update_layout(height=360, xaxis={"title": "α (the current plan scaled; 0 = base VLM)", "range": [-0.05, 1.05]},
+                      yaxis={"title": "accuracy %", "range": [-5, 105]}, font={"size": 14},
+                      margin={"l": 50, "r": 10, "t": 20, "b": 50})
     return fig

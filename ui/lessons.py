@@ -87,6 +87,7 @@ def on_lesson(explorer: Explorer, name):
 def build_lessons(explorer: Explorer) -> tuple[gr.Dropdown, gr.Markdown]:
     with gr.Row(equal_height=True):
         picker = gr.Dropdown(list(LESSONS), value=None, label="Lessons: one click sets up a merge to look at",
-                             elem_id="lessons", scale=1, visible=bool(explorer.eval_items))
-        text = gr.Markdown("", elem_id="lesson-text")
+                             elem_id="lessons", scale=1, min_width=220, visible=bool(explorer.eval_items))
+        with gr.Column(scale=2):  # the lesson's text gets the width: fewer lines, the answers stay on screen
+            text = gr.Markdown("", elem_id="lesson-text")
     return picker, text

@@ -29,6 +29,7 @@ from merging.run.probe import (TOP_STORED, first_token_id, first_token_logprobs,
     scale_plan, summarize, token_decoder)
 from merging.run.runtime import runtime_fingerprint
 from merging.run.lens import lens_logprobs, lens_rows
+from merging.run.divergence import answer_logprobs, answer_token_ids, divergence_along, first_parting
 from merging.run.worker import Donor, ModelWorker
 from merging.run.zerogpu import ON_ZEROGPU, PairJob
 
@@ -314,6 +315,26 @@ class Answerer:
         rows = lens_rows(self.engine.pair, logprobs, gold_id)
         self._put(config, {"rows": rows})
         return rows
+
+    def answer_divergence(self, plan: MergePlan, question: str, image: Image.Image | None, merged_answer: str,
+                          base_answer: str, donor: str | None = None) -> dict[str, Any]:
+        """The whole-answer divergence of `merged_answer` (the answer under `plan`) from the base VLM
+        (`divergence.divergence_along`: per token its log-probability under base and merged, KL(base ‖
+        merged) at each position and its mean, nats), plus "parting": the first token index where
+        `base_answer` and `merged_answer` differ (None: the same). Cached (kind "answer_divergence"); on a
+        miss two teacher-forced forward passes on the model worker. Raises MergescopeError as `distribution`."""
+        config = dict(self.distribution_config(plan, question, image, donor), kind="answer_divergence",
+                      answer=merged_answer)
+        hit = self.cache.get(config) if self.cache is not None else None
+        if hit is None:
+            def forced(engine: MergeEngine):
+                return answer_logprobs(engine.pair, question, image, merged_answer)
+            base = self._on_merged(MergePlan(), donor, forced)
+            merged = self._on_merged(plan, donor, forced)
+            ids = answer_token_ids(self.engine.pair, question, image, merged_answer)
+            hit = divergence_along(base, merged, ids, token_decoder(self.engine.pair))
+            self._put(config, hit)
+        return dict(hit, parting=first_parting(self.engine.pair, base_answer, merged_answer))
 
     # -- teacher-forced log-probabilities of gold answers (the search's cheap fitness) -----------------
     def gold_logprobs(self, plan: MergePlan, requests: Sequence[tuple[str, ImageSource, str]],
