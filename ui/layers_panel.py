@@ -50,9 +50,11 @@ def on_layers(explorer: Explorer, request: gr.Request, img, q, text_only_q, bloc
             rows.append(row)
             base = base or _base(explorer, q, img, donor_name)
             shown = {"rows": rows, "base": base}
-            yield sensitivity_figure(rows, metric, base), f"Layers: {len(rows)}/{total} cells", shown
+            block_done = len(rows) % (len(LAYER_GROUPS) * len(MODES)) == 0  # redraw once per block: cheaper
+            yield (sensitivity_figure(rows, metric, base) if block_done else gr.update(),
+                   f"Layers: {len(rows)}/{total} cells", shown)
         done = f"stopped at {len(rows)}/{total} cells" if stop.is_set() else f"all {total} cells"
-        yield gr.update(), f"Layers: {done}", gr.update()
+        yield sensitivity_figure(rows, metric, base) if rows else gr.update(), f"Layers: {done}", gr.update()
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}", gr.update()
     finally:
