@@ -124,7 +124,7 @@ def test_browser_xy_grid_and_a_click_opens_compare(page):
     page.locator("#xy-y-values textarea").fill('["attention", "mlp"]')
     page.locator("#xy-run").click()
     wait_status(page, "#xy-status", "all 4 cells")
-    page.locator("#xy-table tbody tr").nth(0).locator("td").nth(1).click()
+    page.locator('#xy-table .body-cell[data-row="0"][data-col="1"]').click()
     page.get_by_role("tab", name="Compare").click()
     wait_status(page, "#status", "Opened XY cell attention × 0.5")
 
@@ -137,7 +137,7 @@ def test_browser_sweep_flips_in_the_table_and_on_click(page, server):
     page.locator("#run-sweep").click()
     wait_status(page, "#sweep-status", "Sweep: 2/2 cells")
     assert "McNemar p" in page.locator("#sweep-table").inner_text()
-    page.locator("#sweep-table tbody tr").nth(1).locator("td").nth(0).click()
+    page.locator('#sweep-table .body-cell[data-row="1"][data-col="0"]').click()
     wait_status(page, "#sweep-flips", "McNemar p =")
 
 

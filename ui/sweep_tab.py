@@ -10,7 +10,7 @@ import pandas as pd
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set
 from merging.limits import bounded_int
-from merging.experiments.sweep import parse_grid, record_sweep, run_sweep
+from merging.experiments.sweep import add_flips, parse_grid, record_sweep, run_sweep
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
 from .figures import sweep_heatmap, sweep_lines
@@ -91,8 +91,8 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
             def tick(done, _, i=i):
                 if progress is not None:
                     progress((i * len(items) + done, total), desc="sweep", unit="answers")
-            rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name, progress=tick,
-                              should_stop=stop.is_set)
+            rows = add_flips(rows + run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name,
+                                              progress=tick, should_stop=stop.is_set))  # flips need the base row
             answered = sum(r.get("answered", len(items)) for r in rows)
             status = (f"Sweep stopped at {answered} / {total} answers ({len(rows)} of {len(cells)} cells); "
                       f"the partial results stay below" if stop.is_set() else f"Sweep: {i + 1}/{len(cells)} cells")
