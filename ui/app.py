@@ -19,6 +19,7 @@ from .history_tab import build_history_tab
 from .inspect_tab import build_inspect_tab
 from .search_tab import build_search_tab
 from .sweep_tab import build_sweep_tab
+from .xy_tab import build_xy_tab
 
 __all__ = ["Explorer", "build_app"]  # the entry points' API; everything else lives in its tab's module
 
@@ -35,6 +36,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             build_inspect_tab(explorer, compare.donor)
         with gr.Tab("Sweep"):
             build_sweep_tab(explorer, compare.donor)
+        with gr.Tab("XY grid"):
+            build_xy_tab(explorer, compare)
         with gr.Tab("Search"):
             build_search_tab(explorer, compare)
         with gr.Tab("History"):

@@ -23,6 +23,7 @@ from .examples import build_examples
 from .explorer import CHEAP, GPU, Explorer, bind
 from .group_curves import build_group_curves, wire_group_curves
 from .guard import uploaded_image
+from .layers_panel import build_layers_panel
 from .lessons import build_lessons, on_lesson
 from .panel import PARAM_DEFS, Panel, attention_roles, component_choices, plan_of, with_panel
 from .plan_panel import parse_table, table_of
@@ -291,6 +292,7 @@ def build_compare_tab(explorer: Explorer) -> CompareTab:
                  [tab.donor, tab.components, tab.method, m["separate"], tab.curve, tab.question, tab.image,
                   tab.text_only, pinned_plan, cards["pinned"]["column"], lesson_text], **CHEAP)
     _wire_compare(explorer, tab, a, cards)
+    build_layers_panel(explorer, tab)
     return tab
 
 

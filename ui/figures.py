@@ -44,14 +44,21 @@ def _interval_text(r: dict) -> str:
 
 
 def sweep_heatmap(rows: list[dict]) -> go.Figure:
-    """The sweep heatmap; on hover each cell's strict score, its Wilson 95 % interval, its official score."""
+    """The sweep heatmap; each cell's flips against the base VLM (−right→wrong/+wrong→right) under its score,
+    on hover its strict score, its Wilson 95 % interval, its official score and McNemar's p."""
     fig = _heatmap(rows)
     merged = [r for r in rows if r["alpha"] is not None]
     labels, alphas = list(fig.data[0].y), sorted({r["alpha"] for r in merged})
     hover = [[""] * len(alphas) for _ in labels]
+    text = [list(row) for row in fig.data[0].text]
     for r in merged:
-        hover[labels.index(f"{r['setting']} · {r['method']}")][alphas.index(r["alpha"])] = _interval_text(r)
-    fig.data[0].customdata = hover
+        i, j = labels.index(f"{r['setting']} · {r['method']}"), alphas.index(r["alpha"])
+        hover[i][j] = _interval_text(r)
+        if r.get("mcnemar_p") is not None:  # the flips against the base VLM under the score
+            flips = f"−{len(r['right_to_wrong'])}/+{len(r['wrong_to_right'])}"
+            text[i][j] += f"<br>{flips}"
+            hover[i][j] += f"; flips {flips}, McNemar p {r['mcnemar_p']:.3g}"
+    fig.data[0].customdata, fig.data[0].text = hover, text
     fig.data[0].hovertemplate = "%{y}, %{x}: %{customdata}<extra></extra>"
     return fig
 

@@ -1,4 +1,5 @@
-"""The Inspect tab: where the donor moved away from the VLM, per layer and role."""
+"""The Inspect tab: where the donor moved away from the VLM, per layer and role; which layers carry which
+kind of question (the eval-set layer map, ui.layer_map_panel)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gradio as gr
 
 from .explorer import GPU, Explorer, bind
 from .figures import distance_figure
+from .layer_map_panel import build_layer_map_panel
 
 
 def on_inspect(explorer: Explorer, donor_name):
@@ -28,3 +30,4 @@ def build_inspect_tab(explorer: Explorer, donor: gr.Radio) -> None:
     cos_plot = gr.Plot(label="cosine", elem_id="cos-plot")
     inspect_btn.click(bind(on_inspect, explorer), donor, [rel_plot, cos_plot], **GPU)
     donor.change(bind(on_donor_switch, explorer), [donor, rel_plot], [rel_plot, cos_plot], **GPU)
+    build_layer_map_panel(explorer, donor)

@@ -12,10 +12,12 @@ from merging.plan import curves
 from merging.model.known_pairs import NO_SHARED_SEED, TOY_DIR
 
 from .explorer import Explorer
-from .panel import Panel, component_choices, plan_of
+from .panel import Panel, attention_roles, component_choices, plan_of
 
-COLOUR_ID, TEXT_PLUS_ID = "colour-00000", "text_plus-00000"
+COLOUR_ID, TEXT_PLUS_ID, BLUE_ID = "colour-00000", "text_plus-00000", "colour-00001"
 TOY_RESULTS = json.loads((TOY_DIR / "eval_results.json").read_text())
+# the toy pair's eval-set layer map, as `mergescope layers` wrote it (README, "Layers"): every tensor at α 1
+TOY_LAYER_MAP = json.loads((TOY_DIR / "layer_map" / "layers.json").read_text())
 
 
 def measured(kind: str, curve: str | None = None, alpha: float | None = None, donor: str = "grid_llm") -> str:
@@ -27,7 +29,19 @@ def measured(kind: str, curve: str | None = None, alpha: float | None = None, do
     return f"{row[kind]:.0%}".replace("%", " %")
 
 
+def mapped(kind: str, group: str, layer: int) -> str:
+    """The toy layer map's mean change of ln p(gold) on `kind` when only `group` of `layer` is the donor's,
+    as "−1.36 nats"."""
+    value = TOY_LAYER_MAP["categories"][kind][group][layer]
+    return f"{value:+.2f}".replace("-", "−") + " nats"
+
+
+def _one_layer(layer: int) -> dict:
+    return {"preset": "custom", "values": [1.0 if i == layer else 0.0 for i in range(len(TOY_LAYER_MAP["blocks"]))]}
+
+
 N = TOY_RESULTS["n_per_kind"]
+MAP_N = TOY_LAYER_MAP["counts"]["colour"]
 LESSONS = {
     "Shared seed vs no seed": {
         "donor": NO_SHARED_SEED, "components": "all", "curve": {"preset": "constant", "value": 0.4},
@@ -55,6 +69,17 @@ LESSONS = {
                 f"\"6\"; at α 0.8 {measured('text_plus', 'constant', 0.8)} are right, while colour falls to "
                 f"{measured('colour', 'constant', 0.8)}.",
     },
+    "Which layers carry colour?": {
+        "donor": None, "components": "attention", "curve": _one_layer(1), "item": BLUE_ID, "pin": _one_layer(5),
+        "text": "Only **layer 1's attention** is the LLM's (α 1), everything else the VLM's: press Compare — "
+                "\"green\" for a blue shape; plan B swaps layer 5's attention instead and keeps \"blue\". Over "
+                f"{MAP_N} colour items (Inspect → *Layer map*) swapping one layer's attention costs ln p(gold) "
+                f"{mapped('colour', 'attention', 0)} at layer 0, {mapped('colour', 'attention', 1)} at layer 1, "
+                f"{mapped('colour', 'attention', 5)} at layer 5: perception sits in the first layers. The text "
+                f"puzzle only the LLM knows (\"… Add k.\") gains {mapped('text_plus', 'mlp', 0)} from layer 0's "
+                f"MLP and {mapped('text_plus', 'attention', 3)} from layer 3's attention. Open *Which layers "
+                "moved this answer?* below to see this question's own map.",
+    },
 }
 
 
@@ -65,7 +90,7 @@ def lesson_setup(explorer: Explorer, name: str) -> dict:
     item = next((i for i in explorer.eval_items if i.id == lesson["item"]), None)
     L = explorer.num_layers
     return {"donor": lesson["donor"] or explorer.answerer.default_donor,
-            "components": role_choices if lesson["components"] == "all" else lesson["components"],
+            "components": {"all": role_choices, "attention": attention_roles(explorer)}[lesson["components"]],
             "curve": curves.layer_alphas(lesson["curve"], L),
             "pin": curves.layer_alphas(lesson["pin"], L) if "pin" in lesson else None,
             "question": item.question if item else "", "image": str(item.image_path) if item and item.image_path

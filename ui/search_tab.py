@@ -16,20 +16,18 @@ import gradio as gr
 import optuna
 import pandas as pd
 
-from merging.plan import curves
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import sample_items
 from merging.run.generate import GenerationSettings
 from merging.limits import bounded_int
-from merging.run.probe import GROUP_COMPONENTS
 from merging.experiments.search import (SAMPLERS, STUDY_FILE, LocalEvaluator, SearchOptions, check_objectives,
                                         finished_trials, open_study, run_study, split_items)
 from merging.experiments.search_report import build_report, chosen, front, plan_of, search_figure, write_outputs
 from merging.experiments.search_space import SearchSpace, parse_space
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_SEARCH_ITEMS, PUBLIC_MAX_SEARCH_TRIALS, Explorer, bind
-from .panel import CURVE_GROUPS, component_choices
-from .plan_panel import editor_state
+from .panel import CURVE_GROUPS
+from .open_plan import editor_outputs, editor_values
 from .stops import Stops
 
 DEFAULT_SAMPLER = "default (TPE; NSGA-II for two objectives)"
@@ -153,18 +151,7 @@ def on_open_trial(explorer: Explorer, folder, number):
         plan = plan_of(study.trials[n])
     except MergescopeError as exc:
         return skip[:-1] + [f"⚠️ {exc}"]
-    by_components = {components: group for group, components in GROUP_COMPONENTS.items()}
-    groups = {by_components.get(rule.components): rule for rule in plan.rules}
-    layers = explorer.num_layers
-    note = f"Opened search trial {n} (plan `{plan.hash()}`)"
-    if None not in groups and len({rule.method for rule in plan.rules}) == 1:
-        group_curves = [curves.layer_alphas(groups[g].curve, layers) if g in groups else [0.0] * layers
-                        for g in CURVE_GROUPS]
-        return [True, [g for g in CURVE_GROUPS if g in groups], *group_curves, gr.update(), gr.update(),
-                plan.rules[0].method, note + ": one curve per group"]
-    role_order = [role for _, role in component_choices(explorer)]
-    comps, method, _, alphas = editor_state(plan, explorer.engine.pair.layout, role_order)
-    return [False, gr.update(), *[gr.update()] * len(CURVE_GROUPS), comps, alphas, method, note + " (first rule shown)"]
+    return editor_values(explorer, plan, f"Opened search trial {n} (plan `{plan.hash()}`)")
 
 
 def build_search_tab(explorer: Explorer, compare) -> None:
@@ -192,6 +179,4 @@ def build_search_tab(explorer: Explorer, compare) -> None:
     start.click(bind(on_search, explorer), [space, fitness, sampler, trials, items, seed],
                 [status, figure, table, folder, trial], api_name="on_search", **GPU)
     stop.click(STOPS.stop, None, status, **CHEAP)
-    open_button.click(bind(on_open_trial, explorer), [folder, trial],
-                      [compare.separate, compare.group_ticks, *compare.group_curves, compare.components, compare.curve,
-                       compare.method, compare.status], **CHEAP)
+    open_button.click(bind(on_open_trial, explorer), [folder, trial], editor_outputs(compare), **CHEAP)

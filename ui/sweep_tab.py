@@ -10,10 +10,11 @@ import pandas as pd
 from merging.errors import MergescopeError
 from merging.evals.eval_sets import load_eval_set, spread_items
 from merging.limits import bounded_int
-from merging.experiments.sweep import parse_grid, record_sweep, run_sweep
+from merging.experiments.sweep import add_flips, parse_grid, record_sweep, run_sweep
 
 from .explorer import CHEAP, GPU, PUBLIC_MAX_NEW_TOKENS, PUBLIC_MAX_SWEEP_ANSWERS, Explorer, bind
 from .figures import sweep_heatmap, sweep_lines
+from .flips import flip_columns, flips_html
 from .stops import Stops
 
 DEFAULT_GRID = """components:
@@ -44,11 +45,11 @@ def sweep_plan(explorer: Explorer, grid, spec, limit) -> tuple[list, list, objec
 
 def sweep_summary(rows: list[dict]) -> pd.DataFrame:
     """One line per cell: the strict and the official accuracy, each with its Wilson 95 % interval, over
-    how many answers."""
+    how many answers, and its flips against the base VLM (counts, exact McNemar p; * below 0.05)."""
     return pd.DataFrame([{"setting": r["setting"], "method": r["method"], "alpha": r["alpha"],
                           "strict accuracy": r["accuracy"], "95 % interval": _interval(r),
                           "official accuracy": r.get("official_accuracy"), "official 95 %": _interval(r, "official_"),
-                          "answered": r.get("answered"),
+                          "answered": r.get("answered"), **flip_columns(r),
                           "complete": r.get("complete", True), "computed": r["computed"], "cached": r["cached"]}
                          for r in rows])
 
@@ -89,7 +90,7 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
         explorer.admit(request)
         cells, items, settings = sweep_plan(explorer, grid, spec, limit)
     except MergescopeError as exc:
-        yield f"⚠️ {exc}", keep, keep, keep, keep
+        yield f"⚠️ {exc}", keep, keep, keep, keep, keep
         return
     stop = STOPS.start(request)
     rows, total = [], len(cells) * len(items)
@@ -100,13 +101,13 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
             def tick(done, _, i=i):
                 if progress is not None:
                     progress((i * len(items) + done, total), desc="sweep", unit="answers")
-            rows += run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name, progress=tick,
-                              should_stop=stop.is_set)
+            rows = add_flips(rows + run_sweep(explorer.answerer, [cell], items, settings, donor=donor_name,
+                                              progress=tick, should_stop=stop.is_set))  # flips need the base row
             answered = sum(r.get("answered", len(items)) for r in rows)
             status = (f"Sweep stopped at {answered} / {total} answers ({len(rows)} of {len(cells)} cells); "
                       f"the partial results stay below" if stop.is_set() else f"Sweep: {i + 1}/{len(cells)} cells")
             yield (status, sweep_heatmap(rows) if len(rows) > 1 else keep, sweep_lines(rows), sweep_summary(rows),
-                   category_table(rows))
+                   category_table(rows), {"rows": rows, "spec": spec})
             if stop.is_set():
                 return
     finally:
@@ -116,6 +117,17 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
                               planned=len(cells))
         if explorer.public and config is not None:  # a visitor's History lists their own sweeps
             explorer.remember(request, config)
+
+
+def on_flips(explorer: Explorer, shown, evt: gr.SelectData):
+    """The flipped items of the clicked table line's cell (ui.flips), read from the sweep's eval set."""
+    if not isinstance(shown, dict) or not shown.get("rows") or not isinstance(evt.index, (list, tuple)):
+        return ""
+    try:
+        items = load_eval_set(explorer.eval_spec if explorer.public else shown["spec"])
+    except MergescopeError as exc:
+        return f"<p>⚠️ {exc}</p>"
+    return flips_html(shown["rows"], evt.index[0], items)
 
 
 def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
@@ -136,6 +148,10 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     sweep_table = gr.Dataframe(label="Cells (strict and official accuracy, each with its Wilson 95 % interval)",
                                elem_id="sweep-table")
     categories = gr.Dataframe(label="Accuracy per category (strict, then official)", elem_id="sweep-categories")
+    gr.Markdown("Click a cell's line in the table to list the items it flipped against the base VLM.")
+    flipped = gr.HTML("", elem_id="sweep-flips")
+    shown = gr.State({})
     run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
-              [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
+              [status, sweep_plot, sweep_line_plot, sweep_table, categories, shown], api_name="on_sweep", **GPU)
     stop.click(STOPS.stop, None, status, **CHEAP)
+    sweep_table.select(bind(on_flips, explorer), shown, flipped, **CHEAP)
