@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+try:  # on a ZeroGPU Space: imported before torch, as the package asks, so it can patch CUDA in time
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
 import argparse
 import ipaddress
 import logging
@@ -59,6 +64,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def space_argv(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """The options on a Gradio-SDK Space, which starts `python app.py` with none (SPACE_ID set): those the
+    Docker image's CMD passes — all interfaces, public mode, export off, the Spaces proxy — with the pair
+    from MERGESCOPE_VLM / MERGESCOPE_LLM / MERGESCOPE_BASE, and on ZeroGPU (SPACES_ZERO_GPU) device cuda
+    in bfloat16 unless MERGESCOPE_DEVICE / MERGESCOPE_DTYPE say otherwise. Elsewhere, or with options
+    given: `argv` as it is."""
+    if argv or not environ.get("SPACE_ID"):
+        return argv
+    zero = environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+    out = ["--host", "0.0.0.0", "--port", environ.get("GRADIO_SERVER_PORT", "7860"), "--public",
+           "--proxy-hops", environ.get("MERGESCOPE_PROXY_HOPS", "1"), "--export-dir", "",
+           "--device", environ.get("MERGESCOPE_DEVICE", "cuda" if zero else "cpu"),
+           "--dtype", environ.get("MERGESCOPE_DTYPE", "bfloat16" if zero else "auto")]
+    for name in ("vlm", "llm", "base"):
+        if environ.get(f"MERGESCOPE_{name.upper()}"):
+            out += [f"--{name}", environ[f"MERGESCOPE_{name.upper()}"]]
+    return out
+
+
 def check_port(host: str, port: int) -> None:
     """Raises MergescopeError (one line) if `host:port` cannot be listened on now (busy, or not ours)."""
     try:
@@ -81,7 +105,7 @@ def check_exposure(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(space_argv(sys.argv[1:] if argv is None else argv, dict(os.environ)))
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # warnings: one line each
     try:
