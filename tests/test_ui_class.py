@@ -82,9 +82,13 @@ def default_plan(explorer) -> MergePlan:
 
 
 def open_skills(page, per_skill: int) -> None:
+    """Open the skill scores and set the items per skill (checked: the box holds it once it has focus left)."""
     page.locator("#skills").get_by_text("Skill scores").first.click()
-    page.locator("#skill-items input").fill(str(per_skill))
-    page.locator("#skill-items input").press("Tab")
+    page.locator("#skills-plot").wait_for(state="visible")  # the accordion's content is mounted
+    box = page.locator("#skill-items input")
+    box.fill(str(per_skill))
+    box.press("Tab")
+    page.wait_for_function(f"() => document.querySelector('#skill-items input').value === '{per_skill}'")
 
 
 def test_skill_scores_equal_an_independent_computation(page, server):
@@ -116,6 +120,7 @@ def test_the_skill_scan_stops_when_asked(page, server):
     # α 0 goes through from the cache and α 0.2's first batch cannot run until Stop is in
     with explorer.engine.lock:
         page.locator("#skill-scan").click()
+        wait_status(page, "#skills-status", f"({len(items)} items each)")  # the items box reached the server
         wait_status(page, "#skills-status", f"1/{len(SKILL_ALPHAS)} points")
         assert skills_panel.STOPS
         page.locator("#stop-skills").click()

@@ -31,6 +31,14 @@ def chosen_items(explorer: Explorer, per_skill) -> list:
     return items
 
 
+def default_per_skill(explorer: Explorer) -> int:
+    """SKILL_ITEMS_PER_KIND, or in a public demo as many per skill as its answer cap allows."""
+    if not explorer.public:
+        return SKILL_ITEMS_PER_KIND
+    kinds = len({item.category for item in explorer.eval_items}) or 1
+    return max(1, min(SKILL_ITEMS_PER_KIND, PUBLIC_MAX_SWEEP_ANSWERS // kinds))
+
+
 def _summary(row: dict) -> str:
     cells = [f"{skill} **{100 * v['accuracy']:.0f} %** ({100 * v['low']:.0f}–{100 * v['high']:.0f})"
              for skill, v in row["by_category"].items()]
@@ -89,7 +97,7 @@ def build_skills_panel(explorer: Explorer, compare) -> gr.Checkbox:
             run = gr.Button("Score skills", variant="primary", elem_id="score-skills")
             scan = gr.Button(f"Skills along α ({len(SKILL_ALPHAS)} points)", elem_id="skill-scan")
             stop = gr.Button("Stop", elem_id="stop-skills")
-            per_skill = gr.Number(SKILL_ITEMS_PER_KIND, label="Items per skill", precision=0, minimum=1,
+            per_skill = gr.Number(default_per_skill(explorer), label="Items per skill", precision=0, minimum=1,
                                   elem_id="skill-items")
             after = gr.Checkbox(False, label="Score skills after every Compare", elem_id="skills-after-compare")
         status = gr.Markdown("", elem_id="skills-status")
