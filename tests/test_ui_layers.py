@@ -147,4 +147,4 @@ def test_browser_inspect_layer_map(page):
     page.locator("#map-items input").press("Tab")
     page.locator("#map-run").click()
     wait_status(page, "#map-status", "Layer map of 8 items (complete)")
-    assert "colour · attention" in page.locator("#map-plot").inner_text()
+    wait_status(page, "#map-plot", "colour · attention")  # the figure draws after the status
