@@ -2,6 +2,7 @@
 explorer (the `server` fixture's), then a real browser."""
 
 import os
+import types
 from pathlib import Path
 
 from merging.model.known_pairs import NO_SHARED_SEED
@@ -43,6 +44,9 @@ def test_history_keeps_compare_lists_one_row_per_scan_and_restores_what_was_aske
     list(probe_panel.on_scan(explorer, None, None, text_q, True, NO_SHARED_SEED, panel))  # 11 points
     *_, last = sweep_tab.on_sweep(explorer, BIG_GRID, explorer.eval_spec, 64, NO_SHARED_SEED, progress=None)
     assert last[0].startswith("Sweep: 5/5 cells")
+    answers, said = sweep_tab.on_cell(explorer, last[5], types.SimpleNamespace(index=[2, 0]))  # a cell's line
+    assert len(answers) == 64 and said.startswith("Answers of Setting 1 · constant α · α 0.4: ")
+    assert set(answers.columns) == {"item", "question", "gold", "answer", "read as", "right"} and answers["gold"].all()
     table, configs = history_tab.on_refresh(explorer)
     kinds = list(table["kind"])
     assert kinds.count("Compare") == 2 and kinds.count("α scan · complete") == 1 and kinds.count("sweep · complete") == 1

@@ -82,14 +82,15 @@ def default_items(explorer: Explorer) -> int:
 
 
 def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
-    """Streams (status, heatmap, lines, table, per-category table) after each cell; Stop ends it between
-    batches and keeps what was scored."""
+    """Streams (status, heatmap, lines, table, per-category table, the rows) after each cell; Stop ends it
+    between batches and keeps what was scored. The rows (with each answer) are what a click on a cell's
+    line opens (`on_cell`)."""
     keep = gr.update()
     try:
         explorer.admit(request)
         cells, items, settings = sweep_plan(explorer, grid, spec, limit)
     except MergescopeError as exc:
-        yield f"⚠️ {exc}", keep, keep, keep, keep
+        yield f"⚠️ {exc}", keep, keep, keep, keep, keep
         return
     stop = STOPS.start(request)
     rows, total = [], len(cells) * len(items)
@@ -106,7 +107,7 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
             status = (f"Sweep stopped at {answered} / {total} answers ({len(rows)} of {len(cells)} cells); "
                       f"the partial results stay below" if stop.is_set() else f"Sweep: {i + 1}/{len(cells)} cells")
             yield (status, sweep_heatmap(rows) if len(rows) > 1 else keep, sweep_lines(rows), sweep_summary(rows),
-                   category_table(rows))
+                   category_table(rows), rows)
             if stop.is_set():
                 return
     finally:
@@ -116,6 +117,21 @@ def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Prog
                               planned=len(cells))
         if explorer.public and config is not None:  # a visitor's History lists their own sweeps
             explorer.remember(request, config)
+
+
+def on_cell(explorer: Explorer, rows: list, evt: gr.SelectData):
+    """A cell's answers (the row clicked in the cells or the per-category table): per item its question,
+    gold answer, the answer, what was read from it and whether that is right."""
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
+    if not isinstance(row, int) or not 0 <= row < len(rows or []):  # a stale table, or a crafted call
+        return gr.update(), "⚠️ that cell is gone: run the sweep again"
+    items, cell = {i.id: i for i in explorer.eval_items}, rows[row]
+    answers = pd.DataFrame([{"item": a["id"], "question": getattr(items.get(a["id"]), "question", ""),
+                             "gold": getattr(items.get(a["id"]), "answer", ""), "answer": a["answer"],
+                             "read as": a["extracted"], "right": a["correct"]} for a in cell["answers"]])
+    alpha = "" if cell["alpha"] is None else f" · α {cell['alpha']:g}"
+    return answers, f"Answers of {cell['setting']} · {cell['method']}{alpha}: {sum(answers['right'])} of " \
+                    f"{len(answers)} right"
 
 
 def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
@@ -136,6 +152,11 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     sweep_table = gr.Dataframe(label="Cells (strict and official accuracy, each with its Wilson 95 % interval)",
                                elem_id="sweep-table")
     categories = gr.Dataframe(label="Accuracy per category (strict, then official)", elem_id="sweep-categories")
+    cell_answers = gr.Dataframe(label="A cell's answers: click a line of the cells table (one line per heatmap cell)",
+                                elem_id="sweep-answers", wrap=True)
+    rows = gr.State([])
     run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
-              [status, sweep_plot, sweep_line_plot, sweep_table, categories], api_name="on_sweep", **GPU)
+              [status, sweep_plot, sweep_line_plot, sweep_table, categories, rows], api_name="on_sweep", **GPU)
+    for table in (sweep_table, categories):  # both list the cells in the sweep's order
+        table.select(bind(on_cell, explorer), rows, [cell_answers, status], **CHEAP)
     stop.click(STOPS.stop, None, status, **CHEAP)
