@@ -278,9 +278,9 @@ def test_history_shows_a_visitor_only_their_own_questions(server, reference):
     alice, bob = server.client("10.3.0.1"), server.client("10.3.0.2")
     alice.predict("rules: []", "Alice asks: what is 4 plus 1?", 4, api_name="/answer")
     bob.predict("rules: []", "Bob asks: what is 4 plus 2?", 4, api_name="/answer")
-    _compare(alice, TOY_IMAGE, "Alice asks: what colour is it?")  # base and merged: two configurations
+    _compare(alice, TOY_IMAGE, "Alice asks: what colour is it?")  # base and merged: one Compare row
     seen = [row[1] for row in alice.predict(api_name="/on_refresh")["data"]]
-    assert sorted(seen) == ["Alice asks: what colour is it?"] * 2 + ["Alice asks: what is 4 plus 1?"]
+    assert sorted(seen) == ["Alice asks: what colour is it?", "Alice asks: what is 4 plus 1?"]
     assert [row[1] for row in bob.predict(api_name="/on_refresh")["data"]] == ["Bob asks: what is 4 plus 2?"]
     assert [row[1] for row in server.client("10.3.0.3").predict(api_name="/on_refresh")["data"]] == []
     answers_correctly(alice, reference, "What is 4 plus 4?")

@@ -297,7 +297,7 @@ def test_stop_ends_a_sweep_between_batches_and_keeps_the_partial_results(monkeyp
         return [_row(cells[0])]
     monkeypatch.setattr(sweep_tab, "run_sweep", run_sweep)
     steps = list(sweep_tab.on_sweep(FakeExplorer(), "grid", "", 4, "shared", progress=None, request=request))
-    status, heatmap, lines, table, categories, _ = steps[-1]  # the last: the rows, for the flips list
+    status, heatmap, lines, table, categories, _ = steps[-1]  # the last: rows and eval set, for the lists
     assert len(steps) == 2 and status.startswith("Sweep stopped at 6 / 12 answers (2 of 3 cells)")
     assert list(table["complete"]) == [True, False] and list(table["95 % interval"]) == ["15–85 %"] * 2
     assert "Wilson 95 %: 15–85 %" in heatmap.data[0].customdata[0][0]

@@ -2,6 +2,7 @@
 explorer (the `server` fixture's), then a real browser."""
 
 import os
+import types
 from pathlib import Path
 
 from merging.model.known_pairs import NO_SHARED_SEED
@@ -43,6 +44,9 @@ def test_history_keeps_compare_lists_one_row_per_scan_and_restores_what_was_aske
     list(probe_panel.on_scan(explorer, None, None, text_q, True, NO_SHARED_SEED, panel))  # 11 points
     *_, last = sweep_tab.on_sweep(explorer, BIG_GRID, explorer.eval_spec, 64, NO_SHARED_SEED, progress=None)
     assert last[0].startswith("Sweep: 5/5 cells")
+    answers, said = sweep_tab.on_cell(explorer, last[5], types.SimpleNamespace(index=[2, 0]))  # a cell's line
+    assert len(answers) == 64 and said.startswith("Answers of Setting 1 · constant α · α 0.4: ")
+    assert set(answers.columns) == {"item", "question", "gold", "answer", "read as", "right"} and answers["gold"].all()
     table, configs = history_tab.on_refresh(explorer)
     kinds = list(table["kind"])
     assert kinds.count("Compare") == 2 and kinds.count("α scan · complete") == 1 and kinds.count("sweep · complete") == 1
@@ -90,7 +94,7 @@ def test_careless_inputs_after_an_example_and_a_lesson_give_one_line_each(page, 
     wait_status(page, "#lesson-text", "Plan B")
     fake = tmp_path / "notes.png"
     fake.write_text("these are notes, not an image")
-    page.locator("#image button[aria-label='Clear']").first.click()
+    page.locator("#image button[aria-label='Remove Image']").first.click()
     page.locator("#image input[type=file]").set_input_files(str(fake))
     page.locator("#compare").click()
     assert "\n" not in wait_status(page, "#status", "⚠️").strip()
@@ -103,12 +107,15 @@ def test_careless_inputs_after_an_example_and_a_lesson_give_one_line_each(page, 
     page.locator("#apply-preset").click()
     wait_status(page, "#status", "outside [0, 1]")
     _no_error_shown(page)
-    tokens = page.locator("#max-new-tokens input[type=number]")
-    tokens.fill("100000")
-    tokens.press("Tab")
+    page.locator("#method input").click()  # a method parameter outside its range: TIES keeps a density in (0, 1]
+    page.get_by_role("option", name="ties", exact=True).click()
+    density = page.locator("#param-density input")
+    density.wait_for()
+    density.fill("5")
+    density.press("Tab")
     page.locator("#text-only input").check()
     page.locator("#compare").click()
-    wait_status(page, "#status", "max new tokens")
+    wait_status(page, "#status", "density")
     _no_error_shown(page)
     page.get_by_role("tab", name="Sweep").click()
     items = page.locator("#sweep-items input")

@@ -64,7 +64,8 @@ def build_history_tab(explorer: Explorer, compare) -> None:
     gr.Markdown("What was asked so far (from the cache): one row per Compare, α scan, sweep or answer. Click a "
                 "row to restore its plan, question, image and donor in Compare.")
     refresh = gr.Button("Refresh", elem_id="refresh-history")
-    history = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="history", wrap=True)
+    history = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="history", wrap=True,
+                           column_widths=["7%", "22%", "22%", "12%", "23%", "14%"])  # all six on a projector
     refresh.click(bind(on_refresh, explorer), None, [history, rows_state], api_name="on_refresh", **CHEAP)
     history.select(bind(on_history_select, explorer), rows_state,
                    [compare.components, compare.method, compare.curve, compare.table, compare.question,

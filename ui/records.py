@@ -5,6 +5,8 @@ file, the Text-only state and the donor's label, so a restored row asks again wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from merging.errors import MergescopeError
 from merging.io.images import read_image
 from merging.plan import curves
@@ -98,11 +100,12 @@ def describe(explorer: Explorer, entry: dict) -> list[str]:
     if kind == "sweep":
         alphas = result.get("alphas")
         span = f", α {alphas[0]:g}–{alphas[1]:g}" if alphas else ""
-        plan = f"{len(config['cells'])} cells: {', '.join(result.get('settings', []) + result.get('curves', []))}{span}"
+        covered = ", ".join(result.get("settings", []) + result.get("curves", [])) or "the base VLM only"
+        plan = f"{len(config['cells'])} cells: {covered}{span}"
         done = ("complete" if result.get("complete", True) else
                 f"stopped: {result.get('answered', '?')} answers, {len(config['cells'])} of "
                 f"{result.get('planned', '?')} cells")
-        return [f"sweep of {config['items']} items of {config['eval_set']}", plan, config["donor"],
+        return [f"sweep of {config['items']} items of {Path(config['eval_set']).name}", plan, config["donor"],
                 f"best: {result['best']}", f"sweep · {done}"]
     plan = plan_brief(config.get("plan", {}), layout)
     if kind == "scan":

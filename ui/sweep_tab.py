@@ -83,8 +83,9 @@ def default_items(explorer: Explorer) -> int:
 
 
 def on_sweep(explorer: Explorer, grid, spec, limit, donor_name, progress=gr.Progress(), request: gr.Request = None):
-    """Streams (status, heatmap, lines, table, per-category table) after each cell; Stop ends it between
-    batches and keeps what was scored."""
+    """Streams (status, heatmap, lines, table, per-category table, the rows) after each cell; Stop ends it
+    between batches and keeps what was scored. The rows (with each answer) are what a click on a cell's
+    line opens (`on_cell`)."""
     keep = gr.update()
     try:
         explorer.admit(request)
@@ -130,6 +131,22 @@ def on_flips(explorer: Explorer, shown, evt: gr.SelectData):
     return flips_html(shown["rows"], evt.index[0], items)
 
 
+def on_cell(explorer: Explorer, shown, evt: gr.SelectData):
+    """A cell's answers (the row clicked in the cells or the per-category table): per item its question,
+    gold answer, the answer, what was read from it and whether that is right."""
+    rows = shown.get("rows") if isinstance(shown, dict) else None
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
+    if not isinstance(row, int) or not 0 <= row < len(rows or []):  # a stale table, or a crafted call
+        return gr.update(), "⚠️ that cell is gone: run the sweep again"
+    items, cell = {i.id: i for i in explorer.eval_items}, rows[row]
+    answers = pd.DataFrame([{"item": a["id"], "question": getattr(items.get(a["id"]), "question", ""),
+                             "gold": getattr(items.get(a["id"]), "answer", ""), "answer": a["answer"],
+                             "read as": a["extracted"], "right": a["correct"]} for a in cell["answers"]])
+    alpha = "" if cell["alpha"] is None else f" · α {cell['alpha']:g}"
+    return answers, f"Answers of {cell['setting']} · {cell['method']}{alpha}: {sum(answers['right'])} of " \
+                    f"{len(answers)} right"
+
+
 def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     gr.Markdown("Score a grid of plans on an eval set. Cells computed before come from the cache at once.")
     grid_text = gr.Code(DEFAULT_GRID, language="yaml", label="Grid", elem_id="grid")
@@ -151,7 +168,11 @@ def build_sweep_tab(explorer: Explorer, donor: gr.Radio) -> None:
     gr.Markdown("Click a cell's line in the table to list the items it flipped against the base VLM.")
     flipped = gr.HTML("", elem_id="sweep-flips")
     shown = gr.State({})
+    cell_answers = gr.Dataframe(label="A cell's answers: click a line of the cells table (one line per heatmap cell)",
+                                elem_id="sweep-answers", wrap=True)
     run.click(bind(on_sweep, explorer), [grid_text, eval_spec, max_items, donor],
               [status, sweep_plot, sweep_line_plot, sweep_table, categories, shown], api_name="on_sweep", **GPU)
+    for table in (sweep_table, categories):  # both list the cells in the sweep's order
+        table.select(bind(on_cell, explorer), shown, [cell_answers, status], **CHEAP)
     stop.click(STOPS.stop, None, status, **CHEAP)
     sweep_table.select(bind(on_flips, explorer), shown, flipped, **CHEAP)
