@@ -99,7 +99,7 @@ def test_careless_inputs_after_an_example_and_a_lesson_give_one_line_each(page, 
     page.locator("#compare").click()
     assert "\n" not in wait_status(page, "#status", "⚠️").strip()
     _no_error_shown(page)
-    value = page.get_by_label("value").first  # the preset's value: 2 is no α
+    value = page.get_by_label("value", exact=True).first  # the preset's value: 2 is no α
     value.fill("2")
     value.press("Tab")
     page.locator("#preset input").click()
