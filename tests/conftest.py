@@ -18,6 +18,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from cache import AnswerCache  # noqa: E402
 from merging import MergeEngine, load_pair  # noqa: E402
 from merging.evals.eval_sets import load_eval_set  # noqa: E402
+from merging.io import checkpoint  # noqa: E402
 from merging.io.checkpoint import Checkpoint  # noqa: E402
 from merging.model.known_pairs import TOY_LLM, TOY_VLM, resolve_models  # noqa: E402
 from merging.run.answerer import Answerer  # noqa: E402
@@ -55,6 +56,19 @@ def qwen_pair(qwen_dirs):
 @pytest.fixture
 def qwen_engine(qwen_pair):
     return MergeEngine(qwen_pair)
+
+
+@pytest.fixture
+def file_checks(monkeypatch):
+    """{"n": how many times a safetensors file was checked for changes (one os.stat each)} from now on."""
+    checks = {"n": 0}
+    real = checkpoint._SafetensorsFile.check
+
+    def counted(self):
+        checks["n"] += 1
+        return real(self)
+    monkeypatch.setattr(checkpoint._SafetensorsFile, "check", counted)
+    return checks
 
 
 @pytest.fixture

@@ -280,17 +280,11 @@ def test_fast_paths_write_the_linear_methods_values_bit_for_bit(tmp_path, monkey
     assert all(torch.equal(params[s.name], pair.vlm_files.get(s.vlm_key)) for s in pair.layout.slots)
 
 
-def test_an_apply_checks_each_file_once_not_once_per_tensor(qwen_bf16_dirs, monkeypatch):
-    from merging.io import checkpoint
+def test_an_apply_checks_each_file_once_not_once_per_tensor(qwen_bf16_dirs, file_checks):
     pair = load_pair(*qwen_bf16_dirs)
     engine = MergeEngine(pair)
-    stats = {"n": 0}
-    real = checkpoint._SafetensorsFile.check
-
-    def counted(self):
-        stats["n"] += 1
-        return real(self)
-    monkeypatch.setattr(checkpoint._SafetensorsFile, "check", counted)
+    stats = file_checks
+    stats["n"] = 0
     engine.apply(ALL_HALF)
     assert stats["n"] == 2  # the VLM's file and the donor's, before the first write
     engine.restore()

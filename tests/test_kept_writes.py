@@ -11,7 +11,6 @@ import torch
 from conftest import assert_same_weights, lm_state
 from merging import MergeEngine, MergePlan, load_pair
 from merging.engine.merge_engine import MergeEngine as Engine
-from merging.io import checkpoint
 
 
 def constant(**alphas) -> MergePlan:
@@ -60,17 +59,12 @@ def test_switches_through_kept_records_write_the_general_paths_values(qwen_bf16_
     assert_same_weights(pair, original)  # bit-exact restore
 
 
-def test_a_switch_checks_each_file_once(qwen_bf16_dirs, monkeypatch):
+def test_a_switch_checks_each_file_once(qwen_bf16_dirs, file_checks):
     pair = load_pair(*qwen_bf16_dirs)
     engine = MergeEngine(pair)
     engine.apply(SWITCH[0])
-    checks = {"n": 0}
-    real = checkpoint._SafetensorsFile.check
-
-    def counted(self):
-        checks["n"] += 1
-        return real(self)
-    monkeypatch.setattr(checkpoint._SafetensorsFile, "check", counted)
+    checks = file_checks
+    checks["n"] = 0
     engine.apply(SWITCH[1])
     assert checks["n"] == 2  # the VLM's file and the donor's, once each
     engine.apply(SWITCH[0])
