@@ -271,7 +271,8 @@ def test_a_bad_table_cell_blocks_compare_until_fixed(page):
         page.keyboard.press("Control+A")
         page.keyboard.type(value)
         page.keyboard.press("Enter")
-        page.wait_for_function(f"() => document.querySelector('#compare').disabled === {str(blocked).lower()}")
+        page.wait_for_function(f"() => document.querySelector('#compare').disabled === {str(blocked).lower()}",
+                               timeout=120_000)  # a busy machine is slow to answer a table edit
     assert "oops" not in page.locator("#status").inner_text() or "fix the cell" in page.locator("#status").inner_text()
 
 
