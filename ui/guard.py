@@ -219,8 +219,8 @@ def _explained(block: gr.components.Component) -> None:
     """`block`'s preprocessing with a one-line gr.Error for a value it cannot read; a number box's range
     is left to the handler, which refuses it in its status line (Gradio's own check is a red toast)."""
     if isinstance(block, (gr.Number, gr.Slider)):
-        def original(payload, _precision=block.precision):
-            return None if payload is None else gr.Number.round_to_precision(payload, _precision)
+        def original(payload, _precision=block.precision):  # float(): text is still refused here
+            return None if payload is None else gr.Number.round_to_precision(float(payload), _precision)
     else:
         original = block.preprocess
     name = str(block.label or block.elem_id or type(block).__name__.lower())[:40]
