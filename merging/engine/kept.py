@@ -115,7 +115,6 @@ class KeptWrite:
         return True
 
 
-
 class KeptWrites:
     """The engine's `KeptWrite`s by slot name, for the files' current mappings and the current donor."""
 

@@ -327,8 +327,7 @@ class Answerer:
                       answer=merged_answer)
         hit = self.cache.get(config) if self.cache is not None else None
         if hit is None:
-            def forced(engine: MergeEngine):
-                return answer_logprobs(engine.pair, question, image, merged_answer)
+            forced = PairJob(answer_logprobs, (question, image, merged_answer))  # picklable, for ZeroGPU
             base = self._on_merged(MergePlan(), donor, forced)
             merged = self._on_merged(plan, donor, forced)
             ids = answer_token_ids(self.engine.pair, question, image, merged_answer)
