@@ -6,7 +6,7 @@ import types
 from pathlib import Path
 
 from merging.model.known_pairs import NO_SHARED_SEED
-from tests.conftest import NEEDS_CHROMIUM, wait_status
+from tests.conftest import NEEDS_CHROMIUM, fill_number, wait_status
 from ui import compare_tab, history_tab, probe_panel, sweep_tab
 from ui.lessons import COLOUR_ID
 from ui.panel import PARAM_DEFS, Panel, attention_roles
@@ -109,18 +109,13 @@ def test_careless_inputs_after_an_example_and_a_lesson_give_one_line_each(page, 
     _no_error_shown(page)
     page.locator("#method input").click()  # a method parameter outside its range: TIES keeps a density in (0, 1]
     page.get_by_role("option", name="ties", exact=True).click()
-    density = page.locator("#param-density input")
-    density.wait_for()
-    density.fill("5")
-    density.press("Tab")
+    fill_number(page, "#param-density", "5")
     page.locator("#text-only input").check()
     page.locator("#compare").click()
     wait_status(page, "#status", "density")
     _no_error_shown(page)
     page.get_by_role("tab", name="Sweep").click()
-    items = page.locator("#sweep-items input")
-    items.fill("-3")
-    items.press("Tab")
+    fill_number(page, "#sweep-items", "-3")
     page.locator("#run-sweep").click()
     wait_status(page, "#sweep-status", "⚠️")
     _no_error_shown(page)

@@ -11,7 +11,7 @@ from merging.experiments.sweep import parse_grid, run_sweep
 from merging.plan.merge_plan import MergePlan
 from merging.run.generate import GenerationSettings
 from merging.run.sensitivity import layer_sensitivity
-from tests.conftest import NEEDS_CHROMIUM, wait_status
+from tests.conftest import NEEDS_CHROMIUM, fill_number, wait_status
 from ui import layers_panel, xy_tab
 from ui.flips import flips_html
 from ui.lessons import BLUE_ID, lesson_setup
@@ -104,11 +104,9 @@ def _open_colour_example(page):
 def test_browser_layers_heatmap_metric_and_lens(page):
     _open_colour_example(page)
     page.locator("#layers-panel").get_by_text("Which layers moved this answer?").first.click()
-    page.locator("#layers-block input").fill("4")
-    page.locator("#layers-block input").press("Tab")
+    fill_number(page, "#layers-block", "4")
     page.locator("#layers-run").click()
-    # the block box's value can be lost right after the accordion opens (a Gradio race): any block size will do
-    wait_status(page, "#layers-status", "Layers: all ")
+    wait_status(page, "#layers-status", "all 12 cells")  # 2 blocks of 4 layers × 3 groups × 2 modes
     page.wait_for_selector("#layers-plot .main-svg")
     assert "attention · only" in page.locator("#layers-plot").inner_text()
     page.locator("#layers-metric").get_by_text("KL(base ‖ cell)").click()
@@ -133,8 +131,7 @@ def test_browser_xy_grid_and_a_click_opens_compare(page):
 def test_browser_sweep_flips_in_the_table_and_on_click(page, server):
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#grid .cm-content").fill(FLIP_GRID)
-    page.locator("#sweep-items input").fill("8")
-    page.locator("#sweep-items input").press("Tab")
+    fill_number(page, "#sweep-items", "8")
     page.locator("#run-sweep").click()
     wait_status(page, "#sweep-status", "Sweep: 2/2 cells")
     assert "McNemar p" in page.locator("#sweep-table").inner_text()
@@ -144,8 +141,7 @@ def test_browser_sweep_flips_in_the_table_and_on_click(page, server):
 
 def test_browser_inspect_layer_map(page):
     page.get_by_role("tab", name="Inspect").click()
-    page.locator("#map-items input").fill("8")
-    page.locator("#map-items input").press("Tab")
+    fill_number(page, "#map-items", "8")
     page.locator("#map-run").click()
     wait_status(page, "#map-status", "Layer map of 8 items (complete)")
     wait_status(page, "#map-plot", "colour · attention")  # the figure draws after the status
