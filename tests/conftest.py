@@ -169,9 +169,19 @@ def browser():
         chromium.close()
 
 
+BROWSER_WAIT_MS = 120_000  # a busy machine answers a click in seconds, not milliseconds
+
+
+def new_page(browser, width: int = 1400, height: int = 1700):
+    """A page whose waits (clicks, fills, wait_for_function) allow a busy machine's pace."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(BROWSER_WAIT_MS)
+    return page
+
+
 @pytest.fixture
 def page(server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page = new_page(browser)
     page.goto(server[0], wait_until="domcontentloaded")
     page.wait_for_selector("#curve svg", timeout=60_000)
     yield page

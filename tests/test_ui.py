@@ -13,7 +13,7 @@ from merging.model.known_pairs import NO_SHARED_SEED
 from merging.run.generate import GenerationSettings
 from merging.run.answerer import Answerer
 
-from tests.conftest import NEEDS_CHROMIUM, free_port, fill_number, wait_status
+from tests.conftest import BROWSER_WAIT_MS, NEEDS_CHROMIUM, fill_number, free_port, new_page, wait_status
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = NEEDS_CHROMIUM
@@ -28,6 +28,20 @@ def open_exact_values(page):
     if not page.locator("#alpha-table").is_visible():
         page.locator("#exact-values").get_by_text("Exact values and plan YAML").click()
         page.wait_for_selector("#alpha-table [data-testid=cell-0-1]", state="visible")
+
+
+def edit_cell(page, cell, value: str, tries: int = 5) -> None:
+    """Types `value` into a table cell until the cell shows it: like a number box (conftest.fill_number), a
+    table in an accordion that has just opened can be mounted again and lose the first edit."""
+    for _ in range(tries):
+        cell.dblclick()
+        editor = cell.locator("textarea, input").first  # the cell's editor while it is being edited
+        editor.fill(value)
+        editor.press("Enter")
+        page.wait_for_timeout(500)
+        if cell.inner_text().split("\n")[0].strip() == value:  # the cell's text, then its menu button
+            return
+    raise AssertionError(f"the cell shows {cell.inner_text()!r} after {tries} edits to {value!r}")
 
 
 def table_alphas(page) -> list[float]:
@@ -54,11 +68,15 @@ def test_drag_the_curve_updates_the_table(page):
 
 
 def test_preset_sets_exact_values(page):
-    page.locator("#apply-preset").click()  # loglinear 0.05 → 0.4 with the default fields
-    page.wait_for_timeout(800)
+    open_exact_values(page)
+    end = page.get_by_label("end", exact=True).first
+    end.fill("0.6")
+    end.press("Tab")
+    page.locator("#apply-preset").click()  # loglinear 0.05 → 0.6 (the page starts on 0.05 → 0.4)
+    page.wait_for_function("() => document.querySelector('#alpha-table [data-testid=cell-7-1]').innerText === '0.6'")
     alphas = table_alphas(page)
     ratios = [b / a for a, b in zip(alphas, alphas[1:])]
-    assert alphas[0] == pytest.approx(0.05, abs=1e-4) and alphas[-1] == pytest.approx(0.4, abs=1e-4)
+    assert alphas[0] == pytest.approx(0.05, abs=1e-4) and alphas[-1] == pytest.approx(0.6, abs=1e-4)
     assert max(ratios) - min(ratios) < 0.01  # geometric
     assert "log-scale ramp" in page.locator("#status").inner_text()
 
@@ -136,11 +154,7 @@ def test_bad_input_messages(page):
     page.locator("#compare").click()  # no image, not ticked as text-only
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('needs an image')")
     open_exact_values(page)
-    cell = page.locator("#alpha-table [data-testid=cell-2-1]")
-    cell.dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("1.7")
-    page.keyboard.press("Enter")
+    edit_cell(page, page.locator("#alpha-table [data-testid=cell-2-1]"), "1.7")
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('outside [0, 1]')")
     assert "layer 2" in status.inner_text()
 
@@ -184,7 +198,7 @@ def test_concurrent_clients_get_their_own_plans(server):
     question = "How many times does fox appear in: fox fox fish fox fox dog? Add 2."
 
     def ask(plan):
-        return Client(url, verbose=False).predict(plan.to_yaml(), question, 12, api_name="/answer")
+        return Client(url, verbose=False, httpx_kwargs={"timeout": BROWSER_WAIT_MS / 1000}).predict(plan.to_yaml(), question, 12, api_name="/answer")
 
     with ThreadPoolExecutor(len(plans)) as pool:
         results = list(pool.map(ask, plans))
@@ -263,20 +277,6 @@ def test_a_stroke_marks_the_merged_answer_stale(page):
     page.wait_for_function("() => !document.querySelector('#answer-merged').innerText.includes('stale')")
 
 
-def edit_cell(page, cell, value: str, tries: int = 5) -> None:
-    """Types `value` into a table cell until the cell shows it: like a number box (conftest.fill_number), a
-    table in an accordion that has just opened can be mounted again and lose the first edit."""
-    for _ in range(tries):
-        cell.dblclick()
-        editor = cell.locator("textarea, input").first  # the cell's editor while it is being edited
-        editor.fill(value)
-        editor.press("Enter")
-        page.wait_for_timeout(500)
-        if cell.inner_text().split("\n")[0].strip() == value:  # the cell's text, then its menu button
-            return
-    raise AssertionError(f"the cell shows {cell.inner_text()!r} after {tries} edits to {value!r}")
-
-
 def test_a_bad_table_cell_blocks_compare_until_fixed(page):
     open_exact_values(page)
     cell = page.locator("#alpha-table [data-testid=cell-3-1]")
@@ -288,7 +288,7 @@ def test_a_bad_table_cell_blocks_compare_until_fixed(page):
 
 
 def test_at_800_px_the_answers_stay_side_by_side_beside_the_question(server, browser):
-    page = browser.new_page(viewport={"width": 800, "height": 1200})
+    page = new_page(browser, 800, 1200)
     try:
         page.goto(server[0], wait_until="domcontentloaded")
         page.wait_for_selector("#curve svg", timeout=60_000)

@@ -15,7 +15,7 @@ from merging.run.generate import answer_batch
 from ui import skills_panel
 from ui.panel import Panel, attention_roles, plan_of
 
-from tests.conftest import NEEDS_CHROMIUM, fill_number, wait_status
+from tests.conftest import NEEDS_CHROMIUM, fill_number, new_page, wait_status
 
 pytestmark = NEEDS_CHROMIUM
 ON_SCREEN = ("compare", "answer-base", "answer-merged")
@@ -37,8 +37,7 @@ def show_answers(page, width: int) -> None:
 
 @pytest.mark.parametrize("width,height", [(1024, 768), (800, 600)])
 def test_after_a_lesson_and_compare_the_answers_are_on_one_screen(server, browser, width, height):
-    page = browser.new_page()
-    page.set_viewport_size({"width": width, "height": height})
+    page = new_page(browser, width, height)
     try:
         page.goto(server[0], wait_until="domcontentloaded")
         page.wait_for_selector("#curve svg", timeout=60_000)
