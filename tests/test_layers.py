@@ -19,7 +19,8 @@ from merging.__main__ import main
 from merging.experiments.sweep import heatmap
 from merging.experiments.xy_grid import check_axis, xy_grid
 from merging.run.generate import GenerationSettings
-from merging.evals.eval_sets import load_eval_set
+from merging.evals.eval_sets import load_eval_set, sample_items
+from merging.evals.significance import mcnemar
 from merging.model.known_pairs import TOY_EVAL, TOY_LLM, TOY_VLM
 from merging.run.answerer import Answerer
 from merging.run.probe import first_token_id, first_token_logprobs, token_decoder
@@ -129,6 +130,41 @@ def test_the_lens_last_layer_is_the_models_own_output(toy_engine, item, tmp_path
     lens = answerer.lens(MergePlan(), item.question, item.image(), gold=item.answer)
     assert any(r["p_top"] != pytest.approx(lens[-1]["p_top"]) for r in lens[:-1])
     assert torch.is_grad_enabled()
+
+
+def test_the_layers_cli_maps_an_eval_set_and_answers_one_question(toy_engine, tmp_path, capsys):
+    out = tmp_path / "map"
+    pair = ["--vlm", str(TOY_VLM), "--llm", str(TOY_LLM)]
+    assert main(["layers", *pair, "--eval-set", str(TOY_EVAL), "--sample", "8", "--block", "4", "--out", str(out)]) == 0
+    result = json.loads((out / "layers.json").read_text())
+    assert result["blocks"] == [[0, 3], [4, 7]] and result["items"] == 8 and (out / "layers.html").stat().st_size
+    # one cell by hand: the default plan (every tensor at α 1) with only layers 0–3's MLP merged
+    items = sample_items(load_eval_set(TOY_EVAL), 8, 0)
+    kind = items[0].category
+    only = MergePlan.from_dict({"rules": [{"components": ["mlp"], "method": "linear",
+                                           "curve": {"preset": "custom", "values": [1.0] * 4 + [0.0] * 4,
+                                                     "non_layer": 0.0}}]})
+    deltas = []
+    for i in (i for i in items if i.category == kind):
+        gold = first_token_id(toy_engine.pair, i.question, i.image(), i.answer)
+        deltas.append(float(_logprobs(toy_engine, only, i)[gold] - _logprobs(toy_engine, MergePlan(), i)[gold]))
+    assert result["counts"][kind] == len(deltas)
+    assert result["categories"][kind]["mlp"][0] == pytest.approx(sum(deltas) / len(deltas), rel=1e-4, abs=1e-6)
+    capsys.readouterr()
+    seen = next(i for i in items if i.image_path)
+    assert main(["layers", *pair, "--question", seen.question, "--image", str(seen.image_path), "--gold", seen.answer,
+                 "--block", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["rows"]) == 2 * 3 * 2 and report["seconds"] > 0
+    assert main(["layers", *pair, "--question", "x", "--eval-set", str(TOY_EVAL)]) == 2  # one or the other
+
+
+def test_mcnemar_p_values_worked_by_hand():
+    # two-sided exact: 2·P(X ≤ min(b, c)) for X ~ Bin(b + c, ½), capped at 1
+    assert mcnemar([True] * 17 + [False], [False] * 17 + [True])["p_value"] == pytest.approx(38 / 2 ** 18, rel=1e-12)
+    assert mcnemar([True] * 4 + [False], [False] * 4 + [True])["p_value"] == pytest.approx(12 / 32, rel=1e-12)
+    assert mcnemar([True, False, True], [True, False, True]) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
+    assert mcnemar([True] * 3 + [False] * 3, [False] * 3 + [True] * 3)["p_value"] == 1.0
 
 
 # -- flips a sweep can trust (item 3) ------------------------------------------------------------------

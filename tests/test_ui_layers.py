@@ -17,7 +17,6 @@ from ui.flips import flips_html
 from ui.lessons import BLUE_ID, lesson_setup
 from ui.panel import Panel, attention_roles, plan_of
 
-pytestmark = NEEDS_CHROMIUM
 COLOUR_Q = "What colour is the shape at the top left?"  # the toy eval set's first colour item (an example)
 FLIP_GRID = "components:\n  Setting 1: [all]\ncurves:\n  constant α: {preset: constant}\nalphas: [1.0]\nmax_new_tokens: 4\n"
 
@@ -101,6 +100,7 @@ def _open_colour_example(page):
     page.wait_for_function("() => document.querySelector('#question textarea').value.length > 0")
 
 
+@NEEDS_CHROMIUM
 def test_browser_layers_heatmap_metric_and_lens(page):
     _open_colour_example(page)
     page.locator("#layers-panel").get_by_text("Which layers moved this answer?").first.click()
@@ -116,6 +116,7 @@ def test_browser_layers_heatmap_metric_and_lens(page):
     page.wait_for_selector("#lens-plot .main-svg")
 
 
+@NEEDS_CHROMIUM
 def test_browser_xy_grid_and_a_click_opens_compare(page):
     _open_colour_example(page)
     page.get_by_role("tab", name="XY grid").click()
@@ -128,6 +129,7 @@ def test_browser_xy_grid_and_a_click_opens_compare(page):
     wait_status(page, "#status", "Opened XY cell attention × 0.5")
 
 
+@NEEDS_CHROMIUM
 def test_browser_sweep_flips_in_the_table_and_on_click(page, server):
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#grid .cm-content").fill(FLIP_GRID)
@@ -139,6 +141,7 @@ def test_browser_sweep_flips_in_the_table_and_on_click(page, server):
     wait_status(page, "#sweep-flips", "McNemar p =")
 
 
+@NEEDS_CHROMIUM
 def test_browser_inspect_layer_map(page):
     page.get_by_role("tab", name="Inspect").click()
     fill_number(page, "#map-items", "8")
