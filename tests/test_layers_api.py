@@ -8,6 +8,7 @@ import pytest
 
 from merging import MergePlan
 from tests.test_api_args import check_weights_hold_a_known_plan
+from ui import layers_panel
 from ui.explorer import bind
 from ui.layers_api import XY_SETTINGS, api_layers, api_lens, api_xy
 
@@ -61,3 +62,12 @@ def test_bad_input_gets_one_line_and_changes_nothing(api_explorer, api_original,
     message = caught.value.message
     assert message and "\n" not in message and len(message) <= 300 and "Traceback" not in message
     check_weights_hold_a_known_plan(api_explorer.engine, api_original)
+
+
+def test_a_public_demo_refuses_more_layer_cells_than_its_cap(api_explorer, api_original, monkeypatch):
+    assert api_explorer.public
+    monkeypatch.setattr(layers_panel, "PUBLIC_MAX_LAYER_CELLS", 24)  # 4 blocks × 3 groups × 2 modes
+    with pytest.raises(gr.Error, match="at most 24 layer cells at a time: use blocks of at least 2 layers"):
+        bind(api_layers, api_explorer)(PLAN, Q, None, 1)  # 8 blocks of 1 layer: 48 cells
+    check_weights_hold_a_known_plan(api_explorer.engine, api_original)
+    assert len(bind(api_layers, api_explorer)(PLAN, Q, None, 2)) == 24

@@ -17,6 +17,7 @@ from merging.run.sensitivity import layer_sensitivity
 from .api_args import ImageArg, endpoint, image_arg, int_arg, json_text, plan_arg, question_arg
 from .compare_tab import gold_for
 from .explorer import GPU, Explorer, bind
+from .layers_panel import check_public_cells
 
 PUBLIC_MAX_XY_CELLS = 16
 ROW_KEYS = ("layers", "group", "mode", "p_top", "p_gold", "kl_to_base", "answer")
@@ -31,10 +32,11 @@ def api_layers(explorer: Explorer, plan_yaml: str | dict, question: str, image: 
                request: gr.Request = None) -> list:
     """Layer sensitivity: [{"layers": [first, last], "group": "attention" | "mlp" | "norms", "mode": "only" |
     "without", "p_top", "p_gold", "kl_to_base", "answer"}, ...]; `block`: layers per block (1 to the
-    model's layers)."""
+    model's layers; in public mode large enough for at most PUBLIC_MAX_LAYER_CELLS cells)."""
     explorer.admit(request)
     plan, q, img = _inputs(explorer, plan_yaml, question, image)
     size = int_arg(block, "block", 1, explorer.engine.pair.layout.num_layers)
+    check_public_cells(explorer, size)
     rows = layer_sensitivity(explorer.answerer, plan, q, img, size, gold_for(explorer, q))
     return [{k: row[k] for k in ROW_KEYS} for row in rows]
 

@@ -20,6 +20,18 @@ from .panel import Panel, with_panel
 from .stops import Stops
 
 STOPS = Stops("Stopping after the current cell…")  # read by layer_sensitivity before each cell
+PUBLIC_MAX_LAYER_CELLS = 48  # a public demo's cells per run: each is one apply and one forward pass
+
+
+def check_public_cells(explorer: Explorer, block: int) -> None:
+    """MergescopeError (one line) when a public demo would run more than PUBLIC_MAX_LAYER_CELLS cells at
+    `block` layers per block, naming the smallest block that fits."""
+    cells_per_block = len(LAYER_GROUPS) * len(MODES)
+    if explorer.public and len(blocks(explorer.num_layers, block)) * cells_per_block > PUBLIC_MAX_LAYER_CELLS:
+        smallest = next(k for k in range(1, explorer.num_layers + 1)
+                        if len(blocks(explorer.num_layers, k)) * cells_per_block <= PUBLIC_MAX_LAYER_CELLS)
+        raise MergescopeError(f"this public demo runs at most {PUBLIC_MAX_LAYER_CELLS} layer cells at a time: "
+                              f"use blocks of at least {smallest} layers")
 DEFAULT_METRIC = "p(gold)"
 
 
@@ -36,6 +48,7 @@ def on_layers(explorer: Explorer, request: gr.Request, img, q, text_only_q, bloc
     try:
         q, img, plan, _ = compare_inputs(explorer, request, img, q, text_only_q, "", panel)
         size = bounded_int(block, "layers per block", 1, explorer.num_layers)
+        check_public_cells(explorer, size)
         metric = metric if metric in METRICS else DEFAULT_METRIC
         if not plan.rules:
             raise MergescopeError("the current plan merges nothing: tick components and draw α above 0 first")
