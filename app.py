@@ -17,11 +17,10 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from cache import AnswerCache
 from merging.errors import MergescopeError
-from merging.evals.eval_sets import load_eval_set
-from merging.run.stack import add_model_args, build_stack, model_spec
-from ui.app import Explorer, build_app
+from merging.run.stack import add_model_args
+from ui.app import build_app
+from ui.explorer import build_explorer
 from ui.guard import start_janitor, upload_folder
 
 PUBLIC_MAX_UPLOAD = "5mb"
@@ -111,17 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_exposure(args)
         check_port(args.host, args.port)  # before minutes of model loading, not after
-        spec = model_spec(args)
-        eval_spec = args.eval_set or spec.eval_set
-        items = load_eval_set(eval_spec) if eval_spec else []  # a bad eval set fails before the models load
-        answerer = build_stack(spec, AnswerCache(args.cache_dir)).answerer
+        explorer = build_explorer(args, export_dir=Path(args.export_dir) if args.export_dir else None,
+                                  public=args.public, rate_limit=args.rate_limit,
+                                  global_rate_limit=args.global_rate_limit, proxy_hops=args.proxy_hops,
+                                  search_dir=Path(args.search_dir))
     except MergescopeError as exc:
         sys.exit(f"error: {exc}")
-    explorer = Explorer(answerer, items, eval_spec or "",
-                        Path(args.export_dir) if args.export_dir else None, public=args.public,
-                        rate_limit=args.rate_limit, global_rate_limit=args.global_rate_limit,
-                        proxy_hops=args.proxy_hops, search_dir=Path(args.search_dir),
-                        answer_tokens=spec.answer_tokens)
     if args.public:
         start_janitor(upload_folder(), PUBLIC_UPLOAD_FOLDER_BYTES, PUBLIC_UPLOAD_AGE_S)
     app = build_app(explorer).queue(default_concurrency_limit=1, max_size=PUBLIC_QUEUE if args.public else None)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+import app
 from conftest import toy_explorer
 from ui.compare_tab import on_compare, on_distributions, start_new_tokens, start_panel
 from ui.examples import teaching_order
 from ui.lessons import LESSONS, on_lesson
 from ui.panel import Panel, plan_of
 from ui.probe_panel import on_scan
+from ui.explorer import build_explorer
 from ui.warm import example_clicks, lesson_clicks, main, warm
 
 
@@ -61,3 +63,16 @@ def test_the_command_needs_something_to_warm(capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "--examples, --lessons or both" in capsys.readouterr().err
+
+
+def test_the_command_warms_what_the_app_then_asks(tmp_path, capsys):
+    """The command as the Dockerfile runs it, then the explorer as app.py builds it on the same cache: the
+    first example's Compare is answered from the cache (the two build their explorers in one place)."""
+    cache = str(tmp_path / "cache")
+    assert main(["--examples", "--limit", "1", "--no-scan", "--cache-dir", cache]) == 0
+    assert "warmed" in capsys.readouterr().out
+    explorer = build_explorer(app.parse_args(["--cache-dir", cache]))
+    first = teaching_order(explorer.eval_items)[0][0]
+    metas = _compare_metas(explorer, str(first.image_path), first.question, False, "",
+                           explorer.answerer.default_donor, start_panel(explorer))
+    assert len(metas) == 2 and all("cached ✓" in m for m in metas), metas

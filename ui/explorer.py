@@ -3,6 +3,7 @@ limits of a public demo. Every tab's handlers take an `Explorer` explicitly."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from cache import config_key
+from cache import AnswerCache, config_key
 from merging.run.answerer import Answerer
+from merging.run.stack import build_stack, model_spec
 from merging.stats.distance import role_distances
 from merging.engine.merge_engine import MergeEngine
-from merging.evals.eval_sets import EvalItem
+from merging.evals.eval_sets import EvalItem, load_eval_set
 
 from .guard import History, RateLimiter, client_id
 
@@ -86,6 +88,20 @@ class Explorer:
         if name not in self._distances:
             self._distances[name] = role_distances(self.answerer.pair_with(name))
         return self._distances[name]
+
+
+
+def build_explorer(args: argparse.Namespace, **options) -> Explorer:
+    """The explorer the app serves, from the parsed model arguments (`merging.run.stack.add_model_args`),
+    `--eval-set` and `--cache-dir`: the eval set read first (a bad one fails before minutes of model
+    loading), then the stack, with the pair's usual answer length as Compare's default. app.py and the
+    cache warm-up (ui/warm.py) both build theirs here, so a warmed entry has the key the page asks for.
+    `options`: Explorer's other fields. Raises MergescopeError for a bad model, dtype, device or eval set."""
+    spec = model_spec(args)
+    eval_spec = args.eval_set or spec.eval_set
+    items = load_eval_set(eval_spec) if eval_spec else []
+    answerer = build_stack(spec, AnswerCache(args.cache_dir)).answerer
+    return Explorer(answerer, items, eval_spec or "", answer_tokens=spec.answer_tokens, **options)
 
 
 def bind(fn, *fixed):

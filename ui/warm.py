@@ -25,14 +25,12 @@ from typing import Callable
 
 from transformers.utils import logging as hf_logging
 
-from cache import AnswerCache
 from merging.errors import MergescopeError
-from merging.evals.eval_sets import load_eval_set
-from merging.run.stack import add_model_args, build_stack, model_spec
+from merging.run.stack import add_model_args
 
 from .compare_tab import on_compare, on_distributions, start_new_tokens, start_panel
 from .examples import teaching_order
-from .explorer import Explorer
+from .explorer import Explorer, build_explorer
 from .lessons import LESSONS, lesson_setup
 from .panel import Panel, plan_of
 from .probe_panel import on_scan
@@ -119,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.examples or args.lessons):
         parser.error("say what to warm: --examples, --lessons or both")
     try:
-        spec = model_spec(args)
-        eval_spec = args.eval_set or spec.eval_set
-        items = load_eval_set(eval_spec) if eval_spec else []
-        explorer = Explorer(build_stack(spec, AnswerCache(args.cache_dir)).answerer, items, eval_spec or "")
+        explorer = build_explorer(args)
     except MergescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
