@@ -3,21 +3,23 @@ for every method that exports, configs in mergekit's own example style, and refu
 
 from __future__ import annotations
 
-import types
 
 import gradio as gr
 import pytest
 import torch
 import yaml
 
-from merging import MergeEngine, load_pair
+from merging import load_pair
 from merging.__main__ import main
 from merging.export.mergekit_config import DECIMALS, mergekit_yaml
 from merging.export.mergekit_import import plan_from_mergekit
 from merging.methods.mergekit import MERGEKIT, MergekitUnsupported
 from merging.plan.merge_plan import MergePlan
 from ui import export_tab
+from ui.app import build_app
+from ui.panel import PARAM_DEFS
 
+from conftest import toy_explorer
 from test_every_method import EXPORTABLE, params_for
 from test_mergekit_parity import build_triple
 
@@ -203,11 +205,20 @@ def test_plan_command_from_mergekit(tmp_path, capsys):
     assert "passthrough" in capsys.readouterr().err and not (tmp_path / "other.yaml").exists()
 
 
-def test_the_export_tabs_import_box_loads_the_editor(qwen_pair):
-    explorer = types.SimpleNamespace(engine=MergeEngine(qwen_pair), answerer=types.SimpleNamespace(donors={}))
-    comps, method, alphas, _, question, status, _, *params, plan_yaml = export_tab.on_import_mergekit(
-        explorer, GRADIENT_SLERP)
-    assert method == "slerp" and set(comps) == {"q_proj", "k_proj", "v_proj", "o_proj"} and len(alphas) == 4
+def test_the_export_tabs_import_box_loads_the_editor(tmp_path):
+    explorer = toy_explorer(tmp_path)
+    event = next(f for f in build_app(explorer).fns.values() if getattr(f.fn, "__name__", "") == "on_import_mergekit")
+    comps, method, alphas, _, question, status, _, *params, plan_yaml = values = \
+        export_tab.on_import_mergekit(explorer, GRADIENT_SLERP)
+    assert len(values) == len(event.outputs)  # one value per box it is wired to
+    assert method == "slerp" and set(comps) == {"q_proj", "k_proj", "v_proj", "o_proj"} and len(alphas) == 8
     assert MergePlan.from_text(plan_yaml) == plan_from_mergekit(GRADIENT_SLERP).plan and "first" in status
+    ties = {"merge_method": "ties", "base_model": "base", "parameters": {"normalize": True},
+            "models": [{"model": "vlm", "parameters": {"density": 0.5, "weight": 3.0}},
+                       {"model": "llm", "parameters": {"density": 0.5, "weight": 1.0}}]}
+    params = export_tab.on_import_mergekit(explorer, yaml.safe_dump(ties))[7:-1]
+    shown = {p.name: box["value"] for p, box in zip(PARAM_DEFS, params) if box.get("visible")}
+    assert shown == {"density": 0.5, "lambda": 1.0, "normalize": 1}  # each method parameter in its own box
     refused = export_tab.on_import_mergekit(explorer, FRANKENMERGE)
+    assert len(refused) == len(event.outputs)
     assert refused[5].startswith("⚠️ merge_method: passthrough") and refused[0] == gr.update()

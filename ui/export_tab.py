@@ -45,18 +45,20 @@ def on_export(explorer: Explorer, kind: str, donor_name, panel: Panel):
 
 
 def on_import_mergekit(explorer: Explorer, text: str) -> list:
-    """The Compare editor's values (components, method, curve, table, question, status, donor, params) showing
-    the plan a mergekit YAML describes, then the whole plan as YAML; a one-line refusal changes nothing."""
+    """The Compare editor's values (components, method, curve, table, question, status, donor, params in
+    PARAM_DEFS order) showing the plan a mergekit YAML describes, then the whole plan as YAML; a one-line
+    refusal changes nothing."""
     try:
         imported = plan_from_mergekit(text or "")
         imported.plan.targets(explorer.engine.pair.layout, has_base=explorer.engine.pair.base is not None)
     except MergescopeError as exc:
         return [gr.update()] * 5 + [f"⚠️ {exc}"] + [gr.update()] * (1 + len(PARAM_DEFS)) + [gr.update()]
-    values = restore(explorer, {"plan": imported.plan.to_dict()})
-    values[4] = gr.update()  # the question stays
-    values[5] = (f"Imported mergekit YAML as plan `{imported.plan.hash()}` ({len(imported.plan.rules)} rule(s)"
-                 + ("; the editor shows the first" if len(imported.plan.rules) > 1 else "") + ")")
-    return values + [imported.plan.to_yaml()]
+    shown = restore(explorer, {"plan": imported.plan.to_dict()})
+    components, method, curve, table, _, _, donor = shown[:7]
+    params = shown[-len(PARAM_DEFS):]  # restore's image, Text-only and max new tokens stay as they are
+    status = (f"Imported mergekit YAML as plan `{imported.plan.hash()}` ({len(imported.plan.rules)} rule(s)"
+              + ("; the editor shows the first" if len(imported.plan.rules) > 1 else "") + ")")
+    return [components, method, curve, table, gr.update(), status, donor, *params, imported.plan.to_yaml()]
 
 
 def build_export_tab(explorer: Explorer, compare) -> None:
