@@ -115,9 +115,14 @@ def test_a_bad_table_cell_blocks_compare_until_fixed():
 
 
 def test_a_plan_change_marks_only_existing_merged_answers_stale():
-    merged, pinned = compare_tab.mark_stale("red", "blue")
+    answered = Panel(["q_proj", "k_proj"], [0.5] * L, "linear")
+    meta = f"0.10 s · done · plan `{plan_of(answered).hash()}` · donor: LLM"
+    changed = Panel(["q_proj", "k_proj"], [0.6] * L, "linear")
+    merged, pinned = compare_tab.mark_stale("red", "blue", meta, changed)
     assert compare_tab.STALE in merged["label"] and "stale" in merged["elem_classes"] and pinned == gr.update()
-    assert compare_tab.mark_stale("", "")[0] == gr.update()  # nothing shown yet: nothing to grey
+    assert compare_tab.mark_stale("", "", meta, changed)[0] == gr.update()  # nothing shown yet: nothing to grey
+    # a control set to what it held (the page's start-up, late): the answer is still the plan's
+    assert compare_tab.mark_stale("red", "blue", meta, answered) == (gr.update(), gr.update())
     merged, pinned = compare_tab.mark_stale_donor("red", "blue")
     assert compare_tab.STALE in pinned["label"]
 

@@ -181,9 +181,15 @@ def _stale(name: str, answer) -> dict:
     return gr.update(label=f"{ANSWER_LABELS[name]} · {STALE}", elem_classes=["answer", "stale"])
 
 
-def mark_stale(merged_answer, pinned_answer):
-    """Grey the merged answer once the plan changed; the base VLM's and plan B's stay what they were."""
-    return _stale("merged", merged_answer), gr.update()
+def mark_stale(merged_answer, pinned_answer, merged_meta, panel: Panel):
+    """Grey the merged answer once the current plan is not the one it answered (its badge names that
+    plan's hash); the base VLM's and plan B's stay what they were. A control set to what the plan already
+    was — the page's start-up filling the method's boxes, late on a busy machine — greys nothing."""
+    try:
+        answered = f"plan `{plan_of(panel).hash()}`" in (merged_meta or "")
+    except MergescopeError:  # a plan the panel cannot make is not the one answered
+        answered = False
+    return gr.update() if answered else _stale("merged", merged_answer), gr.update()
 
 
 def mark_stale_donor(merged_answer, pinned_answer):
@@ -308,12 +314,13 @@ def _wire_panel(explorer: Explorer, tab: CompareTab, m: dict, a: dict, cards: di
     tab.curve.change(bind(show_curve, explorer), tab.curve, [tab.table, compare], **CHEAP)
     tab.table.input(bind(on_table, explorer), tab.table, [tab.curve, tab.table, compare, status], **CHEAP)
     answers = [cards["merged"]["box"], cards["pinned"]["box"]]
-    yaml_of = with_panel(on_plan_inputs)
+    yaml_of, stale_of = with_panel(on_plan_inputs), with_panel(mark_stale)
+    stale_inputs = [*answers, cards["merged"]["meta"], *tab.plan_inputs]
     for trigger in (tab.components.change, tab.curve.change, tab.method.change, *(b.change for b in tab.param_boxes)):
         trigger(yaml_of, tab.plan_inputs, m["plan_yaml"], **CHEAP)
-        trigger(mark_stale, answers, answers, **CHEAP)
+        trigger(stale_of, stale_inputs, answers, **CHEAP)
     for event in wire_group_curves(m, tab.groups, [tab.curve, tab.components], apply_preset, preset_inputs, status):
-        event.then(yaml_of, tab.plan_inputs, m["plan_yaml"], **CHEAP).then(mark_stale, answers, answers, **CHEAP)
+        event.then(yaml_of, tab.plan_inputs, m["plan_yaml"], **CHEAP).then(stale_of, stale_inputs, answers, **CHEAP)
     tab.donor.change(mark_stale_donor, answers, answers, **CHEAP)
     m["pin"].click(with_panel(on_pin), tab.plan_inputs, [tab.pinned_plan, cards["pinned"]["column"], status],
                    **CHEAP)
