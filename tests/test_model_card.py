@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,23 @@ def test_hub_ids_from_the_hf_cache():
     assert hub_name(Path("/data/my-vlm")) == "/data/my-vlm"
 
 
-def test_push_prepares_the_upload_of_the_whole_folder(export_dir):
+def with_hub_sources(export_dir, tmp_path) -> Path:
+    """A copy of the export whose card names its sources by Hub ids, as a user edits a merge of local folders."""
+    pair, out = export_dir
+    copy = tmp_path / "merged"
+    shutil.copytree(out, copy)
+    card = (copy / "README.md").read_text()
+    for path, repo in ((pair.vlm_files.path, "someone/tiny-vlm"), (pair.donor.path, "someone/tiny-llm")):
+        card = card.replace(f"- {path}\n", f"- {repo}\n", 1)
+    (copy / "README.md").write_text(card)
+    return copy
+
+
+def test_push_prepares_the_upload_of_the_whole_folder(export_dir, tmp_path):
     """The seam: `create` and `upload` are huggingface_hub.create_repo and upload_folder by default;
     here recorders take their arguments instead of the network."""
-    _, out = export_dir
+    out = with_hub_sources(export_dir, tmp_path)
+    assert ModelCard.load(out / "README.md").data.base_model == ["someone/tiny-vlm", "someone/tiny-llm"]
     calls = []
     report = push_folder(out, "someone/merged-vlm", PLAN.hash(), private=True,
                          create=lambda **kw: calls.append(("create", kw)),
@@ -71,6 +85,14 @@ def test_bad_repo_ids_are_refused_in_one_line(export_dir, repo):
     with pytest.raises(MergescopeError) as info:
         upload_arguments(out, repo, PLAN.hash())
     assert "--push-to-hub" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_card_naming_local_folders_is_refused_before_any_upload(export_dir):
+    _, out = export_dir  # the toy's sources are local folders: the card names their paths
+    calls = []
+    with pytest.raises(MergescopeError, match=r"base_model names 2 local folder\(s\) the Hub cannot link") as info:
+        push_folder(out, "someone/merged-vlm", PLAN.hash(), create=calls.append, upload=calls.append)
+    assert calls == [] and "\n" not in str(info.value)
 
 
 def test_a_folder_that_is_no_export_is_refused(tmp_path):

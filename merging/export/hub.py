@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import huggingface_hub
+from huggingface_hub import ModelCard
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from merging.errors import MergescopeError
+from merging.limits import brief
 from merging.export.model_card import CARD_NAME
 
 
@@ -33,14 +35,31 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_card_sources(card_path: Path) -> None:
+    """MergescopeError (one line) when the card's `base_model` names something other than Hub repo ids —
+    the local folders a merge of local checkpoints lists (model_card.hub_name): the Hub checks a card's
+    metadata on upload and cannot link a path."""
+    sources = ModelCard.load(card_path).data.base_model or []
+    local = []
+    for source in [sources] if isinstance(sources, str) else sources:
+        try:
+            validate_repo_id(source)
+        except HFValidationError:
+            local.append(source)
+    if local:
+        raise MergescopeError(f"{card_path.name}'s base_model names {len(local)} local folder(s) the Hub cannot "
+                              f"link ({brief(local[0])}): replace them with the Hub ids of the sources, then push")
+
+
 def upload_arguments(folder: str | Path, repo_id: str, plan_hash: str) -> dict[str, Any]:
     """The keyword arguments of `huggingface_hub.upload_folder` for an export folder: the whole folder
     (its model card included) as one commit to the model repo `repo_id`. Raises MergescopeError for a bad
-    id or a folder that is not an export (no model card)."""
-    folder = Path(folder)
+    id, a folder that is not an export (no model card), or a card whose base_model is not Hub ids."""
+    folder, repo_id = Path(folder), check_repo_id(repo_id)
     if not (folder / CARD_NAME).is_file():
         raise MergescopeError(f"{folder}: no {CARD_NAME} here; push the folder `mergescope export` wrote")
-    return {"repo_id": check_repo_id(repo_id), "folder_path": str(folder), "repo_type": "model",
+    check_card_sources(folder / CARD_NAME)
+    return {"repo_id": repo_id, "folder_path": str(folder), "repo_type": "model",
             "commit_message": f"Mergescope merge (plan {plan_hash})"}
 
 
