@@ -277,6 +277,26 @@ def test_a_stroke_marks_the_merged_answer_stale(page):
     page.wait_for_function("() => !document.querySelector('#answer-merged').innerText.includes('stale')")
 
 
+def test_a_burst_of_compare_clicks_runs_the_first_and_the_last(page, server):
+    """Ten clicks, each on another question, while the model worker is busy: the newest waiting click
+    replaces the older ones (trigger_mode always_last), so at most the first and the last are answered."""
+    explorer = server[1]
+    questions = [f"How many times does fox appear in: {'fox ' * k}fish? Add {k}." for k in range(1, 11)]
+    page.locator("#text-only input").check()
+    with explorer.engine.lock:  # nothing finishes until all ten clicks are in, whatever the machine's speed
+        for question in questions:
+            page.locator("#question textarea").fill(question)
+            page.locator("#compare").click()
+    def asked() -> set:
+        return {e["config"].get("question") for e in explorer.answerer.cache.entries()} & set(questions)
+
+    for _ in range(BROWSER_WAIT_MS // 100):  # clicks run in order: once the last is answered, all that ran have
+        if questions[-1] in asked():
+            break
+        page.wait_for_timeout(100)
+    assert questions[-1] in asked() and asked() <= {questions[0], questions[-1]}, sorted(asked())
+
+
 def test_a_bad_table_cell_blocks_compare_until_fixed(page):
     open_exact_values(page)
     cell = page.locator("#alpha-table [data-testid=cell-3-1]")
