@@ -1,6 +1,8 @@
 """Whole-answer divergence and skill items on the toy pair (float32), checked against the library's other
 ways to read the same numbers: the first token's KL (probe) and the teacher-forced mean log-probability."""
 
+import dataclasses
+
 import pytest
 
 from merging.evals.eval_sets import load_eval_set
@@ -8,6 +10,8 @@ from merging.experiments.skills import skill_items
 from merging.model.known_pairs import resolve_models
 from merging.plan.merge_plan import MergePlan
 from merging.run.probe import kl_divergence
+from ui import skills_panel
+from ui.panel import Panel, attention_roles
 
 ALL_AT_ONE = MergePlan.from_dict({"rules": [{"components": ["all"], "curve": {"preset": "constant", "value": 1.0}}]})
 QUESTION = "How many times does dog appear in: dog dog fish? Add 1."
@@ -42,3 +46,16 @@ def test_skill_items_take_up_to_n_per_category_in_eval_set_order():
     order = [items.index(i) for i in chosen]
     assert order == sorted(order) and skill_items(items, 5) == chosen  # seeded
     assert skill_items(items, 10_000) == items
+
+
+def test_skill_scores_answer_at_the_pairs_answer_length(api_explorer):
+    """Skill scores generate as many tokens as Compare starts with (the pair's answer length, within the
+    demo's cap): a real pair's math answer cut at a fixed 8 tokens would be scored wrong."""
+    toy_items = load_eval_set(resolve_models(None, None, None, None).eval_set)
+    explorer = dataclasses.replace(api_explorer, eval_items=toy_items, answer_tokens=3)
+    panel = Panel(attention_roles(explorer), [0.5] * explorer.num_layers, "linear")
+    *_, (status, _) = skills_panel.on_skills(explorer, None, 1, None, panel)
+    assert status.startswith("Skills of the current plan on 8 items"), status
+    asked = {e["config"]["question"] for e in explorer.answerer.cache.entries()
+             if e["config"].get("generation", {}).get("max_new_tokens") == 3}
+    assert {i.question.strip() for i in skill_items(explorer.eval_items, 1)} <= asked

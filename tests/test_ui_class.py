@@ -7,7 +7,7 @@ import re
 import pytest
 
 from merging.evals.scoring import judge
-from merging.experiments.skills import SKILL_ALPHAS, SKILL_SETTINGS, skill_items, skill_scores
+from merging.experiments.skills import SKILL_ALPHAS, skill_items, skill_scores
 from merging.experiments.sweep import wilson_interval
 from merging.plan import curves
 from merging.plan.merge_plan import MergePlan
@@ -96,7 +96,7 @@ def test_skill_scores_equal_an_independent_computation(page, server):
     items = skill_items(explorer.eval_items, PER_SKILL)
     # independently: the merged weights through the model worker, uncached, each answer judged here
     answers = explorer.answerer.run(lambda engine: answer_batch(engine.pair, [(i.question, i.image()) for i in items],
-                                                                SKILL_SETTINGS), plan=default_plan(explorer))
+                                                                explorer.answer_settings), plan=default_plan(explorer))
     expected = {}
     for kind in {i.category for i in items}:
         marks = [judge(a, i).correct for a, i in zip(answers, items) if i.category == kind]
@@ -109,7 +109,7 @@ def test_skill_scores_equal_an_independent_computation(page, server):
 def test_the_skill_scan_stops_when_asked(page, server):
     explorer = server[1]
     items = skill_items(explorer.eval_items, PER_SKILL)
-    skill_scores(explorer.answerer, MergePlan(), items)  # α 0 (the base VLM) comes from the cache
+    skill_scores(explorer.answerer, MergePlan(), items, explorer.answer_settings)  # α 0 (the base VLM) from the cache
     open_skills(page, PER_SKILL)
     # Stop must land before the scan ends, whatever the machine's speed: with the engine's lock held here,
     # α 0 goes through from the cache and α 0.2's first batch cannot run until Stop is in

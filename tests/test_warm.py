@@ -7,7 +7,7 @@ import pytest
 
 import app
 from conftest import toy_explorer
-from ui.compare_tab import on_compare, on_distributions, start_new_tokens, start_panel
+from ui.compare_tab import on_compare, on_distributions, start_panel
 from ui.examples import teaching_order
 from ui.lessons import LESSONS, on_lesson
 from ui.panel import Panel, plan_of
@@ -27,7 +27,7 @@ def warmed(tmp_path_factory):
 
 
 def _compare_metas(explorer, image, question, text_only, pinned, donor, panel) -> list[str]:
-    updates = list(on_compare(explorer, None, image, question, text_only, start_new_tokens(explorer), pinned, donor, panel))
+    updates = list(on_compare(explorer, None, image, question, text_only, explorer.answer_settings.max_new_tokens, pinned, donor, panel))
     assert updates[-1][0] == "", updates[-1][0]  # no refusal
     answering = [u for u in updates if u[0] == "Answering…"][-1]
     return [m for m in answering[4:7] if m]

@@ -197,11 +197,6 @@ def mark_stale_donor(merged_answer, pinned_answer):
     return _stale("merged", merged_answer), _stale("pinned", pinned_answer)
 
 
-def start_new_tokens(explorer: Explorer) -> int:
-    """The page's first max new tokens: the pair's usual answer length (short boxes), within the cap."""
-    return min(explorer.answer_tokens, explorer.max_new_tokens)
-
-
 def start_panel(explorer: Explorer) -> Panel:
     """The panel as a fresh page shows it (what an example clicked first is compared under): the
     self-attention roles, START_CURVE, linear, every parameter box at its default."""
@@ -261,7 +256,7 @@ def _ask_column(explorer: Explorer) -> dict:
     # a path, opened by read_image: size from the header before any pixel is decoded
     c["image"] = uploaded_image(label="Image", elem_id="image", height=190)
     c["text_only"] = gr.Checkbox(False, label="Text-only question (no image)", elem_id="text-only")
-    c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, start_new_tokens(explorer), step=1,
+    c["max_new_tokens"] = gr.Slider(1, explorer.max_new_tokens, explorer.answer_settings.max_new_tokens, step=1,
                                     label="Max new tokens", elem_id="max-new-tokens")
     return c
 

@@ -13,6 +13,7 @@ import gradio as gr
 
 from cache import AnswerCache, config_key
 from merging.run.answerer import Answerer
+from merging.run.generate import GenerationSettings
 from merging.run.stack import build_stack, model_spec
 from merging.stats.distance import role_distances
 from merging.engine.merge_engine import MergeEngine
@@ -74,6 +75,12 @@ class Explorer:
     @property
     def max_new_tokens(self) -> int:
         return PUBLIC_MAX_NEW_TOKENS if self.public else 512
+
+    @property
+    def answer_settings(self) -> GenerationSettings:
+        """Greedy generation of the pair's usual answer length within this demo's cap: Compare's start
+        value and the skill scores' settings."""
+        return GenerationSettings(max_new_tokens=min(self.answer_tokens, self.max_new_tokens))
 
     @property
     def engine(self) -> MergeEngine:

@@ -52,8 +52,9 @@ def on_skills(explorer: Explorer, request: gr.Request, per_skill, donor_name, pa
         explorer.admit(request)
         items, plan = chosen_items(explorer, per_skill), plan_of(panel)
         yield f"Scoring skills on {len(items)} items…", gr.update()
-        base = skill_scores(explorer.answerer, MergePlan(), items, donor=donor_name, should_stop=stop.is_set)
-        row = skill_scores(explorer.answerer, plan, items, donor=donor_name, should_stop=stop.is_set) \
+        settings = explorer.answer_settings
+        base = skill_scores(explorer.answerer, MergePlan(), items, settings, donor_name, should_stop=stop.is_set)
+        row = skill_scores(explorer.answerer, plan, items, settings, donor_name, should_stop=stop.is_set) \
             if base["complete"] else base
         if not row["complete"]:
             yield f"Skill scores stopped at {row['answered']} / {len(items)} items", skill_figure(row)
@@ -75,7 +76,8 @@ def on_skill_scan(explorer: Explorer, request: gr.Request, per_skill, donor_name
         items, plan = chosen_items(explorer, per_skill), plan_of(panel)
         yield f"Skills along α: 0/{len(SKILL_ALPHAS)} points ({len(items)} items each)…", gr.update()
         rows = []
-        for row in skill_scan(explorer.answerer, plan, items, donor=donor_name, should_stop=stop.is_set):
+        for row in skill_scan(explorer.answerer, plan, items, explorer.answer_settings, donor=donor_name,
+                              should_stop=stop.is_set):
             rows.append(row)
             done = sum(r["complete"] for r in rows)
             yield f"Skills along α: {done}/{len(SKILL_ALPHAS)} points ({len(items)} items each)", \

@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 from merging.errors import MergescopeError
 from merging.run.stack import add_model_args
 
-from .compare_tab import on_compare, on_distributions, start_new_tokens, start_panel
+from .compare_tab import on_compare, on_distributions, start_panel
 from .examples import teaching_order
 from .explorer import Explorer, build_explorer
 from .lessons import LESSONS, lesson_setup
@@ -75,7 +75,8 @@ def press(explorer: Explorer, click: Click, scan: bool = True) -> list[str]:
     """Compare, the bars and (with `scan`) the α scan for `click`, as the page runs them; the one-line
     refusals their status lines showed (none when everything was answered)."""
     errors = []
-    for update in on_compare(explorer, None, click.image, click.question, click.text_only, start_new_tokens(explorer),
+    tokens = explorer.answer_settings.max_new_tokens  # what a fresh page asks
+    for update in on_compare(explorer, None, click.image, click.question, click.text_only, tokens,
                              click.pinned, click.donor, click.panel):
         if str(update[0]).startswith("⚠️"):
             errors.append(f"{click.name}: {update[0]}")

@@ -20,7 +20,6 @@ from merging.experiments.sweep import Cell, run_sweep
 
 SKILL_ITEMS_PER_KIND = 40
 SKILL_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-SKILL_SETTINGS = GenerationSettings(max_new_tokens=8)  # the toy's answers are a word or a number
 
 
 def skill_items(items: list[EvalItem], per_skill: int = SKILL_ITEMS_PER_KIND, seed: int = 0) -> list[EvalItem]:
@@ -36,18 +35,19 @@ def skill_items(items: list[EvalItem], per_skill: int = SKILL_ITEMS_PER_KIND, se
     return [items[i] for i in chosen]
 
 
-def skill_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem],
-                 settings: GenerationSettings = SKILL_SETTINGS, donor: str | None = None, alpha: float | None = None,
+def skill_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], settings: GenerationSettings,
+                 donor: str | None = None, alpha: float | None = None,
                  should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """`plan`'s sweep row on `items` (`sweep.cell_row`): "by_category" holds each skill's strict
-    "accuracy" with its Wilson 95 % "low" and "high" and its "items"; "complete" is False when
-    `should_stop()` ended it between batches. `alpha` labels the row (None: the plan as drawn)."""
+    """`plan`'s sweep row on `items` (`sweep.cell_row`), answered under `settings` (the pair's answer
+    length: a math answer cut short is a wrong one): "by_category" holds each skill's strict "accuracy"
+    with its Wilson 95 % "low" and "high" and its "items"; "complete" is False when `should_stop()` ended
+    it between batches. `alpha` labels the row (None: the plan as drawn)."""
     cell = Cell("skills", "current plan", alpha, plan)
     return run_sweep(answerer, [cell], items, settings, donor=donor, should_stop=should_stop)[0]
 
 
-def skill_scan(answerer: Answerer, plan: MergePlan, items: list[EvalItem], alphas: Sequence[float] = SKILL_ALPHAS,
-               settings: GenerationSettings = SKILL_SETTINGS, donor: str | None = None,
+def skill_scan(answerer: Answerer, plan: MergePlan, items: list[EvalItem], settings: GenerationSettings,
+               alphas: Sequence[float] = SKILL_ALPHAS, donor: str | None = None,
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """`skill_scores` of `plan` scaled to each α of `alphas` (`probe.scale_plan`: its largest α becomes α,
     its shape kept; α 0 is the base VLM), one row per α in order. Ends after a row `should_stop()` cut
