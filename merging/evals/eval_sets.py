@@ -145,12 +145,18 @@ def spread_items(items: list[EvalItem], n: int) -> list[EvalItem]:
     order; a category that runs out drops out of the turn), returned in eval-set order — so `n` items
     cover every kind evenly however the file is sorted, and the same `n` always gives the same items
     (a sweep's answers are cached). All items when n ≥ len(items)."""
-    rank: dict[str | None, int] = {}
-    order = []
-    for i, item in enumerate(items):
-        rank[item.category] = rank.get(item.category, -1) + 1
-        order.append((rank[item.category], i))
+    order = [(rank, i) for group in category_indices(items).values() for rank, i in enumerate(group)]
     return [items[i] for i in sorted(i for _, i in sorted(order)[:max(n, 0)])]
+
+
+def category_indices(items: list[EvalItem]) -> dict[str | None, list[int]]:
+    """The indices of `items` per category, each list in eval-set order, categories in order of first use.
+    The stratified samplers (`sample_items`, `spread_items`, `experiments.skills.skill_items`) differ in how
+    many they take per category, not in how they group."""
+    groups: dict[str | None, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.category, []).append(i)
+    return groups
 
 
 def sample_items(items: list[EvalItem], n: int, seed: int = 0) -> list[EvalItem]:
@@ -161,9 +167,7 @@ def sample_items(items: list[EvalItem], n: int, seed: int = 0) -> list[EvalItem]
         raise MergescopeError(f"--sample {n}: must be ≥ 1")
     if n >= len(items):
         return list(items)
-    groups: dict[str | None, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(item.category, []).append(i)
+    groups = category_indices(items)
     shares = {c: n * len(g) / len(items) for c, g in groups.items()}
     counts = {c: int(share) for c, share in shares.items()}
     by_remainder = sorted(groups, key=lambda c: (counts[c] - shares[c], str(c)))

@@ -11,7 +11,7 @@ import random
 from typing import Callable, Iterator, Sequence
 
 from merging.errors import MergescopeError
-from merging.evals.eval_sets import EvalItem
+from merging.evals.eval_sets import EvalItem, category_indices
 from merging.plan.merge_plan import MergePlan
 from merging.run.answerer import Answerer
 from merging.run.generate import GenerationSettings
@@ -27,9 +27,7 @@ def skill_items(items: list[EvalItem], per_skill: int = SKILL_ITEMS_PER_KIND, se
     in the eval set's order. MergescopeError for `per_skill` < 1."""
     if per_skill < 1:
         raise MergescopeError(f"items per skill {per_skill}: must be ≥ 1")
-    groups: dict[str | None, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(item.category, []).append(i)
+    groups = category_indices(items)
     rng = random.Random(seed)
     chosen = sorted(i for g in groups.values() for i in (g if len(g) <= per_skill else rng.sample(g, per_skill)))
     return [items[i] for i in chosen]
