@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import gradio as gr
 
 from merging.io.checkpoint import write_text_file
@@ -22,7 +24,8 @@ def write_export(explorer: Explorer, kind: str, donor_name, panel: Panel) -> tup
     explorer.export_dir.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint":
         out = explorer.export_dir / f"merged-{plan.hash()}"
-        report = explorer.answerer.run(lambda engine: export_checkpoint(engine, plan, out, overwrite=True), donor_name)
+        # a partial of a module function, not a closure: on ZeroGPU the job is pickled to the GPU worker
+        report = explorer.answerer.run(partial(export_checkpoint, plan=plan, out=out, overwrite=True), donor_name)
         return str(out / "mergescope_plan.yaml"), f"Wrote {out} ({report['shards']} shards)"
     path = explorer.export_dir / f"{kind}-{plan.hash()}.yaml"
     # a fresh file renamed into place: a link planted in the export folder is replaced, never followed

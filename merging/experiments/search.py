@@ -115,6 +115,11 @@ def rung_sizes(n_items: int, min_items: int, factor: int) -> list[int]:
 
 
 # -- fitness ---------------------------------------------------------------------------------------
+def _nothing(engine) -> None:
+    """A job that needs only its plan applied; a module function, so it pickles (ZeroGPU sends each job to
+    a GPU worker process), which a lambda does not."""
+
+
 def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitness: str,
                 settings: GenerationSettings, batch_size: int | None = None) -> dict[str, Any]:
     """{"scores": one float per item (accuracy: 1.0 right / 0.0 wrong by the strict judge; gold_logprob:
@@ -123,7 +128,7 @@ def item_scores(answerer: Answerer, plan: MergePlan, items: list[EvalItem], fitn
     through the answerer's cache. The apply is timed on its own (the answerer's own apply is then a
     no-op: nothing differs)."""
     begin = time.perf_counter()
-    answerer.run(lambda engine: engine.apply(plan))
+    answerer.run(_nothing, plan=plan)  # the worker applies `plan` before the job
     applied = time.perf_counter()
     if fitness == "accuracy":
         requests = [(item.question, item.image) for item in items]
