@@ -18,6 +18,7 @@ from merging.errors import MergescopeError
 from merging.__main__ import main
 from merging.experiments.sweep import heatmap
 from merging.experiments.xy_grid import check_axis, xy_grid
+from merging.plan import curves
 from merging.run.generate import GenerationSettings
 from merging.evals.eval_sets import load_eval_set, sample_items
 from merging.evals.significance import mcnemar
@@ -206,6 +207,27 @@ def test_sweep_flips_and_mcnemar_equal_scipys_exact_binomial_test(tmp_path, caps
 
 
 # -- the XY grid (item 4) -----------------------------------------------------------------------------
+
+def test_xy_method_and_step_cells_and_their_kl(toy_engine, item, tmp_path):
+    """The other axis kinds: each cell's KL(base ‖ cell) equals the KL of the two full first-token
+    distributions computed here, and a `step` cell keeps the VLM below its layer."""
+    settings = GenerationSettings(max_new_tokens=4)
+    answerer = Answerer(toy_engine, AnswerCache(tmp_path / "cache"))
+    x, y = check_axis("method", ["linear", "slerp"], LAYERS, "x"), check_axis("step", [2, 5], LAYERS, "y")
+    cells = list(xy_grid(answerer, PLAN, item.question, item.image(), x, y, settings))
+    assert [(c["x"], c["y"]) for c in cells] == [(m, s) for s in (2, 5) for m in ("linear", "slerp")]
+    base = _logprobs(toy_engine, MergePlan(), item)
+    fresh = Answerer(toy_engine)
+    for cell in cells:
+        plan = MergePlan.from_dict(cell["plan"])
+        assert {r.method for r in plan.rules} == {cell["x"]}
+        for rule in plan.rules:
+            alphas = curves.layer_alphas(rule.curve, LAYERS)
+            assert all(a == 0 for a in alphas[:cell["y"]]) and all(a > 0 for a in alphas[cell["y"]:])
+        merged = _logprobs(toy_engine, plan, item)
+        assert cell["kl_to_base"] == pytest.approx(float((base.exp() * (base - merged)).sum()), rel=1e-4, abs=1e-7)
+        assert cell["answer"] == fresh.ask(plan, item.question, item.image(), settings)["answer"]
+
 
 def test_every_xy_cell_is_a_single_ask_of_its_plan(toy_engine, item, tmp_path):
     settings = GenerationSettings(max_new_tokens=6)
