@@ -47,6 +47,7 @@ CSS = """
 .answer-card .meta { font-size: 0.8em; opacity: 0.8; }
 .answer-card .meta p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; }
 #lesson-text { font-size: 1.05em; }
+#lessons input { padding-right: 1.6em; text-overflow: ellipsis; }  /* a long lesson name stops short of the arrow */
 #kl p, #divergence p { margin: 0; }
 @media (max-width: 1000px) { .one-column-narrow { flex-direction: column !important; }
   .one-column-narrow > * { width: 100% !important; min-width: 0 !important; } }
