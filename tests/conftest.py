@@ -199,8 +199,9 @@ def fill_number(page, selector: str, value: int | float, tries: int = 5) -> None
 
     Why more than one try: a box in an accordion that has just opened can be mounted a second time with its
     default value (seen in CI and here: `#skill-items` read its default 40 for 6 s after `fill("5")` and
-    Tab, in one run of test_ui.py + test_ui_class.py out of three), so a first fill can be lost. Each try waits for the value to read back and to hold for a
-    moment; after `tries` lost fills it fails with what the box shows."""
+    Tab, in one run of test_ui.py + test_ui_class.py out of three), so a first fill can be lost. Each try
+    waits for the value to read back and to hold for a moment; after `tries` lost fills it fails with what
+    the box shows."""
     box, text = page.locator(f"{selector} input"), str(value)
     check = f"() => document.querySelector('{selector} input')?.value === {json.dumps(text)}"
     for _ in range(tries):

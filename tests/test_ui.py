@@ -198,7 +198,8 @@ def test_concurrent_clients_get_their_own_plans(server):
     question = "How many times does fox appear in: fox fox fish fox fox dog? Add 2."
 
     def ask(plan):
-        return Client(url, verbose=False, httpx_kwargs={"timeout": BROWSER_WAIT_MS / 1000}).predict(plan.to_yaml(), question, 12, api_name="/answer")
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": BROWSER_WAIT_MS / 1000})
+        return client.predict(plan.to_yaml(), question, 12, api_name="/answer")
 
     with ThreadPoolExecutor(len(plans)) as pool:
         results = list(pool.map(ask, plans))
@@ -287,6 +288,7 @@ def test_a_burst_of_compare_clicks_runs_the_first_and_the_last(page, server):
         for question in questions:
             page.locator("#question textarea").fill(question)
             page.locator("#compare").click()
+
     def asked() -> set:
         return {e["config"].get("question") for e in explorer.answerer.cache.entries()} & set(questions)
 

@@ -97,7 +97,6 @@ class Explorer:
         return self._distances[name]
 
 
-
 def build_explorer(args: argparse.Namespace, **options) -> Explorer:
     """The explorer the app serves, from the parsed model arguments (`merging.run.stack.add_model_args`),
     `--eval-set` and `--cache-dir`: the eval set read first (a bad one fails before minutes of model

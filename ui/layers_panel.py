@@ -21,18 +21,22 @@ from .stops import Stops
 
 STOPS = Stops("Stopping after the current cell…")  # read by layer_sensitivity before each cell
 PUBLIC_MAX_LAYER_CELLS = 48  # a public demo's cells per run: each is one apply and one forward pass
+DEFAULT_METRIC = "p(gold)"
+
+
+def layer_cells(num_layers: int, block: int) -> int:
+    """How many (block, group, mode) cells one sensitivity run asks at `block` layers per block."""
+    return len(blocks(num_layers, block)) * len(LAYER_GROUPS) * len(MODES)
 
 
 def check_public_cells(explorer: Explorer, block: int) -> None:
     """MergescopeError (one line) when a public demo would run more than PUBLIC_MAX_LAYER_CELLS cells at
     `block` layers per block, naming the smallest block that fits."""
-    cells_per_block = len(LAYER_GROUPS) * len(MODES)
-    if explorer.public and len(blocks(explorer.num_layers, block)) * cells_per_block > PUBLIC_MAX_LAYER_CELLS:
+    if explorer.public and layer_cells(explorer.num_layers, block) > PUBLIC_MAX_LAYER_CELLS:
         smallest = next(k for k in range(1, explorer.num_layers + 1)
-                        if len(blocks(explorer.num_layers, k)) * cells_per_block <= PUBLIC_MAX_LAYER_CELLS)
+                        if layer_cells(explorer.num_layers, k) <= PUBLIC_MAX_LAYER_CELLS)
         raise MergescopeError(f"this public demo runs at most {PUBLIC_MAX_LAYER_CELLS} layer cells at a time: "
                               f"use blocks of at least {smallest} layers")
-DEFAULT_METRIC = "p(gold)"
 
 
 def _base(explorer: Explorer, q: str, img, donor_name) -> dict:
@@ -55,7 +59,7 @@ def on_layers(explorer: Explorer, request: gr.Request, img, q, text_only_q, bloc
     except MergescopeError as exc:
         yield gr.update(), f"⚠️ {exc}", gr.update()
         return
-    total = len(blocks(explorer.num_layers, size)) * len(LAYER_GROUPS) * len(MODES)
+    total = layer_cells(explorer.num_layers, size)
     rows, stop, base = [], STOPS.start(request), None
     try:
         for row in layer_sensitivity(explorer.answerer, plan, q, img, size, gold_for(explorer, q), donor_name,
